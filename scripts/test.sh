@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run the whole suite: lint, types, unit, API, engine and real-Terraform tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh test
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy src
+exec .venv/bin/pytest "$@"
