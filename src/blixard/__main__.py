@@ -1,0 +1,5 @@
+"""`python -m blixard ...` — same as the `blixard` console script."""
+
+from blixard.cli import main
+
+main()
