@@ -1,8 +1,27 @@
-"""The `blixard` command line: `serve` plus client commands that talk to a server over HTTP."""
+"""The `blixard` command line: `serve` plus client commands that talk to a server over HTTP.
+
+Client commands read the server address from `--url` or `BLIXARD_URL` (default
+http://127.0.0.1:8080) and an optional API key from `--api-key` or `BLIXARD_API_KEY`
+(sent as `Authorization: Bearer <key>`). Errors go to stderr as one line, exit code 1.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn
+
 import typer
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+API_PREFIX = "/api/tofu"
+WORKSPACE_RE = re.compile(r"^(?!\.)[A-Za-z0-9._-]{1,128}$")
+LOCK_FIELDS = ("ID", "Operation", "Info", "Who", "Version", "Created", "Path")
 
 app = typer.Typer(
     name="blixard",
@@ -10,6 +29,217 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="BLIXARD_URL",
+        show_envvar=True,
+        help="Base URL of the Blixard server.",
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="BLIXARD_API_KEY",
+        show_envvar=True,
+        help="API key, sent as 'Authorization: Bearer <key>'.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's raw JSON.")]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _fail(message: str) -> NoReturn:
+    """Report a failure as one line on stderr and exit with code 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _describe_holder(body: dict[str, Any]) -> str:
+    """'locked by WHO (ID x, operation y, since t)' from LockInfo fields at the top level."""
+    lock_id = body.get("ID")
+    if not lock_id:
+        return ""
+    who = body.get("Who") or "unknown"
+    parts = [f"ID {lock_id}"]
+    if body.get("Operation"):
+        parts.append(f"operation {body['Operation']}")
+    if body.get("Created"):
+        parts.append(f"since {body['Created']}")
+    return f"locked by {who} ({', '.join(parts)})"
+
+
+def _api_error_message(status: int, content: bytes) -> str:
+    body: Any = None
+    try:
+        body = json.loads(content) if content else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("error") or f"http_{status}"
+        message = body.get("message") or body.get("detail") or "request failed"
+        if not isinstance(message, str):
+            message = json.dumps(message)
+        line = f"{message} ({code}, HTTP {status})"
+        holder = _describe_holder(body)
+        if holder:
+            line += f"; {holder}"
+    else:
+        text = content.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+        line = f"HTTP {status}" + (f": {text}" if text else "")
+    if status in (401, 403):
+        line += "; pass an API key with --api-key or BLIXARD_API_KEY"
+    return line
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+class Client:
+    """A thin synchronous client for the Blixard API; exits with a message on any failure."""
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        import httpx
+
+        self.base = url.rstrip("/")
+        headers = {"User-Agent": "blixard-cli"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(
+            base_url=self.base,
+            headers=headers,
+            timeout=httpx.Timeout(120.0, connect=5.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _unreachable(self, exc: Exception) -> NoReturn:
+        detail = str(exc) or type(exc).__name__
+        _fail(f"cannot reach Blixard at {self.base}: {detail}")
+
+    def request(
+        self, method: str, path: str, params: dict[str, Any] | None = None
+    ) -> tuple[bytes, Any]:
+        """Send a request; return (raw body, parsed JSON or None) of a 2xx answer."""
+        import httpx
+
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = self._http.request(method, API_PREFIX + path, params=clean)
+        except httpx.TransportError as exc:
+            self._unreachable(exc)
+        if resp.status_code >= 400:
+            _fail(_api_error_message(resp.status_code, resp.content))
+        try:
+            parsed = json.loads(resp.content) if resp.content else None
+        except ValueError:
+            parsed = None
+        return resp.content, parsed
+
+    def stream_to(self, path: str, params: dict[str, Any], out: Any) -> None:
+        """GET `path` and copy the body byte-for-byte to the binary stream `out`."""
+        import httpx
+
+        clean = {k: v for k, v in params.items() if v is not None}
+        try:
+            with self._http.stream("GET", API_PREFIX + path, params=clean) as resp:
+                if resp.status_code >= 400:
+                    _fail(_api_error_message(resp.status_code, resp.read()))
+                for chunk in resp.iter_raw():
+                    out.write(chunk)
+        except httpx.TransportError as exc:
+            self._unreachable(exc)
+        out.flush()
+
+
+@contextmanager
+def _client(url: str, api_key: str | None) -> Iterator[Client]:
+    client = Client(url, api_key)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _check_workspace(name: str) -> str:
+    if not WORKSPACE_RE.match(name):
+        _fail(
+            f"invalid workspace name {name!r}: use 1-128 characters of A-Z a-z 0-9 . _ - "
+            "not starting with '.'"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover - loop always returns
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def relative_age(value: str | None, now: datetime | None = None) -> str:
+    """'12s ago', '5m ago', '3h ago', '2d ago' for an ISO 8601 time; '-' when absent."""
+    when = _parse_time(value)
+    if when is None:
+        return value or "-"
+    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
+    if seconds < 0:
+        return "just now"
+    return _format_duration(seconds) + " ago"
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h"
+    return f"{int(seconds // 86400)}d"
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _text(value: Any) -> Any:
+    """Plain (non-markup) text for a table cell."""
+    from rich.text import Text
+
+    return Text("-" if value is None or value == "" else str(value))
+
+
+def _print_json(raw: bytes) -> None:
+    sys.stdout.write(raw.decode("utf-8", "replace").rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- commands
 
 
 @app.callback()
@@ -50,6 +280,305 @@ def serve(
         "log_level": log_level,
     }
     run_server({k: v for k, v in flags.items() if v is not None})
+
+
+@app.command()
+def workspaces(
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List workspaces with their current version, size and lock."""
+    items: list[dict[str, Any]] = []
+    with _client(url, api_key) as client:
+        after: str | None = None
+        while True:
+            raw, body = client.request("GET", "/workspaces", {"limit": 1000, "after": after})
+            if not isinstance(body, dict) or not isinstance(body.get("workspaces"), list):
+                _fail(f"unexpected answer from {client.base}: {raw[:200]!r}")
+            items.extend(body["workspaces"])
+            after = body.get("next_after")
+            if not after:
+                break
+    if as_json:
+        _print_json(json.dumps({"workspaces": items, "next_after": None}, indent=2).encode())
+        return
+    console = _console()
+    if not items:
+        console.print("No workspaces yet.")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col, justify in (
+        ("WORKSPACE", "left"),
+        ("VERSION", "right"),
+        ("SERIAL", "right"),
+        ("RESOURCES", "right"),
+        ("SIZE", "right"),
+        ("UPDATED", "left"),
+        ("LOCK", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for ws in items:
+        lock = ws.get("lock") or {}
+        lock_text = "-"
+        if ws.get("locked"):
+            lock_text = f"locked by {lock.get('Who') or '?'} ({lock.get('ID') or '?'})"
+        table.add_row(
+            _text(ws.get("name")),
+            _text(ws.get("version")),
+            _text(ws.get("serial")),
+            _text(ws.get("resource_count")),
+            human_size(ws.get("size")),
+            relative_age(ws.get("updated_at")),
+            _text(lock_text),
+        )
+    console.print(table)
+
+
+@app.command()
+def history(
+    workspace: Annotated[str, typer.Argument(help="Workspace name.")],
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Versions to show (server default 50).")
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option("--before", min=1, help="Only versions older than this one.")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a workspace's versions, newest first."""
+    _check_workspace(workspace)
+    with _client(url, api_key) as client:
+        raw, body = client.request(
+            "GET", f"/history/{workspace}", {"limit": limit, "before": before}
+        )
+    if as_json:
+        _print_json(raw)
+        return
+    versions = body.get("versions") if isinstance(body, dict) else None
+    if not isinstance(versions, list):
+        _fail(f"unexpected answer from {url}: {raw[:200]!r}")
+    console = _console()
+    if not versions:
+        console.print(f"No versions of {workspace}.", markup=False)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col, justify in (
+        ("VERSION", "right"),
+        ("SERIAL", "right"),
+        ("RESOURCES", "right"),
+        ("SIZE", "right"),
+        ("CREATED", "left"),
+        ("SOURCE", "left"),
+        ("LOCK ID", "left"),
+        ("TERRAFORM", "left"),
+        ("SHA256", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for v in versions:
+        source = v.get("source") or "-"
+        if v.get("rolled_back_from") is not None:
+            source = f"{source} from v{v['rolled_back_from']}"
+        table.add_row(
+            _text(v.get("version")),
+            _text(v.get("serial")),
+            _text(v.get("resource_count")),
+            human_size(v.get("size")),
+            relative_age(v.get("created_at")),
+            _text(source),
+            _text(v.get("lock_id")),
+            _text(v.get("terraform_version")),
+            _text((v.get("sha256") or "")[:12]),
+        )
+    console.print(table)
+    next_before = body.get("next_before")
+    if next_before:
+        console.print(f"(older versions: --before {next_before})", markup=False)
+
+
+@app.command()
+def show(
+    workspace: Annotated[str, typer.Argument(help="Workspace name.")],
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="A past version (default: current).")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Print a workspace's state to stdout exactly as stored."""
+    _check_workspace(workspace)
+    with _client(url, api_key) as client:
+        client.stream_to(f"/state/{workspace}", {"version": version}, sys.stdout.buffer)
+
+
+@app.command()
+def rollback(
+    workspace: Annotated[str, typer.Argument(help="Workspace name.")],
+    version: Annotated[int, typer.Argument(min=1, help="Version to restore.")],
+    lock_id: Annotated[
+        str | None,
+        typer.Option("--lock-id", help="ID of the lock you hold on the workspace, if any."),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make version N the current state again (as a new version; history is kept)."""
+    _check_workspace(workspace)
+    with _client(url, api_key) as client:
+        raw, body = client.request(
+            "POST", f"/rollback/{workspace}/{version}", {"ID": lock_id}
+        )
+    if as_json:
+        _print_json(raw)
+        return
+    meta = body if isinstance(body, dict) else {}
+    _console().print(
+        f"Rolled back {workspace} to version {version}: new version {meta.get('version', '?')} "
+        f"(serial {meta.get('serial', '?')}, {human_size(meta.get('size'))}).",
+        markup=False,
+    )
+
+
+@app.command()
+def lock(
+    workspace: Annotated[str, typer.Argument(help="Workspace name.")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show whether a workspace is locked, and by whom."""
+    _check_workspace(workspace)
+    with _client(url, api_key) as client:
+        raw, body = client.request("GET", f"/lock/{workspace}")
+    if as_json:
+        _print_json(raw)
+        return
+    status = body if isinstance(body, dict) else {}
+    console = _console()
+    info = status.get("lock")
+    if not status.get("locked") or not isinstance(info, dict):
+        console.print(f"{workspace} is not locked.", markup=False)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("Workspace", _text(workspace))
+    table.add_row("Locked", "yes")
+    for field in LOCK_FIELDS:
+        table.add_row(field, _text(info.get(field)))
+    age = status.get("age_seconds")
+    table.add_row("Locked at", _text(status.get("locked_at")))
+    table.add_row("Held for", _format_duration(float(age)) if age is not None else "-")
+    console.print(table)
+
+
+@app.command()
+def unlock(
+    workspace: Annotated[str, typer.Argument(help="Workspace name.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Really remove the lock, whoever holds it.")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Force-unlock a workspace (like `terraform force-unlock`)."""
+    _check_workspace(workspace)
+    if not force:
+        _fail(
+            f"refusing to unlock {workspace} without --force: removing a lock that a running "
+            f"terraform/tofu still holds lets two writers clobber the state; check "
+            f"'blixard lock {workspace}' first, then rerun with --force"
+        )
+    with _client(url, api_key) as client:
+        raw, body = client.request("DELETE", f"/lock/{workspace}")
+    if as_json:
+        _print_json(raw)
+        return
+    removed = body.get("lock") if isinstance(body, dict) else None
+    console = _console()
+    if isinstance(removed, dict):
+        console.print(
+            f"Unlocked {workspace}: removed lock {removed.get('ID') or '?'} held by "
+            f"{removed.get('Who') or 'unknown'}"
+            + (f" ({removed['Operation']})" if removed.get("Operation") else "")
+            + ".",
+            markup=False,
+        )
+    else:
+        console.print(f"{workspace} was not locked.", markup=False)
+
+
+class Style(StrEnum):
+    post = "post"
+    lock = "lock"
+
+
+def render_backend_config(base_url: str, workspace: str, style: Style) -> str:
+    base = base_url.rstrip("/") + API_PREFIX
+    lines = [
+        "terraform {",
+        '  backend "http" {',
+        f'    address        = "{base}/state/{workspace}"',
+        f'    lock_address   = "{base}/lock/{workspace}"',
+        f'    unlock_address = "{base}/unlock/{workspace}"',
+    ]
+    if style is Style.post:
+        lines += [
+            '    update_method  = "POST"',
+            '    lock_method    = "POST"',
+            '    unlock_method  = "POST"',
+        ]
+    else:
+        lines += [
+            '    update_method  = "POST"',
+            '    lock_method    = "LOCK"',
+            '    unlock_method  = "UNLOCK"',
+        ]
+    lines += [
+        "",
+        "    # Retries on connection errors, 429 and 5xx (Retry-After is honoured).",
+        "    retry_max      = 5",
+        "    retry_wait_min = 1",
+        "    retry_wait_max = 3",
+        "",
+        "    # Credentials: keep them out of this file. Export",
+        "    #   TF_HTTP_USERNAME=api",
+        "    #   TF_HTTP_PASSWORD=<your Blixard API key>",
+        "    # (or set username/password here) to send them as HTTP Basic auth.",
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@app.command("backend-config")
+def backend_config(
+    workspace: Annotated[str, typer.Argument(help="Workspace name.")],
+    style: Annotated[
+        Style,
+        typer.Option(
+            "--style",
+            case_sensitive=False,
+            help="post: lock/unlock with POST (as in the Blixard docs); "
+            "lock: the stock LOCK/UNLOCK methods.",
+        ),
+    ] = Style.post,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Print a ready-to-paste `backend "http"` block for a workspace."""
+    _check_workspace(workspace)
+    sys.stdout.write(render_backend_config(url, workspace, style))
+    sys.stdout.flush()
 
 
 def main() -> None:
