@@ -432,9 +432,7 @@ def rollback(
     """Make version N the current state again (as a new version; history is kept)."""
     _check_workspace(workspace)
     with _client(url, api_key) as client:
-        raw, body = client.request(
-            "POST", f"/rollback/{workspace}/{version}", {"ID": lock_id}
-        )
+        raw, body = client.request("POST", f"/rollback/{workspace}/{version}", {"ID": lock_id})
     if as_json:
         _print_json(raw)
         return
