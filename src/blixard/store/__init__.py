@@ -1,0 +1,24 @@
+"""Storage engines behind one interface (protocol.Store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from blixard.store.protocol import Store
+
+
+def open_store_from_url(url: str, *, cache_bytes: int = 256 * 1024 * 1024) -> Store:
+    """Build (not yet open) the engine a storage URL names."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        from blixard.store.sqlite import SQLiteStore
+
+        # sqlite:///relative/path or sqlite:////absolute/path, like SQLAlchemy.
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
+        if not path:
+            raise ValueError(
+                "sqlite storage URL needs a file path, e.g. sqlite:///./data/blixard.db"
+            )
+        return SQLiteStore(Path(path), cache_bytes=cache_bytes)
+    raise ValueError(f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite).")

@@ -1,0 +1,60 @@
+"""The ASGI application: thin routers over the domain service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from blixard import __version__
+from blixard.api import backend, health, management
+from blixard.api.errors import install_error_handlers
+from blixard.api.metrics import Metrics, MetricsMiddleware
+from blixard.config import Settings
+from blixard.domain.service import StateService
+from blixard.store import open_store_from_url
+from blixard.store.protocol import Store
+
+DESCRIPTION = """
+Blixard stores OpenTofu/Terraform state for the stock `backend "http"`: durable, locked,
+versioned, with history and rollback. Point `address` at `/api/tofu/state/{workspace}`,
+`lock_address` at `/api/tofu/lock/{workspace}` and `unlock_address` at
+`/api/tofu/unlock/{workspace}` (the stock LOCK/UNLOCK methods and POST both work).
+
+Errors are JSON `{"error": code, "message": sentence}`; lock conflicts also carry the
+holder's LockInfo fields (`ID`, `Who`, `Operation`, ...) at top level.
+"""
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+    store = store or open_store_from_url(
+        settings.resolved_storage_url, cache_bytes=settings.cache_bytes
+    )
+    service = StateService(store)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="Blixard",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(backend.router)
+    app.include_router(management.router)
+    app.include_router(health.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

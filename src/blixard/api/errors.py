@@ -1,0 +1,91 @@
+"""The one place where domain errors become HTTP statuses and JSON error bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from blixard.domain import errors as e
+
+log = logging.getLogger("blixard.api")
+
+STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
+    (e.PayloadTooLarge, 413),
+    (e.InvalidInput, 400),
+    (e.NotFound, 404),
+    (e.Locked, 423),
+    (e.LockConflict, 409),
+    (e.LockLost, 409),
+    (e.Conflict, 409),
+    (e.StorageUnavailable, 503),
+]
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def status_for(error: e.DomainError) -> int:
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    body = {"error": code, "message": message, **extra}
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def domain_error_response(error: e.DomainError) -> Response:
+    status = status_for(error)
+    extra: dict[str, Any] = dict(error.extra)
+    headers: dict[str, str] = {}
+    if isinstance(error, e.HolderError) and error.holder is not None:
+        # The stock clients parse a conflict body as LockInfo to name the holder.
+        extra.update(error.holder.holder_fields())
+    if isinstance(error, e.StorageUnavailable):
+        headers["Retry-After"] = str(error.retry_after)
+    return error_response(status, error.code, error.message, headers, **extra)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(e.DomainError)
+    async def _domain(_: Request, exc: e.DomainError) -> Response:
+        if isinstance(exc, e.StorageUnavailable):
+            log.warning("storage unavailable: %s", exc.message)
+        return domain_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
+            for err in exc.errors()
+        )
+        return error_response(400, "invalid_request", f"Invalid request: {problems}.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "An internal error occurred; see server logs.")

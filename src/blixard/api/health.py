@@ -1,0 +1,39 @@
+"""Liveness, storage health and Prometheus metrics: no credentials, nothing sensitive."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from blixard import __version__
+from blixard.api.views import json_response, service_of
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Liveness")
+async def health() -> Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+@router.get(
+    "/health/hiqlite",
+    summary="Storage engine health",
+    description="Named for the seed document's troubleshooting command; reports whichever "
+    "engine is configured. 503 when the store cannot serve.",
+)
+async def storage_health(request: Request) -> Response:
+    report = await service_of(request).health()
+    report.pop("path", None)  # where the data lives is nobody's business but the operator's
+    return json_response(report, status_code=200 if report.get("is_healthy") else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics
+    stats = await service_of(request).store.stats()
+    registry.versions_stored.set(stats["versions"])
+    registry.workspaces.set(stats["workspaces"])
+    registry.stored_bytes.set(stats["stored_bytes"])
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,91 @@
+"""Prometheus metrics and the ASGI middleware that records every request."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# `*_created` series double the output and tell operators nothing they need.
+disable_created_metrics()
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "blixard_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "blixard_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.lock_conflicts = Counter(
+            "blixard_lock_conflicts_total",
+            "LOCK requests refused because another ID holds the lock.",
+            registry=self.registry,
+        )
+        self.bytes_written = Counter(
+            "blixard_state_bytes_written_total",
+            "Bytes of state accepted as new versions.",
+            registry=self.registry,
+        )
+        self.versions_written = Counter(
+            "blixard_state_versions_written_total",
+            "New state versions accepted, by source.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.versions_stored = Gauge(
+            "blixard_state_versions_stored",
+            "State versions held by the store.",
+            registry=self.registry,
+        )
+        self.workspaces = Gauge(
+            "blixard_workspaces", "Workspaces known to the store.", registry=self.registry
+        )
+        self.stored_bytes = Gauge(
+            "blixard_state_stored_bytes",
+            "Bytes the stored versions take after compression.",
+            registry=self.registry,
+        )
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): counts and times requests by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)

@@ -1,0 +1,62 @@
+"""Settings: `BLIXARD_*` environment variables, overridden by `blixard serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MAX_STATE_BYTES = 256 * 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BLIXARD_", extra="ignore")
+
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT to listen on.")
+    data_dir: Path = Field(Path("./data"), description="Directory for the embedded store.")
+    storage_url: str | None = Field(
+        None, description="Storage URL; default sqlite:///<data_dir>/blixard.db."
+    )
+    max_state_bytes: int = Field(
+        DEFAULT_MAX_STATE_BYTES, gt=0, description="Largest accepted state body (inclusive)."
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="Memory for recently used state bodies."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("listen must be HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _valid_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("log_level must be debug, info, warning, error or critical")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"sqlite:///{self.data_dir / 'blixard.db'}"
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None) -> Settings:
+        """Environment first, then explicit overrides (CLI flags) that are not None."""
+        given = {key: value for key, value in (overrides or {}).items() if value is not None}
+        return cls(**given)

@@ -1,0 +1,101 @@
+"""Value objects of the domain: workspaces, versions, locks. Immutable, storage-agnostic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+VersionSource = Literal["write", "rollback", "restore"]
+
+#: LockInfo fields the stock http backend clients send and parse back on conflicts.
+LOCK_INFO_FIELDS = ("ID", "Operation", "Info", "Who", "Version", "Created", "Path")
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """A held state lock: the client's LockInfo as sent, plus when the server granted it."""
+
+    id: str
+    info: dict[str, Any]
+    locked_at: float
+
+    def holder_fields(self) -> dict[str, Any]:
+        """The LockInfo fields at top level, as the stock clients parse a conflict body."""
+        fields = {name: self.info.get(name, "") for name in LOCK_INFO_FIELDS}
+        fields["ID"] = self.id
+        return fields
+
+
+@dataclass(frozen=True, slots=True)
+class StateMeta:
+    """What the server reads out of a state body; the body itself is never rewritten."""
+
+    serial: int
+    lineage: str
+    terraform_version: str | None
+    resource_count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMeta:
+    workspace: str
+    version: int
+    serial: int
+    lineage: str
+    size: int
+    sha256: str
+    md5: str
+    created_at: float
+    lock_id: str | None
+    terraform_version: str | None
+    resource_count: int | None
+    source: VersionSource
+    rolled_back_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A version about to be appended: the domain computed everything but its number."""
+
+    meta: StateMeta
+    size: int
+    sha256: str
+    md5: str
+    created_at: float
+    lock_id: str | None
+    source: VersionSource
+    rolled_back_from: int | None = None
+
+    def numbered(self, workspace: str, version: int) -> VersionMeta:
+        return VersionMeta(
+            workspace=workspace,
+            version=version,
+            serial=self.meta.serial,
+            lineage=self.meta.lineage,
+            size=self.size,
+            sha256=self.sha256,
+            md5=self.md5,
+            created_at=self.created_at,
+            lock_id=self.lock_id,
+            terraform_version=self.meta.terraform_version,
+            resource_count=self.meta.resource_count,
+            source=self.source,
+            rolled_back_from=self.rolled_back_from,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """One workspace as the store holds it. `revision` changes on every mutation (CAS token)."""
+
+    name: str
+    revision: int
+    created_at: float
+    updated_at: float
+    head: VersionMeta | None = None
+    lock: Lock | None = None
+    deleted_at: float | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None

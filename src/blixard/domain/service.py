@@ -1,0 +1,308 @@
+"""StateService: every rule about locks, versions, serials and lineages, in one place.
+
+Each mutation reads the workspace, decides by the rules, then asks the store for one atomic
+compare-and-set on the revision it read. If something else changed the workspace in between,
+the store says so and the decision is made again on fresh data, so rules are never applied to
+a stale view, whatever the engine or the number of server nodes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from blixard.domain.errors import (
+    ChecksumMismatch,
+    LineageMismatch,
+    LockConflict,
+    Locked,
+    LockLost,
+    NotFound,
+    SerialConflict,
+    SerialRegression,
+    StorageUnavailable,
+    WorkspaceDeleted,
+    WorkspaceNotDeleted,
+)
+from blixard.domain.models import Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.domain.parsing import check_workspace_name, parse_lock_info, parse_state, with_serial
+from blixard.store.protocol import Store
+
+T = TypeVar("T")
+
+#: How often a decision is retried when the workspace keeps changing under it.
+_CAS_ATTEMPTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    meta: VersionMeta
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LockStatus:
+    workspace: str
+    lock: Lock | None
+
+
+class StateService:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _cas(
+        self, name: str, attempt: Callable[[Workspace | None], Awaitable[T | None]]
+    ) -> T:
+        """Run `attempt` on a fresh read until the store accepts its compare-and-set."""
+        for _ in range(_CAS_ATTEMPTS):
+            ws = await self.store.get_workspace(name)
+            result = await attempt(ws)
+            if result is not None:
+                return result
+        raise StorageUnavailable("The workspace is changing too fast to apply this operation.")
+
+    async def _existing(self, name: str) -> Workspace:
+        check_workspace_name(name)
+        ws = await self.store.get_workspace(name)
+        if ws is None or ws.deleted:
+            raise NotFound(f"Workspace '{name}' does not exist.")
+        return ws
+
+    @staticmethod
+    def _check_writer(ws: Workspace | None, lock_id: str | None, action: str) -> None:
+        """A write is allowed to the lock holder, or to anyone while nothing is locked."""
+        lock = ws.lock if ws else None
+        if lock is not None and lock.id != lock_id:
+            raise Locked(
+                f"Cannot {action}: the workspace is locked by {lock.info.get('Who') or 'someone'} "
+                f"(lock ID {lock.id}).",
+                lock,
+            )
+        if lock is None and lock_id is not None:
+            raise LockLost(
+                f"Cannot {action}: lock {lock_id} is not held (it was released or broken).",
+                None,
+            )
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def read_state(self, name: str, version: int | None = None) -> tuple[VersionMeta, bytes]:
+        ws = await self._existing(name)
+        found = (
+            await self.store.read_head(name)
+            if version is None
+            else await self.store.read_version(name, version)
+        )
+        if found is None:
+            if version is None or ws.head is None:
+                raise NotFound(f"Workspace '{name}' has no state yet.")
+            raise NotFound(f"Workspace '{name}' has no version {version}.")
+        return found
+
+    async def write_state(
+        self,
+        name: str,
+        body: bytes,
+        *,
+        lock_id: str | None = None,
+        content_md5: str | None = None,
+        source: VersionSource = "write",
+        rolled_back_from: int | None = None,
+    ) -> WriteResult:
+        check_workspace_name(name)
+        md5 = hashlib.md5(body)
+        if content_md5 is not None:
+            verify_content_md5(md5.digest(), content_md5)
+        meta = parse_state(body)
+        sha256 = hashlib.sha256(body).hexdigest()
+        new = NewVersion(
+            meta=meta,
+            size=len(body),
+            sha256=sha256,
+            md5=md5.hexdigest(),
+            created_at=self.clock(),
+            lock_id=lock_id,
+            source=source,
+            rolled_back_from=rolled_back_from,
+        )
+
+        async def attempt(ws: Workspace | None) -> WriteResult | None:
+            if ws is not None and ws.deleted:
+                raise WorkspaceDeleted(
+                    f"Workspace '{name}' is deleted; restore it before writing to it."
+                )
+            self._check_writer(ws, lock_id, "write state")
+            head = ws.head if ws else None
+            if head is not None:
+                if head.sha256 == sha256 and source == "write":
+                    return WriteResult(head, created=False)
+                if meta.lineage != head.lineage:
+                    raise LineageMismatch(
+                        f"State lineage {meta.lineage} does not match the workspace's lineage "
+                        f"{head.lineage}."
+                    )
+                if meta.serial < head.serial:
+                    raise SerialRegression(
+                        f"State serial {meta.serial} is older than the current serial "
+                        f"{head.serial}."
+                    )
+                if meta.serial == head.serial:
+                    raise SerialConflict(
+                        f"State serial {meta.serial} is already stored with different content; "
+                        "a changed state needs a higher serial."
+                    )
+            updated = await self.store.append_version(
+                name, body, new, expect_revision=ws.revision if ws else None
+            )
+            if updated is None or updated.head is None:
+                return None
+            return WriteResult(updated.head, created=True)
+
+        return await self._cas(name, attempt)
+
+    async def rollback(self, name: str, version: int, *, lock_id: str | None = None) -> VersionMeta:
+        """Make version N current again, as a new version with serial = current + 1."""
+        ws = await self._existing(name)
+        self._check_writer(ws, lock_id, "roll back")
+        _, old_body = await self.read_state(name, version)
+        for _ in range(_CAS_ATTEMPTS):
+            ws = await self._existing(name)
+            assert ws.head is not None  # read_state found a version
+            body = with_serial(old_body, ws.head.serial + 1)
+            try:
+                result = await self.write_state(
+                    name, body, lock_id=lock_id, source="rollback", rolled_back_from=version
+                )
+            except (SerialConflict, SerialRegression):
+                continue  # someone wrote in between: recompute the serial
+            return result.meta
+        raise StorageUnavailable("The workspace is changing too fast to roll back.")
+
+    # -- locks ---------------------------------------------------------------------------
+
+    async def lock(self, name: str, body: bytes) -> Lock:
+        check_workspace_name(name)
+        info = parse_lock_info(body)
+        assert info is not None
+        lock = Lock(id=info["ID"], info=info, locked_at=self.clock())
+
+        async def attempt(ws: Workspace | None) -> Lock | None:
+            if ws is not None and ws.deleted:
+                raise WorkspaceDeleted(f"Workspace '{name}' is deleted; restore it first.")
+            if ws is not None and ws.lock is not None:
+                if ws.lock.id == lock.id:
+                    return ws.lock  # a client retry of the LOCK it already won
+                who = ws.lock.info.get("Who") or "someone"
+                raise Locked(
+                    f"Workspace '{name}' is already locked by {who} (lock ID {ws.lock.id}).",
+                    ws.lock,
+                )
+            updated = await self.store.put_lock(
+                name, lock, expect_revision=ws.revision if ws else None, now=lock.locked_at
+            )
+            return updated.lock if updated else None
+
+        return await self._cas(name, attempt)
+
+    async def unlock(self, name: str, body: bytes) -> Lock | None:
+        """Release a lock by ID; an empty body (terraform force-unlock) releases any lock."""
+        check_workspace_name(name)
+        info = parse_lock_info(body, allow_empty=True)
+        if info is None:
+            return await self.force_unlock(name)
+        lock_id = info["ID"]
+
+        async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
+            if ws is None or ws.lock is None:
+                return (None,)
+            if ws.lock.id != lock_id:
+                raise LockConflict(
+                    f"Lock ID {lock_id} does not hold workspace '{name}'; it is held by "
+                    f"{ws.lock.info.get('Who') or 'someone'} (lock ID {ws.lock.id}).",
+                    ws.lock,
+                )
+            return await self._release(ws)
+
+        return (await self._cas(name, attempt))[0]
+
+    async def force_unlock(self, name: str) -> Lock | None:
+        """Break whatever lock is held; answers with the lock that was removed."""
+        check_workspace_name(name)
+
+        async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
+            if ws is None or ws.lock is None:
+                return (None,)
+            return await self._release(ws)
+
+        return (await self._cas(name, attempt))[0]
+
+    async def _release(self, ws: Workspace) -> tuple[Lock | None] | None:
+        updated = await self.store.put_lock(
+            ws.name, None, expect_revision=ws.revision, now=self.clock()
+        )
+        return (ws.lock,) if updated else None
+
+    async def lock_status(self, name: str) -> LockStatus:
+        ws = await self._existing(name)
+        return LockStatus(name, ws.lock)
+
+    # -- workspaces ----------------------------------------------------------------------
+
+    async def list_workspaces(self, *, after: str | None, limit: int) -> list[Workspace]:
+        return await self.store.list_workspaces(after=after, limit=limit)
+
+    async def history(self, name: str, *, before: int | None, limit: int) -> list[VersionMeta]:
+        await self._existing(name)
+        return await self.store.list_versions(name, before=before, limit=limit)
+
+    async def delete_workspace(self, name: str) -> Workspace:
+        """Soft delete: hidden from lists and reads, every version kept for restore."""
+        check_workspace_name(name)
+
+        async def attempt(ws: Workspace | None) -> Workspace | None:
+            if ws is None or ws.deleted:
+                raise NotFound(f"Workspace '{name}' does not exist.")
+            if ws.lock is not None:
+                raise Locked(
+                    f"Workspace '{name}' is locked (lock ID {ws.lock.id}); unlock it before "
+                    "deleting it.",
+                    ws.lock,
+                )
+            now = self.clock()
+            return await self.store.set_deleted(name, now, expect_revision=ws.revision, now=now)
+
+        return await self._cas(name, attempt)
+
+    async def restore_workspace(self, name: str) -> Workspace:
+        check_workspace_name(name)
+
+        async def attempt(ws: Workspace | None) -> Workspace | None:
+            if ws is None:
+                raise NotFound(f"Workspace '{name}' does not exist.")
+            if not ws.deleted:
+                raise WorkspaceNotDeleted(f"Workspace '{name}' is not deleted.")
+            return await self.store.set_deleted(
+                name, None, expect_revision=ws.revision, now=self.clock()
+            )
+
+        return await self._cas(name, attempt)
+
+    async def health(self) -> dict[str, Any]:
+        return await self.store.health()
+
+
+def verify_content_md5(digest: bytes, header: str) -> None:
+    """Check a Content-MD5 header (base64 of the body's MD5, RFC 1864)."""
+    try:
+        expected = base64.b64decode(header.strip(), validate=True)
+    except ValueError:
+        raise ChecksumMismatch("Content-MD5 is not valid base64.") from None
+    if expected != digest:
+        raise ChecksumMismatch("Content-MD5 does not match the body: it was corrupted in transit.")

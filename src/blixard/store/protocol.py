@@ -1,0 +1,71 @@
+"""The storage interface the domain talks to.
+
+Every mutating operation is one atomic compare-and-set on the workspace's `revision`, the
+token returned with every `Workspace`: it succeeds only if nothing changed the workspace since
+the caller read it, and returns None otherwise (the caller re-reads and re-decides). That is a
+SQLite transaction in one engine and an etcd transaction compared on mod_revision in another,
+and it keeps every rule in the domain layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from blixard.domain.models import Lock, NewVersion, VersionMeta, Workspace
+
+
+class Store(Protocol):
+    engine: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def health(self) -> dict[str, Any]:
+        """Health for /health/hiqlite: at least is_healthy, engine, node_count, has_leader."""
+        ...
+
+    async def get_workspace(self, name: str) -> Workspace | None: ...
+
+    async def list_workspaces(
+        self, *, after: str | None = None, limit: int = 1000, include_deleted: bool = False
+    ) -> list[Workspace]:
+        """Workspaces sorted by name, strictly after `after`."""
+        ...
+
+    async def put_lock(
+        self, name: str, lock: Lock | None, *, expect_revision: int | None, now: float
+    ) -> Workspace | None:
+        """Set (or clear, with None) the lock. `expect_revision=None` means the workspace must
+        not exist yet, and creates it."""
+        ...
+
+    async def append_version(
+        self, name: str, body: bytes, version: NewVersion, *, expect_revision: int | None
+    ) -> Workspace | None:
+        """Append `body` as the next version number and make it the head."""
+        ...
+
+    async def set_deleted(
+        self, name: str, deleted_at: float | None, *, expect_revision: int, now: float
+    ) -> Workspace | None:
+        """Soft-delete (a time) or restore (None) a workspace; history is untouched."""
+        ...
+
+    async def read_version(self, name: str, version: int) -> tuple[VersionMeta, bytes] | None:
+        """The exact bytes of one version, or None if there is no such version."""
+        ...
+
+    async def read_head(self, name: str) -> tuple[VersionMeta, bytes] | None:
+        """The exact bytes of the workspace's current version."""
+        ...
+
+    async def list_versions(
+        self, name: str, *, before: int | None = None, limit: int = 50
+    ) -> list[VersionMeta]:
+        """Version metadata newest first, strictly below `before`."""
+        ...
+
+    async def stats(self) -> dict[str, int]:
+        """Counts for metrics: workspaces, versions, stored_bytes."""
+        ...

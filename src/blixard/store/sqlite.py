@@ -1,0 +1,692 @@
+"""The embedded engine: one SQLite file in WAL mode with full fsync on every commit.
+
+One writer connection lives on its own thread and drains a queue of operations; whatever has
+queued up while a commit was in flight goes into the next transaction together (group commit),
+each operation inside its own savepoint so one failure does not sink its neighbours. Readers use
+their own connections on a small thread pool. Because this process is the only writer of the
+file (an exclusive flock guards it), workspace records are kept in memory, written through after
+every commit, which makes the lock and head checks on the hot path free of I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import orjson
+
+from blixard.domain.errors import StorageUnavailable
+from blixard.domain.models import Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
+
+T = TypeVar("T")
+
+#: Bodies larger than this are compressed on a worker thread instead of the event loop.
+_INLINE_ENCODE_BYTES = 1024 * 1024
+#: The most operations one group commit takes from the queue.
+_MAX_BATCH = 128
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE workspaces (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            revision INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            deleted_at REAL,
+            head_version INTEGER,
+            lock_id TEXT,
+            lock_info BLOB,
+            locked_at REAL,
+            base_version INTEGER,
+            base_stored_size INTEGER,
+            deltas_since_base INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE versions (
+            workspace_id INTEGER NOT NULL REFERENCES workspaces(id),
+            version INTEGER NOT NULL,
+            serial INTEGER NOT NULL,
+            lineage TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            md5 TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            lock_id TEXT,
+            terraform_version TEXT,
+            resource_count INTEGER,
+            source TEXT NOT NULL,
+            rolled_back_from INTEGER,
+            encoding TEXT NOT NULL,
+            base_version INTEGER,
+            blob BLOB NOT NULL,
+            PRIMARY KEY (workspace_id, version)
+        );
+        """,
+    ),
+]
+
+_VERSION_COLUMNS = (
+    "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
+    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from"
+)
+
+
+class StoreInUse(RuntimeError):
+    """Another process already serves this database file."""
+
+
+@dataclass(frozen=True, slots=True)
+class _BaseInfo:
+    version: int
+    stored_size: int
+    deltas_since: int
+
+
+class _ByteLRU:
+    """A bytes-bounded LRU of (version, body) per workspace."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._size = 0
+        self._items: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: int) -> bytes | None:
+        with self._lock:
+            item = self._items.get(name)
+            if item is None or item[0] != version:
+                return None
+            self._items.move_to_end(name)
+            return item[1]
+
+    def put(self, name: str, version: int, body: bytes) -> None:
+        if len(body) > min(DELTA_MAX_BYTES, self.max_bytes):
+            self.discard(name)
+            return
+        with self._lock:
+            old = self._items.pop(name, None)
+            if old is not None:
+                self._size -= len(old[1])
+            self._items[name] = (version, body)
+            self._size += len(body)
+            while self._size > self.max_bytes and self._items:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._size -= len(evicted)
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            old = self._items.pop(name, None)
+            if old is not None:
+                self._size -= len(old[1])
+
+
+@dataclass(slots=True)
+class _Job:
+    operation: Callable[[sqlite3.Connection], Any]
+    on_commit: Callable[[Any], None] | None
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class _Writer(threading.Thread):
+    """The one thread that writes; batches queued operations into one commit."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="blixard-sqlite-writer", daemon=True)
+        self._path = path
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.commits = 0
+
+    def start_and_wait(self) -> None:
+        self.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def submit(
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(operation, on_commit, future, loop))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self.join()
+
+    def run(self) -> None:
+        try:
+            conn = _connect(self._path)
+        except BaseException as exc:  # surfaced to the opener
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stopping = False
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stopping = True
+                        break
+                    batch.append(job)
+                self._run_batch(conn, batch)
+                if stopping:
+                    return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, job.operation(conn)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = StorageUnavailable(f"The database could not commit ({exc}).")
+            outcomes = [(False, failure)] * len(batch)
+        for job, (ok, value) in zip(batch, outcomes, strict=True):
+            if ok and job.on_commit is not None:
+                job.on_commit(value)
+            job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
+
+
+class SQLiteStore:
+    engine = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        codec: VersionCodec | None = None,
+        cache_bytes: int = 256 * 1024 * 1024,
+        readers: int = 4,
+    ) -> None:
+        self.path = Path(path)
+        self.codec = codec or VersionCodec()
+        self._readers = readers
+        self._heads = _ByteLRU(cache_bytes)
+        self._bases = _ByteLRU(cache_bytes)
+        self._workspaces: dict[str, Workspace] = {}
+        self._ids: dict[str, int] = {}
+        self._base_info: dict[str, _BaseInfo] = {}
+        self._version_count = 0
+        self._stored_bytes = 0
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._writer: _Writer | None = None
+        self._flock_fd: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._take_file_lock()
+        self._executor = ThreadPoolExecutor(self._readers, thread_name_prefix="blixard-sqlite-read")
+        self._writer = _Writer(self.path)
+        await asyncio.to_thread(self._writer.start_and_wait)
+        await self._writer.submit(self._migrate)
+        await self._read(self._load_index)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        if self._flock_fd is not None:
+            os.close(self._flock_fd)
+            self._flock_fd = None
+
+    def _take_file_lock(self) -> None:
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreInUse(f"{self.path} is already served by another Blixard process.") from None
+        self._flock_fd = fd
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, script in MIGRATIONS:
+            if version in applied:
+                continue
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+
+    def schema_version(self) -> int:
+        return max(version for version, _ in MIGRATIONS)
+
+    # -- threads -------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            raise StorageUnavailable("The store is not open.")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: function(self._reader()))
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"The database could not be read ({exc}).") from None
+
+    def _write(
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise StorageUnavailable("The store is not open.")
+        return self._writer.submit(operation, on_commit)
+
+    # -- index ---------------------------------------------------------------------------
+
+    def _load_index(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute(
+            "SELECT w.id, w.name, w.revision, w.created_at, w.updated_at, w.deleted_at, "
+            "w.lock_id, w.lock_info, w.locked_at, w.base_version, w.base_stored_size, "
+            f"w.deltas_since_base, {_VERSION_COLUMNS} FROM workspaces w "
+            "LEFT JOIN versions v ON v.workspace_id = w.id AND v.version = w.head_version"
+        ).fetchall()
+        for row in rows:
+            ws_id, name, revision, created, updated, deleted, lock_id, lock_info, locked_at = row[
+                :9
+            ]
+            base_version, base_size, deltas_since = row[9:12]
+            head = _version_meta(name, row[12:]) if row[12] is not None else None
+            lock = (
+                Lock(lock_id, orjson.loads(lock_info), locked_at) if lock_id is not None else None
+            )
+            self._ids[name] = ws_id
+            self._workspaces[name] = Workspace(
+                name, revision, created, updated, head=head, lock=lock, deleted_at=deleted
+            )
+            if base_version is not None:
+                self._base_info[name] = _BaseInfo(base_version, base_size, deltas_since)
+        count, stored = conn.execute(
+            "SELECT count(*), coalesce(sum(length(blob)), 0) FROM versions"
+        ).fetchone()
+        self._version_count, self._stored_bytes = count, stored
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+            healthy = self._writer is not None and self._writer.is_alive()
+        except StorageUnavailable:
+            healthy = False
+        return {
+            "is_healthy": healthy,
+            "engine": self.engine,
+            "node_count": 1,
+            "has_leader": healthy,
+            "path": str(self.path),
+            "schema_version": self.schema_version(),
+        }
+
+    async def get_workspace(self, name: str) -> Workspace | None:
+        return self._workspaces.get(name)
+
+    async def list_workspaces(
+        self, *, after: str | None = None, limit: int = 1000, include_deleted: bool = False
+    ) -> list[Workspace]:
+        names = sorted(
+            name
+            for name, ws in self._workspaces.items()
+            if (after is None or name > after) and (include_deleted or not ws.deleted)
+        )
+        return [self._workspaces[name] for name in names[:limit]]
+
+    async def stats(self) -> dict[str, int]:
+        return {
+            "workspaces": len(self._workspaces),
+            "versions": self._version_count,
+            "stored_bytes": self._stored_bytes,
+        }
+
+    async def list_versions(
+        self, name: str, *, before: int | None = None, limit: int = 50
+    ) -> list[VersionMeta]:
+        ws_id = self._ids.get(name)
+        if ws_id is None:
+            return []
+
+        def query(conn: sqlite3.Connection) -> list[VersionMeta]:
+            rows = conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.workspace_id = ? "
+                "AND v.version < ? ORDER BY v.version DESC LIMIT ?",
+                (ws_id, before if before is not None else 2**62, limit),
+            ).fetchall()
+            return [_version_meta(name, row) for row in rows]
+
+        return await self._read(query)
+
+    async def read_head(self, name: str) -> tuple[VersionMeta, bytes] | None:
+        ws = self._workspaces.get(name)
+        if ws is None or ws.head is None:
+            return None
+        cached = self._heads.get(name, ws.head.version)
+        if cached is not None:
+            return ws.head, cached
+        return await self.read_version(name, ws.head.version)
+
+    async def read_version(self, name: str, version: int) -> tuple[VersionMeta, bytes] | None:
+        ws_id = self._ids.get(name)
+        if ws_id is None:
+            return None
+        return await self._read(lambda conn: self._read_version(conn, name, ws_id, version))
+
+    def _read_version(
+        self, conn: sqlite3.Connection, name: str, ws_id: int, version: int
+    ) -> tuple[VersionMeta, bytes] | None:
+        row = conn.execute(
+            f"SELECT {_VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
+            "WHERE v.workspace_id = ? AND v.version = ?",
+            (ws_id, version),
+        ).fetchone()
+        if row is None:
+            return None
+        meta = _version_meta(name, row[:12])
+        encoded = Encoded(row[12], row[13], row[14])
+        base_body = None
+        if encoded.base_version is not None:
+            base_body = self._bases.get(name, encoded.base_version)
+            if base_body is None:
+                base_row = conn.execute(
+                    "SELECT encoding, base_version, blob FROM versions "
+                    "WHERE workspace_id = ? AND version = ?",
+                    (ws_id, encoded.base_version),
+                ).fetchone()
+                base_body = self.codec.decode(name, Encoded(*base_row), None)
+        return meta, self.codec.decode(name, encoded, base_body)
+
+    async def _delta_base(self, name: str) -> DeltaBase | None:
+        info = self._base_info.get(name)
+        if info is None:
+            return None
+        body = self._bases.get(name, info.version)
+        if body is None:
+            found = await self.read_version(name, info.version)
+            if found is None:
+                return None
+            body = found[1]
+            self._bases.put(name, info.version, body)
+        return DeltaBase(info.version, body, info.stored_size, info.deltas_since)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _stale(self, name: str, expect_revision: int | None) -> bool:
+        ws = self._workspaces.get(name)
+        return (ws.revision if ws else None) != expect_revision
+
+    async def put_lock(
+        self, name: str, lock: Lock | None, *, expect_revision: int | None, now: float
+    ) -> Workspace | None:
+        if self._stale(name, expect_revision):
+            return None
+        lock_json = orjson.dumps(lock.info) if lock else None
+
+        def operation(conn: sqlite3.Connection) -> tuple[Workspace, int] | None:
+            values = (
+                lock.id if lock else None,
+                lock_json,
+                lock.locked_at if lock else None,
+                now,
+            )
+            if expect_revision is None:
+                cursor = conn.execute(
+                    "INSERT INTO workspaces(name, revision, created_at, updated_at, lock_id, "
+                    "lock_info, locked_at) VALUES (?, 1, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO NOTHING",
+                    (name, now, now, *values[:3]),
+                )
+                if cursor.rowcount == 0:
+                    return None
+                return Workspace(name, 1, now, now, lock=lock), cast(int, cursor.lastrowid)
+            cursor = conn.execute(
+                "UPDATE workspaces SET lock_id = ?, lock_info = ?, locked_at = ?, "
+                "updated_at = ?, revision = revision + 1 WHERE name = ? AND revision = ?",
+                (*values, name, expect_revision),
+            )
+            if cursor.rowcount == 0:
+                return None
+            current = self._workspaces[name]
+            updated = replace(current, revision=expect_revision + 1, lock=lock, updated_at=now)
+            return updated, self._ids[name]
+
+        return await self._write_workspace(operation)
+
+    async def _write_workspace(
+        self, operation: Callable[[sqlite3.Connection], tuple[Workspace, int] | None]
+    ) -> Workspace | None:
+        def on_commit(result: tuple[Workspace, int] | None) -> None:
+            if result is not None:
+                self._workspaces[result[0].name] = result[0]
+                self._ids[result[0].name] = result[1]
+
+        result = await self._write(operation, on_commit)
+        return result[0] if result else None
+
+    async def set_deleted(
+        self, name: str, deleted_at: float | None, *, expect_revision: int, now: float
+    ) -> Workspace | None:
+        if self._stale(name, expect_revision):
+            return None
+
+        def operation(conn: sqlite3.Connection) -> tuple[Workspace, int] | None:
+            cursor = conn.execute(
+                "UPDATE workspaces SET deleted_at = ?, updated_at = ?, revision = revision + 1 "
+                "WHERE name = ? AND revision = ?",
+                (deleted_at, now, name, expect_revision),
+            )
+            if cursor.rowcount == 0:
+                return None
+            current = self._workspaces[name]
+            updated = replace(
+                current, revision=expect_revision + 1, deleted_at=deleted_at, updated_at=now
+            )
+            return updated, self._ids[name]
+
+        return await self._write_workspace(operation)
+
+    async def append_version(
+        self, name: str, body: bytes, version: NewVersion, *, expect_revision: int | None
+    ) -> Workspace | None:
+        if self._stale(name, expect_revision):
+            return None
+        base = await self._delta_base(name)
+        if len(body) > _INLINE_ENCODE_BYTES:
+            encoded = await asyncio.to_thread(self.codec.encode, name, body, base)
+        else:
+            encoded = self.codec.encode(name, body, base)
+        now = version.created_at
+
+        def operation(conn: sqlite3.Connection) -> tuple[Workspace, int, _BaseInfo] | None:
+            if expect_revision is None:
+                cursor = conn.execute(
+                    "INSERT INTO workspaces(name, revision, created_at, updated_at) "
+                    "VALUES (?, 0, ?, ?) ON CONFLICT(name) DO NOTHING",
+                    (name, now, now),
+                )
+                if cursor.rowcount == 0:
+                    return None
+                ws_id = cast(int, cursor.lastrowid)
+                current = Workspace(name, 0, now, now)
+            else:
+                found = conn.execute(
+                    "SELECT id, revision FROM workspaces WHERE name = ?", (name,)
+                ).fetchone()
+                if found is None or found[1] != expect_revision:
+                    return None
+                ws_id = found[0]
+                current = self._workspaces[name]
+            number = current.head.version + 1 if current.head else 1
+            meta = version.numbered(name, number)
+            conn.execute(
+                "INSERT INTO versions(workspace_id, version, serial, lineage, size, sha256, md5, "
+                "created_at, lock_id, terraform_version, resource_count, source, "
+                "rolled_back_from, encoding, base_version, blob) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ws_id,
+                    number,
+                    meta.serial,
+                    meta.lineage,
+                    meta.size,
+                    meta.sha256,
+                    meta.md5,
+                    meta.created_at,
+                    meta.lock_id,
+                    meta.terraform_version,
+                    meta.resource_count,
+                    meta.source,
+                    meta.rolled_back_from,
+                    encoded.encoding,
+                    encoded.base_version,
+                    encoded.blob,
+                ),
+            )
+            base_info = self._next_base(name, number, encoded)
+            revision = (expect_revision or 0) + 1
+            conn.execute(
+                "UPDATE workspaces SET head_version = ?, revision = ?, updated_at = ?, "
+                "base_version = ?, base_stored_size = ?, deltas_since_base = ? WHERE id = ?",
+                (
+                    number,
+                    revision,
+                    now,
+                    base_info.version,
+                    base_info.stored_size,
+                    base_info.deltas_since,
+                    ws_id,
+                ),
+            )
+            updated = replace(current, revision=revision, head=meta, updated_at=now)
+            return updated, ws_id, base_info
+
+        def on_commit(result: tuple[Workspace, int, _BaseInfo] | None) -> None:
+            if result is None:
+                return
+            ws, ws_id, base_info = result
+            assert ws.head is not None
+            self._workspaces[name] = ws
+            self._ids[name] = ws_id
+            self._base_info[name] = base_info
+            self._heads.put(name, ws.head.version, body)
+            if encoded.encoding == "zstd":
+                self._bases.put(name, ws.head.version, body)
+            self._version_count += 1
+            self._stored_bytes += len(encoded.blob)
+
+        result = await self._write(operation, on_commit)
+        return result[0] if result else None
+
+    def _next_base(self, name: str, number: int, encoded: Encoded) -> _BaseInfo:
+        current = self._base_info.get(name)
+        if encoded.encoding == "zstd":
+            return _BaseInfo(number, len(encoded.blob), 0)
+        assert current is not None
+        if encoded.base_version == current.version:
+            return replace(current, deltas_since=current.deltas_since + 1)
+        return current
+
+
+def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+    return VersionMeta(
+        workspace=name,
+        version=row[0],
+        serial=row[1],
+        lineage=row[2],
+        size=row[3],
+        sha256=row[4],
+        md5=row[5],
+        created_at=row[6],
+        lock_id=row[7],
+        terraform_version=row[8],
+        resource_count=row[9],
+        source=cast(VersionSource, row[10]),
+        rolled_back_from=row[11],
+    )
