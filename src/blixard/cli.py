@@ -224,7 +224,11 @@ def _format_duration(seconds: float) -> str:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        # Piped or captured output: never truncate table cells to a guessed 80 columns.
+        console.width = max(console.width, 240)
+    return console
 
 
 def _text(value: Any) -> Any:
