@@ -87,7 +87,7 @@ def _api_error_message(status: int, content: bytes) -> str:
             message = json.dumps(message)
         line = f"{message} ({code}, HTTP {status})"
         holder = _describe_holder(body)
-        if holder:
+        if holder and str(body.get("ID")) not in message:
             line += f"; {holder}"
     else:
         text = content.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
