@@ -6,7 +6,6 @@ state address, the stock methods on /lock and /unlock, and the seed document's P
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -20,6 +19,7 @@ from tests.e2e.tfkit import (
     ProjectFactory,
     RecordingProxy,
     TfProject,
+    content_md5,
     lock_info,
     resource_config,
     sha256_hex,
@@ -157,7 +157,7 @@ def test_state_pull_equals_server_bytes(
     update_method = style.update_method or "POST"
     (post,) = proxy.find(update_method, f"/api/tofu/state/{ws}")
     assert post.status == 200, (post.status, post.response_body)
-    assert post.headers["Content-MD5"] == base64.b64encode(hashlib.md5(post.body).digest()).decode()
+    assert post.headers["content-md5"] == content_md5(post.body)
     lock_method, lock_route = style.effective_lock
     (lock,) = proxy.find(lock_method, f"/api/tofu/{lock_route}/{ws}")
     lock_id = json.loads(lock.body)["ID"]
@@ -188,9 +188,10 @@ def test_concurrent_applies_exactly_one_fails_with_lock_error(
 
     loser = second.run("apply", "-auto-approve", ok=False)
     assert loser.returncode != 0, loser.describe()
-    assert LOCK_ERROR in loser.output, loser.describe()
-    assert f"HTTP remote state already locked: ID={holder['ID']}" in loser.output
-    assert holder["Who"] in loser.output
+    assert LOCK_ERROR in loser.flat, loser.describe()
+    assert f"HTTP remote state already locked: ID={holder['ID']}" in loser.flat, loser.describe()
+    assert f"Lock Info: ID: {holder['ID']}" in loser.flat, loser.describe()
+    assert f"Who: {holder['Who']}" in loser.flat, loser.describe()
 
     assert slow.wait(60) == 0, first.background_output()
     assert "Apply complete!" in first.background_output()
@@ -214,7 +215,7 @@ def test_force_unlock_of_lock_left_by_killed_terraform(
 
     blocked = proj.run("plan", ok=False)
     assert blocked.returncode != 0
-    assert LOCK_ERROR in blocked.output and f"ID={holder['ID']}" in blocked.output
+    assert LOCK_ERROR in blocked.flat and f"ID={holder['ID']}" in blocked.flat
 
     unlocked = proj.run("force-unlock", "-force", holder["ID"])
     assert "successfully unlocked" in unlocked.output, unlocked.describe()
@@ -245,7 +246,9 @@ def test_delete_lock_releases_stuck_lock(
     proj.write(resource_config("two"))
     blocked = proj.run("apply", "-auto-approve", ok=False)
     assert blocked.returncode != 0
-    assert LOCK_ERROR in blocked.output and f"ID={stuck_id}" in blocked.output
+    assert LOCK_ERROR in blocked.flat and f"ID={stuck_id}" in blocked.flat, blocked.describe()
+    # Terraform shows the holder's LockInfo, parsed from the server's 423 body.
+    assert "Who: ci-runner@elsewhere" in blocked.flat, blocked.describe()
     assert len(api.history(ws)) == 1
 
     resp = api.http.delete(f"/lock/{ws}")

@@ -147,6 +147,12 @@ class TfResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    @property
+    def flat(self) -> str:
+        """The output with Terraform's diagnostic box and line wrapping removed."""
+        return " ".join(self.output.replace("\u2502", " ").replace("\u2577", " ")
+                        .replace("\u2575", " ").split())
+
     def describe(self) -> str:
         return (
             f"terraform {' '.join(self.args)} -> exit {self.returncode}\n"
@@ -316,7 +322,7 @@ def content_md5(body: bytes) -> str:
 class Exchange:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names
     body: bytes
     status: int
     response_body: bytes
@@ -372,10 +378,10 @@ class RecordingProxy:
                         "accept-encoding"}
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
                 resp = client.request(self.command, self.path, content=body, headers=headers)
+                sent = {k.lower(): v for k, v in self.headers.items()}
                 with proxy._lock:
                     proxy.exchanges.append(Exchange(
-                        self.command, self.path, dict(self.headers.items()), body,
-                        resp.status_code, resp.content,
+                        self.command, self.path, sent, body, resp.status_code, resp.content,
                     ))
                 self.send_response(resp.status_code)
                 for key, value in resp.headers.items():
