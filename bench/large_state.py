@@ -33,21 +33,55 @@ def _headers(body: bytes) -> dict[str, str]:
     }
 
 
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux clear_refs 5), if permitted."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 async def exercise(
-    url: str, ws: str, state1: bytes, state2: bytes, gets: int
+    url: str, ws: str, state1: bytes, state2: bytes, gets: int, pid: int | None = None
 ) -> list[tuple[str, float, str]]:
-    """POST state1, GET it `gets` times, POST state2 (serial+1), GET it once."""
+    """POST state1, GET it `gets` times, POST state2 (serial+1), GET it once.
+
+    With the server's pid, each step's note also carries that step's own peak RSS growth
+    (VmHWM reset before the step, read after it).
+    """
     conn = HttpConnection(url)
     results: list[tuple[str, float, str]] = []
 
+    def before() -> int | None:
+        if pid is None:
+            return None
+        rss = _status_kib(pid, "VmRSS")
+        return rss if _reset_peak(pid) else None
+
+    def after(note: str, rss0: int | None) -> str:
+        if pid is None or rss0 is None:
+            return note
+        growth = _status_kib(pid, "VmHWM") - rss0
+        return f"{note}; step peak RSS +{mib(growth)} ({growth / len(state1):.2f}x)"
+
     async def post(label: str, body: bytes) -> None:
+        rss0 = before()
         t0 = time.perf_counter()
         r = await conn.request("POST", f"/api/tofu/state/{ws}", body, _headers(body))
         dt = time.perf_counter() - t0
         note = "200" if r.status == 200 else f"HTTP {r.status}: {r.body[:300]!r}"
-        results.append((label, dt, note))
+        results.append((label, dt, after(note, rss0)))
 
     async def get(label: str, expected: bytes) -> None:
+        rss0 = before()
         t0 = time.perf_counter()
         r = await conn.request("GET", f"/api/tofu/state/{ws}")
         dt = time.perf_counter() - t0
@@ -57,7 +91,7 @@ async def exercise(
             note = "bytes identical"
         else:
             note = f"BYTES DIFFER ({len(r.body)} vs {len(expected)} bytes)"
-        results.append((label, dt, note))
+        results.append((label, dt, after(note, rss0)))
 
     try:
         await conn.request("GET", "/health")
@@ -102,8 +136,10 @@ def main() -> None:
     with fresh_server("large") as (server, data_dir):
         # Let the server settle so RSS before reflects an idle, warmed-up process.
         run(_idle_requests(server.url))
+        assert server.proc is not None
         rss_before = server.rss_bytes()
         hwm_before = server.peak_rss_bytes()
+        # First pass: the overall peak, VmHWM untouched from before the first request.
         results = run(exercise(server.url, ws, state1, state2, args.gets))
         hwm_after = server.peak_rss_bytes()
         rss_after = server.rss_bytes()
@@ -114,6 +150,9 @@ def main() -> None:
             f"peak after {mib(hwm_after)}, RSS now {mib(rss_after)}"
         )
         print(f"peak RSS growth {mib(growth)} = {growth / len(state1):.2f}x the state size")
+        # Second pass on a new workspace: where the peak comes from, step by step.
+        print("per-step peak RSS (second workspace, VmHWM reset before each step):")
+        show(run(exercise(server.url, ws + "-b", state1, state2, 1, pid=server.proc.pid)))
         server.stop()
         on_disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
         print(
