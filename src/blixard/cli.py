@@ -8,6 +8,7 @@ http://127.0.0.1:8080) and an optional API key from `--api-key` or `BLIXARD_API_
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -151,11 +152,16 @@ class Client:
             with self._http.stream("GET", API_PREFIX + path, params=clean) as resp:
                 if resp.status_code >= 400:
                     _fail(_api_error_message(resp.status_code, resp.read()))
-                for chunk in resp.iter_raw():
+                for chunk in resp.iter_bytes():
                     out.write(chunk)
+                out.flush()
         except httpx.TransportError as exc:
             self._unreachable(exc)
-        out.flush()
+        except BrokenPipeError:
+            # The reader went away (`blixard show ws | head`): stop quietly, like cat does.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(code=1) from None
 
 
 @contextmanager
