@@ -22,11 +22,11 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from blixard.api.app import create_app
+    from blixard.api.app import asgi_app, create_app
 
     app = create_app(settings)
     uvicorn.run(
-        app,
+        asgi_app(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from blixard import __version__
 from blixard.api import backend, health, management
 from blixard.api.errors import install_error_handlers
+from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.metrics import Metrics, MetricsMiddleware
 from blixard.config import Settings
 from blixard.domain.service import StateService
@@ -56,5 +58,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(backend.router)
     app.include_router(management.router)
     app.include_router(health.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def asgi_app(app: FastAPI) -> ASGIApp:
+    """What the server runs: metrics around the protocol fast path around the FastAPI app."""
+    return MetricsMiddleware(ProtocolFastPath(app, root=app), app.state.metrics)

@@ -6,22 +6,37 @@ configuration and the seed's `lock_method = "POST"` configuration work.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from blixard.api.body import SMALL_BODY_LIMIT, read_body
 from blixard.api.views import iso, json_response, lock_json, service_of, version_json
-from blixard.domain.errors import Locked
+from blixard.domain.errors import InvalidInput, Locked
 
 router = APIRouter(prefix="/api/tofu", tags=["backend protocol"])
 
-WorkspacePath = Annotated[str, "workspace name"]
-LockIdQuery = Annotated[
-    str | None,
-    Query(alias="ID", description="The lock ID the writer holds (sent by clients while locked)."),
-]
+Handler = Callable[[Request, str], Awaitable[Response]]
+
+#: (route template, method) -> handler, for the fast path in api/fastpath.py.
+PROTOCOL_HANDLERS: dict[tuple[str, str], Handler] = {}
+
+_LOCK_ID_PARAM = {
+    "name": "ID",
+    "in": "query",
+    "required": False,
+    "description": "The lock ID the writer holds (clients send it while locked).",
+    "schema": {"type": "string"},
+}
+_VERSION_PARAM = {
+    "name": "version",
+    "in": "query",
+    "required": False,
+    "description": "A past version number (default: the current state).",
+    "schema": {"type": "integer", "minimum": 1},
+}
 
 _ERROR = {"description": "JSON error: `{error, message}`"}
 _HOLDER = {"description": "JSON error with the lock holder's LockInfo fields at top level"}
@@ -59,23 +74,44 @@ _STATE_BODY: dict[str, Any] = {
 }
 
 
-@router.get(
+def positive_int_query(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidInput(f"Query parameter '{name}' must be a positive integer.")
+    return int(raw)
+
+
+def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handler], Handler]:
+    """Register a handler with FastAPI (docs, fallback) and with the fast-path table."""
+
+    def register(handler: Handler) -> Handler:
+        template = router.prefix + path
+        for method in methods:
+            PROTOCOL_HANDLERS[(template, method)] = handler
+        router.add_api_route(path, handler, methods=methods, response_class=Response, **doc)
+        return handler
+
+    return register
+
+
+@protocol_route(
     "/state/{workspace}",
+    ["GET"],
     summary="Read the current state (or ?version=N)",
-    response_class=Response,
+    openapi_extra={"parameters": [_VERSION_PARAM]},
     responses={
         200: {
             "description": "The state bytes exactly as written",
             "content": {"application/json": {}},
         },
+        400: _ERROR,
         404: _ERROR,
     },
 )
-async def get_state(
-    request: Request,
-    workspace: WorkspacePath,
-    version: Annotated[int | None, Query(ge=1, description="A past version number")] = None,
-) -> Response:
+async def get_state(request: Request, workspace: str) -> Response:
+    version = positive_int_query(request, "version")
     meta, body = await service_of(request).read_state(workspace, version)
     return Response(
         body,
@@ -88,25 +124,32 @@ async def get_state(
     )
 
 
-@router.api_route(
+@protocol_route(
     "/state/{workspace}",
-    methods=["POST", "PUT"],
+    ["POST", "PUT"],
     summary="Write a new state version",
     description=(
         "Stores the body byte-for-byte as the next version. While the workspace is locked the "
         "writer must pass its lock ID as `?ID=`. A byte-identical re-send of the current state "
-        "is acknowledged without creating a version."
+        "is acknowledged without creating a version. `Content-MD5` is verified when present."
     ),
-    openapi_extra=_STATE_BODY,
-    responses={400: _ERROR, 409: _ERROR, 413: _ERROR, 423: _HOLDER},
+    openapi_extra={**_STATE_BODY, "parameters": [_LOCK_ID_PARAM]},
+    responses={
+        200: {"description": "VersionMeta of the stored version"},
+        400: _ERROR,
+        409: _ERROR,
+        413: _ERROR,
+        423: _HOLDER,
+    },
 )
-async def write_state(
-    request: Request, workspace: WorkspacePath, lock_id: LockIdQuery = None
-) -> Response:
+async def write_state(request: Request, workspace: str) -> Response:
     settings = request.app.state.settings
     body = await read_body(request, settings.max_state_bytes, verify_md5=False)
     result = await service_of(request).write_state(
-        workspace, body, lock_id=lock_id, content_md5=request.headers.get("content-md5")
+        workspace,
+        body,
+        lock_id=request.query_params.get("ID"),
+        content_md5=request.headers.get("content-md5"),
     )
     if result.created:
         metrics = request.app.state.metrics
@@ -115,98 +158,85 @@ async def write_state(
     return json_response(version_json(result.meta))
 
 
-async def _lock(request: Request, workspace: str) -> Response:
-    body = await read_body(request, SMALL_BODY_LIMIT)
-    try:
-        lock = await service_of(request).lock(workspace, body)
-    except Locked:
-        request.app.state.metrics.lock_conflicts.inc()
-        raise
-    return json_response(lock_json(lock))
-
-
-async def _unlock(request: Request, workspace: str) -> Response:
-    body = await read_body(request, SMALL_BODY_LIMIT)
-    released = await service_of(request).unlock(workspace, body)
-    return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
-
-
-_LOCK_DOC = dict(
+_LOCK_DOC: dict[str, Any] = dict(
     summary="Acquire the state lock",
     description=(
         "Body: the client's LockInfo. 200 with the LockInfo when granted (also when the same ID "
         "asks again); 423 with the holder's LockInfo fields when another ID holds it."
     ),
     openapi_extra=_LOCK_INFO_BODY,
-    responses={400: _ERROR, 423: _HOLDER},
+    responses={200: {"description": "The granted LockInfo"}, 400: _ERROR, 423: _HOLDER},
 )
-_UNLOCK_DOC = dict(
+_UNLOCK_DOC: dict[str, Any] = dict(
     summary="Release the state lock",
     description=(
         "Body: the LockInfo that locked (only `ID` is compared). An empty body, as "
         "`terraform force-unlock` sends, releases any lock. 409 with the holder's fields when "
         "another ID holds it; 200 when nothing is locked."
     ),
-    responses={400: _ERROR, 409: _HOLDER},
+    responses={200: {"description": "The released lock, if any"}, 400: _ERROR, 409: _HOLDER},
 )
 
 
-@router.api_route("/lock/{workspace}", methods=["LOCK", "POST"], **_LOCK_DOC)  # type: ignore[arg-type]
-async def lock_on_lock_address(request: Request, workspace: WorkspacePath) -> Response:
-    return await _lock(request, workspace)
+@protocol_route("/lock/{workspace}", ["LOCK", "POST"], **_LOCK_DOC)
+@protocol_route("/state/{workspace}", ["LOCK"], **_LOCK_DOC)
+async def lock(request: Request, workspace: str) -> Response:
+    body = await read_body(request, SMALL_BODY_LIMIT)
+    try:
+        granted = await service_of(request).lock(workspace, body)
+    except Locked:
+        request.app.state.metrics.lock_conflicts.inc()
+        raise
+    return json_response(lock_json(granted))
 
 
-@router.api_route("/state/{workspace}", methods=["LOCK"], **_LOCK_DOC)  # type: ignore[arg-type]
-async def lock_on_state_address(request: Request, workspace: WorkspacePath) -> Response:
-    return await _lock(request, workspace)
+@protocol_route("/unlock/{workspace}", ["UNLOCK", "POST"], **_UNLOCK_DOC)
+@protocol_route("/lock/{workspace}", ["UNLOCK"], **_UNLOCK_DOC)
+@protocol_route("/state/{workspace}", ["UNLOCK"], **_UNLOCK_DOC)
+async def unlock(request: Request, workspace: str) -> Response:
+    body = await read_body(request, SMALL_BODY_LIMIT)
+    released = await service_of(request).unlock(workspace, body)
+    return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
 
 
-@router.api_route("/unlock/{workspace}", methods=["UNLOCK", "POST"], **_UNLOCK_DOC)  # type: ignore[arg-type]
-async def unlock_on_unlock_address(request: Request, workspace: WorkspacePath) -> Response:
-    return await _unlock(request, workspace)
-
-
-@router.api_route("/lock/{workspace}", methods=["UNLOCK"], **_UNLOCK_DOC)  # type: ignore[arg-type]
-async def unlock_on_lock_address(request: Request, workspace: WorkspacePath) -> Response:
-    return await _unlock(request, workspace)
-
-
-@router.api_route("/state/{workspace}", methods=["UNLOCK"], **_UNLOCK_DOC)  # type: ignore[arg-type]
-async def unlock_on_state_address(request: Request, workspace: WorkspacePath) -> Response:
-    return await _unlock(request, workspace)
-
-
-@router.get("/lock/{workspace}", summary="Lock status and holder", responses={404: _ERROR})
-async def lock_status(request: Request, workspace: WorkspacePath) -> Response:
+@protocol_route(
+    "/lock/{workspace}",
+    ["GET"],
+    summary="Lock status and holder",
+    responses={200: {"description": "Lock status"}, 404: _ERROR},
+)
+async def lock_status(request: Request, workspace: str) -> Response:
     status = await service_of(request).lock_status(workspace)
-    lock = status.lock
+    held = status.lock
     now = request.app.state.service.clock()
     return json_response(
         {
             "workspace": workspace,
-            "locked": lock is not None,
-            "lock": lock_json(lock),
-            "locked_at": iso(lock.locked_at) if lock else None,
-            "age_seconds": round(now - lock.locked_at, 3) if lock else None,
+            "locked": held is not None,
+            "lock": lock_json(held),
+            "locked_at": iso(held.locked_at) if held else None,
+            "age_seconds": round(now - held.locked_at, 3) if held else None,
         }
     )
 
 
-@router.delete(
+@protocol_route(
     "/lock/{workspace}",
+    ["DELETE"],
     summary="Force-unlock: break whatever lock is held",
-    responses={400: _ERROR},
+    responses={200: {"description": "The removed lock, if any"}, 400: _ERROR},
 )
-async def force_unlock(request: Request, workspace: WorkspacePath) -> Response:
+async def force_unlock(request: Request, workspace: str) -> Response:
     released = await service_of(request).force_unlock(workspace)
     return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
 
 
-@router.delete(
+@protocol_route(
     "/state/{workspace}",
+    ["DELETE"],
     summary="Soft-delete the workspace (history kept, restorable)",
-    responses={404: _ERROR, 423: _HOLDER},
+    responses={200: {"description": "Deleted"}, 404: _ERROR, 423: _HOLDER},
 )
-async def delete_state(request: Request, workspace: WorkspacePath) -> Response:
+async def delete_state(request: Request, workspace: str) -> Response:
     await service_of(request).delete_workspace(workspace)
     return json_response({"workspace": workspace, "deleted": True})

