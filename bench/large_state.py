@@ -155,9 +155,10 @@ def main() -> None:
         show(run(exercise(server.url, ws + "-b", state1, state2, 1, pid=server.proc.pid)))
         server.stop()
         on_disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+        raw = 2 * (len(state1) + len(state2))
         print(
-            f"data dir after 2 versions and a clean stop: {mib(on_disk)} "
-            f"({100 * on_disk / (len(state1) + len(state2)):.1f}% of the raw bytes)"
+            f"data dir after 4 versions (2 workspaces x 2) and a clean stop: {mib(on_disk)} "
+            f"({100 * on_disk / raw:.1f}% of the {mib(raw)} raw)"
         )
 
 
