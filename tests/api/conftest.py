@@ -27,7 +27,7 @@ def make_client(tmp_path: Path) -> Iterator[ClientFactory]:
     def factory(*, framework_only: bool = False, **overrides: Any) -> TestClient:
         settings = Settings.load({"data_dir": tmp_path / f"data{len(opened)}", **overrides})
         app = create_app(settings)
-        client = TestClient(app if framework_only else asgi_app(app))
+        client = TestClient(asgi_app(app, fast_path=not framework_only))
         client.__enter__()
         client.app_state = app.state  # type: ignore[attr-defined]
         opened.append(client)

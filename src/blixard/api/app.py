@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return app
 
 
-def asgi_app(app: FastAPI) -> ASGIApp:
+def asgi_app(app: FastAPI, *, fast_path: bool = True) -> ASGIApp:
     """What the server runs: metrics around the protocol fast path around the FastAPI app."""
-    return MetricsMiddleware(ProtocolFastPath(app, root=app), app.state.metrics)
+    inner: ASGIApp = ProtocolFastPath(app, root=app) if fast_path else app
+    return MetricsMiddleware(inner, app.state.metrics)

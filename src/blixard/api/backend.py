@@ -88,9 +88,17 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
 
     def register(handler: Handler) -> Handler:
         template = router.prefix + path
+        address = path.split("/")[1]
         for method in methods:
             PROTOCOL_HANDLERS[(template, method)] = handler
-        router.add_api_route(path, handler, methods=methods, response_class=Response, **doc)
+            router.add_api_route(
+                path,
+                handler,
+                methods=[method],
+                response_class=Response,
+                operation_id=f"{handler.__name__}_{method.lower()}_{address}",
+                **doc,
+            )
         return handler
 
     return register

@@ -267,6 +267,9 @@ class _Writer(threading.Thread):
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.OperationalError):
+                        # Disk full, I/O error, busy: the store, not the request, is at fault.
+                        exc = StorageUnavailable(f"The database refused a write ({exc}).")
                     outcomes.append((False, exc))
             conn.execute("COMMIT")
             self.commits += 1
