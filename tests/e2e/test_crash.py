@@ -114,6 +114,7 @@ def integrity_check(db: Path) -> str:
 
 def test_acknowledged_writes_survive_kill9(tmp_path: Path) -> None:
     seed = int(os.environ.get("BLIXARD_CRASH_SEED", time.time_ns() % 1_000_000))
+    print(f"crash test seed {seed} (set BLIXARD_CRASH_SEED to replay)")
     rng = random.Random(seed)
     data = tmp_path / "data"
     server = ServerProcess(data, log_path=tmp_path / "server.log").start()
@@ -149,6 +150,8 @@ def test_acknowledged_writes_survive_kill9(tmp_path: Path) -> None:
                     w.url = server.url
                     verify(api, w)
                     w.resume_from(api)
+                    unacked = len(api.history(w.ws)) - len(w.acked)
+                    print(f"kill {kill}: {w.ws} acked={len(w.acked)} stored-unacked={unacked}")
             finally:
                 api.close()
         assert all(len(w.acked) >= KILLS * MIN_ACKS_PER_ROUND for w in writers)

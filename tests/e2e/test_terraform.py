@@ -193,10 +193,20 @@ def test_concurrent_applies_exactly_one_fails_with_lock_error(
     assert f"Lock Info: ID: {holder['ID']}" in loser.flat, loser.describe()
     assert f"Who: {holder['Who']}" in loser.flat, loser.describe()
 
+    # With -lock-timeout Terraform retries while the 423 names a holder, then gets the lock.
+    waiter = init_project(project_factory, "two", name="waiter")
+    patient = waiter.start("apply", "-auto-approve", "-lock-timeout=60s")
+    assert slow.poll() is None, "the waiter must start while the lock is held"
+
     assert slow.wait(60) == 0, first.background_output()
     assert "Apply complete!" in first.background_output()
-    (meta,) = api.history(ws)
-    assert meta["lock_id"] == holder["ID"]
+    assert patient.wait(60) == 0, waiter.background_output()
+    # It waited: it saw (and updated) the resource the slow apply created.
+    assert "Resources: 0 added, 1 changed" in waiter.background_output()
+    v2, v1 = api.history(ws)
+    assert v1["lock_id"] == holder["ID"]
+    assert v2["lock_id"] not in (None, holder["ID"])
+    assert resource_input(api.get_state(ws).json()) == "two"
     assert not api.is_locked(ws)
 
 
