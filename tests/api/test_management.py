@@ -48,15 +48,27 @@ def test_rollback_creates_new_version_with_next_serial(client: TestClient) -> No
     meta = response.json()
     assert meta["version"] == 4 and meta["serial"] == 4
     assert meta["source"] == "rollback" and meta["rolled_back_from"] == 2
-    restored = orjson.loads(client.get(f"{API}/state/w").content)
-    original = orjson.loads(tfstate(2, salt="2"))
-    assert restored == {**original, "serial": 4}
+    # Only the serial's digits change: every other byte is version 2's.
+    restored = client.get(f"{API}/state/w").content
+    assert restored == tfstate(2, salt="2").replace(b'"serial": 2,', b'"serial": 4,', 1)
     # History is appended to, never rewritten.
     versions = client.get(f"{API}/history/w").json()["versions"]
     assert [v["version"] for v in versions] == [4, 3, 2, 1]
     assert client.get(f"{API}/state/w", params={"version": 3}).content == tfstate(3, salt="3")
     # Terraform accepts the rolled-back state as newer: a normal write continues from it.
     write(client, "w", tfstate(5, salt="after"))
+
+
+def test_rollback_keeps_numbers_escapes_and_layout(client: TestClient) -> None:
+    exotic = (
+        b'{"version":4,"serial":1,"lineage":"x","outputs":{"big":{"value":'
+        b'123456789012345678901234567890},"f":{"value":1.50},"h":{"value":"\\u003chtml\\u0026"}},'
+        b'"resources":[{"serial":99}]}'
+    )
+    write(client, "w", exotic)
+    write(client, "w", tfstate(2, lineage="x"))
+    assert client.post(f"{API}/rollback/w/1").status_code == 200
+    assert client.get(f"{API}/state/w").content == exotic.replace(b'"serial":1,', b'"serial":3,')
 
 
 def test_rollback_respects_the_lock(client: TestClient) -> None:

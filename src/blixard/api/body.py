@@ -7,6 +7,7 @@ import hashlib
 from starlette.requests import Request
 
 from blixard.domain.errors import InvalidInput, PayloadTooLarge
+from blixard.domain.models import Body
 from blixard.domain.service import verify_content_md5
 
 #: Bodies that are not states (LockInfo, JSON commands) are small.
@@ -17,7 +18,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.", limit=limit)
 
 
-async def read_body(request: Request, limit: int, *, verify_md5: bool = True) -> bytes:
+async def read_body(request: Request, limit: int, *, verify_md5: bool = True) -> Body:
     """The whole body, refusing (413) as soon as it would pass `limit` bytes.
 
     With a Content-Length the buffer is allocated once; without one it grows. `Content-MD5`
@@ -45,14 +46,14 @@ async def read_body(request: Request, limit: int, *, verify_md5: bool = True) ->
         if filled != expected:
             raise InvalidInput("Request body is shorter than its Content-Length.")
         view.release()
-        body = bytes(buffer)
+        body: Body = bytes(buffer) if expected <= SMALL_BODY_LIMIT else buffer
     else:
         chunks = bytearray()
         async for chunk in request.stream():
             if len(chunks) + len(chunk) > limit:
                 raise _too_large(limit)
             chunks += chunk
-        body = bytes(chunks)
+        body = bytes(chunks) if len(chunks) <= SMALL_BODY_LIMIT else chunks
     md5_header = request.headers.get("content-md5")
     if verify_md5 and md5_header is not None:
         verify_content_md5(hashlib.md5(body).digest(), md5_header)

@@ -58,9 +58,9 @@ async def history(
     description=(
         "Creates a new version whose content is version N's with the top-level `serial` set to "
         "the current serial + 1, so clients accept it as newer. This is the only operation in "
-        "which the server changes state bytes (the document is re-serialised with 2-space "
-        "indentation, as Terraform writes it). Refused with 423 while someone else holds the "
-        "lock; the holder may roll back by passing `?ID=`."
+        "which the server changes state bytes, and only the digits of that one value change. "
+        "Refused with 423 while someone else holds the lock; the holder may roll back by "
+        "passing `?ID=`."
     ),
     responses={404: _ERROR, 409: _ERROR, 423: _ERROR},
 )

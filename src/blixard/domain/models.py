@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 VersionSource = Literal["write", "rollback", "restore"]
 
+#: A state body as received. Large bodies stay in the bytearray they were read into: copying a
+#: 200 MiB state into an immutable bytes object would double the server's peak memory.
+Body = bytes | bytearray
+
 #: LockInfo fields the stock http backend clients send and parse back on conflicts.
 LOCK_INFO_FIELDS = ("ID", "Operation", "Info", "Who", "Version", "Created", "Path")
 

@@ -13,7 +13,7 @@ import msgspec
 import orjson
 
 from blixard.domain.errors import InvalidLockInfo, InvalidState, InvalidWorkspaceName
-from blixard.domain.models import StateMeta
+from blixard.domain.models import Body, StateMeta
 
 WORKSPACE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
@@ -44,7 +44,7 @@ _resources_decoder = msgspec.json.Decoder(list[_Skipped])
 _string_decoder = msgspec.json.Decoder(str)
 
 
-def parse_state(body: bytes | bytearray | memoryview) -> StateMeta:
+def parse_state(body: Body) -> StateMeta:
     """Validate a state body and read its metadata.
 
     The only shape required is a JSON object with an integer `serial` (>= 0) and a string
@@ -89,17 +89,40 @@ def _count_objects(raw: msgspec.Raw) -> int | None:
         return None
 
 
+# A JSON token scanner just good enough to track depth: strings (with escapes), object keys
+# (a string followed by ':') and brackets. Everything else is skipped by the regex engine.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"(\s*:)?|[{}\[\]]')
+_INTEGER = re.compile(rb"\s*(-?\d+)")
+
+
 def with_serial(body: bytes, serial: int) -> bytes:
-    """A copy of a state with a new top-level serial (rollback only: the one time bytes change).
+    """A copy of a state whose top-level `serial` value is replaced, and nothing else.
 
-    Re-serialised the way Terraform writes state (2-space indent, key order kept).
+    Used by rollback, the one operation that edits state bytes: only the digits of the
+    top-level serial change, so numbers, escapes and formatting stay exactly as written.
     """
-    document = orjson.loads(body)
-    document["serial"] = serial
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    depth = 0
+    for token in _TOKENS.finditer(body):
+        first = body[token.start()]
+        if first in b"{[":
+            depth += 1
+        elif first in b"}]":
+            depth -= 1
+        elif token.group(1) is not None and depth == 1:
+            key = orjson.loads(body[token.start() : token.start(1)])
+            if key != "serial":
+                continue
+            number = _INTEGER.match(body, token.end())
+            if number is None:
+                break
+            edited = body[: number.start(1)] + str(serial).encode() + body[number.end(1) :]
+            if parse_state(edited).serial != serial:  # e.g. a duplicated "serial" key
+                break
+            return edited
+    raise InvalidState("The stored state has no single top-level integer 'serial' to update.")
 
 
-def parse_lock_info(body: bytes, *, allow_empty: bool = False) -> dict[str, Any] | None:
+def parse_lock_info(body: Body, *, allow_empty: bool = False) -> dict[str, Any] | None:
     """Parse a LockInfo body. Empty bodies mean 'force' where `allow_empty` (UNLOCK)."""
     if not body.strip():
         if allow_empty:

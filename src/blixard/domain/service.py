@@ -28,7 +28,7 @@ from blixard.domain.errors import (
     WorkspaceDeleted,
     WorkspaceNotDeleted,
 )
-from blixard.domain.models import Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.domain.parsing import check_workspace_name, parse_lock_info, parse_state, with_serial
 from blixard.store.protocol import Store
 
@@ -109,7 +109,7 @@ class StateService:
     async def write_state(
         self,
         name: str,
-        body: bytes,
+        body: Body,
         *,
         lock_id: str | None = None,
         content_md5: str | None = None,
@@ -187,7 +187,7 @@ class StateService:
 
     # -- locks ---------------------------------------------------------------------------
 
-    async def lock(self, name: str, body: bytes) -> Lock:
+    async def lock(self, name: str, body: Body) -> Lock:
         check_workspace_name(name)
         info = parse_lock_info(body)
         assert info is not None
@@ -211,7 +211,7 @@ class StateService:
 
         return await self._cas(name, attempt)
 
-    async def unlock(self, name: str, body: bytes) -> Lock | None:
+    async def unlock(self, name: str, body: Body) -> Lock | None:
         """Release a lock by ID; an empty body (terraform force-unlock) releases any lock."""
         check_workspace_name(name)
         info = parse_lock_info(body, allow_empty=True)

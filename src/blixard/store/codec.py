@@ -17,6 +17,8 @@ from typing import Literal
 
 import zstandard
 
+from blixard.domain.models import Body
+
 Encoding = Literal["zstd", "zstd-delta"]
 
 #: Above this size a version is always stored full: dictionaries that big cost more than they save.
@@ -89,15 +91,15 @@ class VersionCodec:
         self._dictionaries = _Dictionaries(dictionary_cache_bytes)
         self._params_by_window: dict[int, zstandard.ZstdCompressionParameters] = {}
 
-    def wants_full(self, body_size: int, base: DeltaBase | None) -> bool:
+    def wants_full(self, body_size: int, base_size: int, deltas_since: int) -> bool:
+        """Whether a body must be stored full; engines ask before fetching a base body."""
         return (
-            base is None
-            or base.deltas_since + 1 >= self.full_every
+            deltas_since + 1 >= self.full_every
             or body_size > DELTA_MAX_BYTES
-            or len(base.body) > DELTA_MAX_BYTES
+            or base_size > DELTA_MAX_BYTES
         )
 
-    def _compress_full(self, body: bytes) -> bytes:
+    def _compress_full(self, body: Body) -> bytes:
         # zstd contexts are not thread-safe and encoding runs on several threads: one per call.
         return zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(body)
 
@@ -117,9 +119,9 @@ class VersionCodec:
     ) -> zstandard.ZstdCompressionDict:
         return self._dictionaries.get((workspace, version), body, self._delta_params(len(body)))
 
-    def encode(self, workspace: str, body: bytes, base: DeltaBase | None) -> Encoded:
+    def encode(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:
         """Pack `body`, as a delta against `base` when that pays off, else full."""
-        if base is None or self.wants_full(len(body), base):
+        if base is None or self.wants_full(len(body), len(base.body), base.deltas_since):
             return Encoded("zstd", None, self._compress_full(body))
         dictionary = self._dictionary(workspace, base.version, base.body)
         compressor = zstandard.ZstdCompressor(

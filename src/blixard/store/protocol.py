@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from blixard.domain.models import Lock, NewVersion, VersionMeta, Workspace
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 
 
 class Store(Protocol):
@@ -41,7 +41,7 @@ class Store(Protocol):
         ...
 
     async def append_version(
-        self, name: str, body: bytes, version: NewVersion, *, expect_revision: int | None
+        self, name: str, body: Body, version: NewVersion, *, expect_revision: int | None
     ) -> Workspace | None:
         """Append `body` as the next version number and make it the head."""
         ...

@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from blixard.domain.errors import StorageUnavailable
-from blixard.domain.models import Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 
 T = TypeVar("T")
@@ -93,6 +93,7 @@ class StoreInUse(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class _BaseInfo:
     version: int
+    size: int
     stored_size: int
     deltas_since: int
 
@@ -114,10 +115,11 @@ class _ByteLRU:
             self._items.move_to_end(name)
             return item[1]
 
-    def put(self, name: str, version: int, body: bytes) -> None:
+    def put(self, name: str, version: int, body: Body) -> None:
         if len(body) > min(DELTA_MAX_BYTES, self.max_bytes):
             self.discard(name)
             return
+        body = bytes(body)  # a no-op for bytes; a cached body must never change under us
         with self._lock:
             old = self._items.pop(name, None)
             if old is not None:
@@ -410,15 +412,15 @@ class SQLiteStore:
         rows = conn.execute(
             "SELECT w.id, w.name, w.revision, w.created_at, w.updated_at, w.deleted_at, "
             "w.lock_id, w.lock_info, w.locked_at, w.base_version, w.base_stored_size, "
-            f"w.deltas_since_base, {_VERSION_COLUMNS} FROM workspaces w "
-            "LEFT JOIN versions v ON v.workspace_id = w.id AND v.version = w.head_version"
+            f"w.deltas_since_base, b.size, {_VERSION_COLUMNS} FROM workspaces w "
+            "LEFT JOIN versions v ON v.workspace_id = w.id AND v.version = w.head_version "
+            "LEFT JOIN versions b ON b.workspace_id = w.id AND b.version = w.base_version"
         ).fetchall()
         for row in rows:
-            ws_id, name, revision, created, updated, deleted, lock_id, lock_info, locked_at = row[
-                :9
-            ]
-            base_version, base_size, deltas_since = row[9:12]
-            head = _version_meta(name, row[12:]) if row[12] is not None else None
+            ws_id, name, revision, created, updated, deleted = row[:6]
+            lock_id, lock_info, locked_at = row[6:9]
+            base_version, base_stored_size, deltas_since, base_body_size = row[9:13]
+            head = _version_meta(name, row[13:]) if row[13] is not None else None
             lock = (
                 Lock(lock_id, orjson.loads(lock_info), locked_at) if lock_id is not None else None
             )
@@ -427,7 +429,9 @@ class SQLiteStore:
                 name, revision, created, updated, head=head, lock=lock, deleted_at=deleted
             )
             if base_version is not None:
-                self._base_info[name] = _BaseInfo(base_version, base_size, deltas_since)
+                self._base_info[name] = _BaseInfo(
+                    base_version, base_body_size, base_stored_size, deltas_since
+                )
         count, stored = conn.execute(
             "SELECT count(*), coalesce(sum(length(blob)), 0) FROM versions"
         ).fetchone()
@@ -526,9 +530,10 @@ class SQLiteStore:
                 base_body = self.codec.decode(name, Encoded(*base_row), None)
         return meta, self.codec.decode(name, encoded, base_body)
 
-    async def _delta_base(self, name: str) -> DeltaBase | None:
+    async def _delta_base(self, name: str, body_size: int) -> DeltaBase | None:
+        """The body to delta against, or None when this body will be stored full anyway."""
         info = self._base_info.get(name)
-        if info is None:
+        if info is None or self.codec.wants_full(body_size, info.size, info.deltas_since):
             return None
         body = self._bases.get(name, info.version)
         if body is None:
@@ -616,11 +621,11 @@ class SQLiteStore:
         return await self._write_workspace(operation)
 
     async def append_version(
-        self, name: str, body: bytes, version: NewVersion, *, expect_revision: int | None
+        self, name: str, body: Body, version: NewVersion, *, expect_revision: int | None
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
-        base = await self._delta_base(name)
+        base = await self._delta_base(name, len(body))
         if len(body) > _INLINE_ENCODE_BYTES:
             encoded = await asyncio.to_thread(self.codec.encode, name, body, base)
         else:
@@ -672,7 +677,7 @@ class SQLiteStore:
                     encoded.blob,
                 ),
             )
-            base_info = self._next_base(name, number, encoded)
+            base_info = self._next_base(name, number, len(body), encoded)
             revision = (expect_revision or 0) + 1
             conn.execute(
                 "UPDATE workspaces SET head_version = ?, revision = ?, updated_at = ?, "
@@ -707,10 +712,10 @@ class SQLiteStore:
         result = await self._write(operation, on_commit)
         return result[0] if result else None
 
-    def _next_base(self, name: str, number: int, encoded: Encoded) -> _BaseInfo:
+    def _next_base(self, name: str, number: int, size: int, encoded: Encoded) -> _BaseInfo:
         current = self._base_info.get(name)
         if encoded.encoding == "zstd":
-            return _BaseInfo(number, len(encoded.blob), 0)
+            return _BaseInfo(number, size, len(encoded.blob), 0)
         assert current is not None
         if encoded.base_version == current.version:
             return replace(current, deltas_since=current.deltas_since + 1)
