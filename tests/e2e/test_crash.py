@@ -23,7 +23,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.tfkit import Api, lock_info, sha256_hex
+from tests.e2e.tfkit import (
+    STYLES,
+    Api,
+    BackendStyle,
+    TfProject,
+    lock_info,
+    resource_config,
+    sha256_hex,
+)
 from tests.harness import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -196,3 +204,39 @@ def test_lock_survives_kill9(tmp_path: Path) -> None:
     finally:
         server.kill()
     assert integrity_check(data / "blixard.db") == "ok"
+
+
+@pytest.mark.parametrize("style", [s for s in STYLES if s.name in ("stock", "seed")],
+                         ids=lambda s: s.name)
+def test_terraform_apply_survives_server_kill9(
+    tmp_path: Path, tf_env: dict[str, str], style: BackendStyle
+) -> None:
+    """kill -9 and restart the server while Terraform holds its lock mid-apply: the lock is
+    still Terraform's after the restart, so its write (retried by the client) and unlock succeed."""
+    data = tmp_path / "data"
+    ws = f"restart-{style.name}-{uuid.uuid4().hex[:6]}"
+    server = ServerProcess(data, log_path=tmp_path / "server.log").start()
+    proj = TfProject(tmp_path / "tf", tf_env, server.url, ws, style)
+    try:
+        proj.write(resource_config("one"))
+        proj.run("init")
+        applying = proj.start("apply", "-auto-approve", "-var", "sleep=3")
+        api = Api(server.url)
+        holder = api.wait_locked(ws)
+        api.close()
+
+        server.kill()
+        server = ServerProcess(data, port=server.port, log_path=tmp_path / "server.log").start()
+        api = Api(server.url)
+        status = api.lock_status(ws).json()
+        assert status["locked"] is True and status["lock"]["ID"] == holder["ID"], status
+
+        assert applying.wait(60) == 0, proj.background_output()
+        assert "Apply complete!" in proj.background_output()
+        (meta,) = api.history(ws)
+        assert meta["lock_id"] == holder["ID"]
+        assert not api.is_locked(ws)
+        api.close()
+    finally:
+        proj.cleanup()
+        server.kill()

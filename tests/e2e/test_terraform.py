@@ -348,3 +348,33 @@ def test_state_push_with_other_lineage_is_refused(
     assert api.history(ws) == history_before
     assert api.state_bytes(ws) == current
     assert not api.is_locked(ws)
+
+
+def test_rollback_is_read_back_by_terraform(
+    project_factory: ProjectFactory, api: Api, ws: str
+) -> None:
+    proj = init_project(project_factory, "one")
+    apply(proj)
+    proj.write(resource_config("two"))
+    apply(proj)
+    v2, v1 = api.history(ws)
+
+    resp = api.http.post(f"/rollback/{ws}/1")
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    meta = resp.json()
+    assert (meta["version"], meta["source"], meta["rolled_back_from"]) == (3, "rollback", 1)
+    assert meta["serial"] == v2["serial"] + 1
+    rolled = json.loads(assert_served_bytes_match_history(api, ws, meta))
+    assert rolled["serial"] == meta["serial"] and rolled["lineage"] == v1["lineage"]
+    assert resource_input(rolled) == "one"
+
+    # Terraform accepts the server-edited state: config "one" now matches it exactly...
+    proj.write(resource_config("one"))
+    plan = proj.run("plan", "-detailed-exitcode", ok=False)
+    assert plan.returncode == 0, plan.describe()
+    # ...and its next write continues from the rolled-back serial.
+    proj.write(resource_config("three"))
+    apply(proj)
+    v4 = api.history(ws)[0]
+    assert v4["version"] == 4 and v4["serial"] > meta["serial"]
+    assert resource_input(api.get_state(ws).json()) == "three"
