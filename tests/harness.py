@@ -1,4 +1,4 @@
-"""Run a real Blixard server in a subprocess on 127.0.0.1, for e2e tests, crash tests and benchmarks."""
+"""Run a real Blixard server in a subprocess on 127.0.0.1, for e2e, crash tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -50,9 +50,14 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "BLIXARD_LOG_LEVEL": "warning", **self.extra_env}
         cmd = [
-            sys.executable, "-m", "blixard", "serve",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--data-dir", str(self.data_dir),
+            sys.executable,
+            "-m",
+            "blixard",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--data-dir",
+            str(self.data_dir),
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
@@ -61,9 +66,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"blixard exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}"
-                )
+                tail = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"blixard exited with {self.proc.returncode}: {tail}")
             try:
                 if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
                     return self

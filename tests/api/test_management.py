@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import orjson
 from starlette.testclient import TestClient
 
 from tests.api.conftest import ClientFactory, lock_info, snapshot, tfstate
