@@ -75,8 +75,11 @@ class Writer:
                 body = self.body(self.next_serial)
                 self.sent[sha256_hex(body)] = body
                 try:
-                    resp = client.post(f"/api/tofu/state/{self.ws}", content=body,
-                                       headers={"Content-Type": "application/json"})
+                    resp = client.post(
+                        f"/api/tofu/state/{self.ws}",
+                        content=body,
+                        headers={"Content-Type": "application/json"},
+                    )
                 except httpx.HTTPError:
                     return  # the server died: this write is unacknowledged
                 if resp.status_code // 100 != 2:
@@ -127,8 +130,12 @@ def test_acknowledged_writes_survive_kill9(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = ServerProcess(data, log_path=tmp_path / "server.log").start()
     writers = [
-        Writer(server.url, f"crash-{i}-{uuid.uuid4().hex[:6]}", str(uuid.uuid4()),
-               random.Random(rng.random()))
+        Writer(
+            server.url,
+            f"crash-{i}-{uuid.uuid4().hex[:6]}",
+            str(uuid.uuid4()),
+            random.Random(rng.random()),
+        )
         for i in range(WRITERS)
     ]
     try:
@@ -206,8 +213,9 @@ def test_lock_survives_kill9(tmp_path: Path) -> None:
     assert integrity_check(data / "blixard.db") == "ok"
 
 
-@pytest.mark.parametrize("style", [s for s in STYLES if s.name in ("stock", "seed")],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "style", [s for s in STYLES if s.name in ("stock", "seed")], ids=lambda s: s.name
+)
 def test_terraform_apply_survives_server_kill9(
     tmp_path: Path, tf_env: dict[str, str], style: BackendStyle
 ) -> None:

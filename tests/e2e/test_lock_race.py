@@ -26,8 +26,9 @@ LOCK_ROUTES = [("LOCK", "lock"), ("POST", "lock"), ("LOCK", "state")]
 @pytest.fixture(scope="module")
 def clients(server: ServerProcess) -> Iterator[list[httpx.Client]]:
     """One client (own connection) per contender, connected before the race starts."""
-    pool = [httpx.Client(base_url=server.url + "/api/tofu", timeout=30.0)
-            for _ in range(CONTENDERS)]
+    pool = [
+        httpx.Client(base_url=server.url + "/api/tofu", timeout=30.0) for _ in range(CONTENDERS)
+    ]
     for client in pool:
         assert client.get(server.url + "/health").status_code == 200
     yield pool
@@ -35,10 +36,13 @@ def clients(server: ServerProcess) -> Iterator[list[httpx.Client]]:
         client.close()
 
 
-def race(clients: list[httpx.Client], ws: str, round_no: int) -> list[tuple[dict[str, str],
-                                                                          httpx.Response]]:
-    infos = [lock_info(f"r{round_no}-c{i}-{uuid.uuid4()}", who=f"racer-{i}@host")
-             for i in range(CONTENDERS)]
+def race(
+    clients: list[httpx.Client], ws: str, round_no: int
+) -> list[tuple[dict[str, str], httpx.Response]]:
+    infos = [
+        lock_info(f"r{round_no}-c{i}-{uuid.uuid4()}", who=f"racer-{i}@host")
+        for i in range(CONTENDERS)
+    ]
     barrier = threading.Barrier(CONTENDERS)
     results: list[httpx.Response | BaseException | None] = [None] * CONTENDERS
 
@@ -47,8 +51,9 @@ def race(clients: list[httpx.Client], ws: str, round_no: int) -> list[tuple[dict
         body = json.dumps(infos[i])
         try:
             barrier.wait(10)
-            results[i] = clients[i].request(method, f"/{route}/{ws}", content=body,
-                                            headers={"Content-Type": "application/json"})
+            results[i] = clients[i].request(
+                method, f"/{route}/{ws}", content=body, headers={"Content-Type": "application/json"}
+            )
         except BaseException as exc:
             results[i] = exc
 
@@ -64,8 +69,9 @@ def race(clients: list[httpx.Client], ws: str, round_no: int) -> list[tuple[dict
     return out
 
 
-def check_round(api: Api, ws: str, outcome: list[tuple[dict[str, str], httpx.Response]]
-                ) -> dict[str, str]:
+def check_round(
+    api: Api, ws: str, outcome: list[tuple[dict[str, str], httpx.Response]]
+) -> dict[str, str]:
     statuses = sorted(resp.status_code for _, resp in outcome)
     assert statuses == [200] + [423] * (CONTENDERS - 1), statuses
     (winner,) = [info for info, resp in outcome if resp.status_code == 200]
@@ -85,9 +91,7 @@ def check_round(api: Api, ws: str, outcome: list[tuple[dict[str, str], httpx.Res
     return winner
 
 
-def test_32_concurrent_locks_exactly_one_wins(
-    clients: list[httpx.Client], api: Api
-) -> None:
+def test_32_concurrent_locks_exactly_one_wins(clients: list[httpx.Client], api: Api) -> None:
     ws = f"race-{uuid.uuid4().hex[:8]}"
     for round_no in range(ROUNDS):
         winner = check_round(api, ws, race(clients, ws, round_no))

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.e2e
 LOCK_ERROR = "Error acquiring the state lock"
 
 
-def init_project(make: ProjectFactory, value: str = "one", *, name: str = "tf",
-                 base_url: str | None = None) -> TfProject:
+def init_project(
+    make: ProjectFactory, value: str = "one", *, name: str = "tf", base_url: str | None = None
+) -> TfProject:
     proj = make(name, base_url=base_url)
     proj.write(resource_config(value))
     result = proj.run("init")
@@ -148,7 +149,10 @@ def test_second_apply_after_change(project_factory: ProjectFactory, api: Api, ws
 
 
 def test_state_pull_equals_server_bytes(
-    project_factory: ProjectFactory, api: Api, ws: str, style: BackendStyle,
+    project_factory: ProjectFactory,
+    api: Api,
+    ws: str,
+    style: BackendStyle,
     proxy: RecordingProxy,
 ) -> None:
     proj = init_project(project_factory, base_url=proxy.url)
@@ -281,7 +285,10 @@ def _push(proj: TfProject, state: dict[str, Any], *flags: str) -> Any:
 
 
 def test_state_push_of_older_serial_is_refused(
-    project_factory: ProjectFactory, api: Api, ws: str, style: BackendStyle,
+    project_factory: ProjectFactory,
+    api: Api,
+    ws: str,
+    style: BackendStyle,
     proxy: RecordingProxy,
 ) -> None:
     proj = init_project(project_factory, base_url=proxy.url)
@@ -322,7 +329,10 @@ def test_state_push_of_older_serial_is_refused(
 
 
 def test_state_push_with_other_lineage_is_refused(
-    project_factory: ProjectFactory, api: Api, ws: str, style: BackendStyle,
+    project_factory: ProjectFactory,
+    api: Api,
+    ws: str,
+    style: BackendStyle,
     proxy: RecordingProxy,
 ) -> None:
     proj = init_project(project_factory, base_url=proxy.url)

@@ -103,13 +103,20 @@ STYLES = [
     BackendStyle("stock", lock_route="state", unlock_route="state"),
     # Stock methods on the dedicated lock/unlock routes.
     BackendStyle(
-        "stock-routes", lock_route="lock", unlock_route="unlock",
-        lock_method="LOCK", unlock_method="UNLOCK",
+        "stock-routes",
+        lock_route="lock",
+        unlock_route="unlock",
+        lock_method="LOCK",
+        unlock_method="UNLOCK",
     ),
     # The seed document's configuration: POST everywhere.
     BackendStyle(
-        "seed", lock_route="lock", unlock_route="unlock",
-        lock_method="POST", unlock_method="POST", update_method="POST",
+        "seed",
+        lock_route="lock",
+        unlock_route="unlock",
+        lock_method="POST",
+        unlock_method="POST",
+        update_method="POST",
     ),
 ]
 
@@ -150,8 +157,9 @@ class TfResult:
     @property
     def flat(self) -> str:
         """The output with Terraform's diagnostic box and line wrapping removed."""
-        return " ".join(self.output.replace("\u2502", " ").replace("\u2577", " ")
-                        .replace("\u2575", " ").split())
+        return " ".join(
+            self.output.replace("\u2502", " ").replace("\u2577", " ").replace("\u2575", " ").split()
+        )
 
     def describe(self) -> str:
         return (
@@ -232,8 +240,11 @@ class ProjectFactory(Protocol):
     def __call__(self, name: str = "tf", *, base_url: str | None = None) -> TfProject: ...
 
 
-def lock_info(lock_id: str, who: str = "e2e@blixard-tests", operation: str = "OperationTypeApply",
-              ) -> dict[str, str]:
+def lock_info(
+    lock_id: str,
+    who: str = "e2e@blixard-tests",
+    operation: str = "OperationTypeApply",
+) -> dict[str, str]:
     return {
         "ID": lock_id,
         "Operation": operation,
@@ -310,8 +321,12 @@ class Api:
         return locked
 
     def send_lock(self, method: str, route: str, ws: str, info: dict[str, str]) -> httpx.Response:
-        return self.http.request(method, f"/{route}/{ws}", content=json.dumps(info),
-                                 headers={"Content-Type": "application/json"})
+        return self.http.request(
+            method,
+            f"/{route}/{ws}",
+            content=json.dumps(info),
+            headers={"Content-Type": "application/json"},
+        )
 
 
 def content_md5(body: bytes) -> str:
@@ -374,19 +389,37 @@ class RecordingProxy:
 
             def _forward(self) -> None:
                 body = self._read_body()
-                skip = {"host", "content-length", "transfer-encoding", "connection",
-                        "accept-encoding"}
+                skip = {
+                    "host",
+                    "content-length",
+                    "transfer-encoding",
+                    "connection",
+                    "accept-encoding",
+                }
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
                 resp = client.request(self.command, self.path, content=body, headers=headers)
                 sent = {k.lower(): v for k, v in self.headers.items()}
                 with proxy._lock:
-                    proxy.exchanges.append(Exchange(
-                        self.command, self.path, sent, body, resp.status_code, resp.content,
-                    ))
+                    proxy.exchanges.append(
+                        Exchange(
+                            self.command,
+                            self.path,
+                            sent,
+                            body,
+                            resp.status_code,
+                            resp.content,
+                        )
+                    )
                 self.send_response(resp.status_code)
                 for key, value in resp.headers.items():
-                    if key.lower() not in {"content-length", "transfer-encoding", "connection",
-                                           "content-encoding", "date", "server"}:
+                    if key.lower() not in {
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                        "date",
+                        "server",
+                    }:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(resp.content)))
                 self.end_headers()
