@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import sys
 from typing import Any
@@ -12,17 +10,6 @@ import uvicorn
 from pydantic import ValidationError
 
 from blixard.config import Settings
-
-
-def _release_large_buffers_to_the_os() -> None:
-    """Pin glibc's mmap threshold at 1 MiB.
-
-    glibc raises the threshold after freeing a big mmapped block, so the next multi-MiB state
-    body comes from the heap and stays resident after the request; pinned, every large body
-    is mmapped and returned to the OS when freed (RSS stays near the working set).
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
 
 
 def serve(overrides: dict[str, Any] | None = None) -> None:
@@ -35,7 +22,6 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _release_large_buffers_to_the_os()
     from blixard.api.app import asgi_app, create_app
 
     app = create_app(settings)
