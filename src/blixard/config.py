@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_STATE_BYTES = 256 * 1024 * 1024
@@ -27,6 +27,31 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=0, description="Memory for recently used state bodies."
     )
 
+    # -- security ------------------------------------------------------------------------
+    auth: Literal["auto", "required"] = Field(
+        "auto", description="auto: on as soon as any API key exists; required: always on."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Ensures an admin API key with this secret exists at start."
+    )
+    insecure: bool = Field(
+        False, description="Allow listening beyond loopback with authentication off."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mTLS)."
+    )
+    encryption_key: SecretStr | None = Field(
+        None, description="Base64 of 32 random bytes: encrypt everything at rest (AES-256-GCM)."
+    )
+    encryption_key_file: Path | None = Field(
+        None, description="File holding the encryption key (instead of BLIXARD_ENCRYPTION_KEY)."
+    )
+    encryption_old_keys: SecretStr | None = Field(
+        None, description="Comma-separated previous keys, readable until rotation finishes."
+    )
+
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, value: str) -> str:
@@ -42,6 +67,18 @@ class Settings(BaseSettings):
         if value not in {"debug", "info", "warning", "error", "critical"}:
             raise ValueError("log_level must be debug, info, warning, error or critical")
         return value
+
+    @property
+    def is_loopback(self) -> bool:
+        import ipaddress
+
+        host = self.host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def host(self) -> str:
