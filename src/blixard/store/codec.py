@@ -5,6 +5,10 @@ Successive versions of a workspace differ by a few resources, so each version is
 raw-content dictionary. A delta always points at a full version, so reading any version costs at
 most two decompressions. A new full version is started every `full_every` versions, or sooner
 when deltas stop paying off, which bounds how far a delta's base can lag behind.
+
+With a key ring, every blob is compressed first and then sealed (AES-256-GCM, see crypto.py), so
+encryption costs the history nothing in size. A delta's dictionary is its base's *decrypted*
+body: decoding a delta opens and decompresses the base, then opens and decompresses the delta.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Literal
 import zstandard
 
 from blixard.domain.models import Body
+from blixard.store.crypto import DecryptionError, KeyRing, is_sealed, state_aad
 
 Encoding = Literal["zstd", "zstd-delta"]
 
@@ -82,8 +87,10 @@ class VersionCodec:
         delta_level: int = 6,
         full_every: int = 64,
         dictionary_cache_bytes: int = 256 * 1024 * 1024,
+        keyring: KeyRing | None = None,
     ) -> None:
         self.level = level
+        self.keyring = keyring
         # Level 3's small match tables cannot index a MiB-sized dictionary; level 6 finds
         # nearly every match (a one-resource change of a 2 MB state packs to ~1.5 KB).
         self.delta_level = delta_level
@@ -119,8 +126,22 @@ class VersionCodec:
     ) -> zstandard.ZstdCompressionDict:
         return self._dictionaries.get((workspace, version), body, self._delta_params(len(body)))
 
+    def _open(self, workspace: str, blob: bytes) -> bytes:
+        if self.keyring is not None:
+            return self.keyring.open(blob, state_aad(workspace))
+        if is_sealed(blob):
+            raise DecryptionError("found an encrypted blob but no encryption key is configured")
+        return blob
+
     def encode(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:
-        """Pack `body`, as a delta against `base` when that pays off, else full."""
+        """Pack `body`, as a delta against `base` when that pays off, else full; then seal it."""
+        encoded = self._compress(workspace, body, base)
+        if self.keyring is None:
+            return encoded
+        sealed = self.keyring.seal(encoded.blob, state_aad(workspace))
+        return Encoded(encoded.encoding, encoded.base_version, sealed)
+
+    def _compress(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:
         if base is None or self.wants_full(len(body), len(base.body), base.deltas_since):
             return Encoded("zstd", None, self._compress_full(body))
         dictionary = self._dictionary(workspace, base.version, base.body)
@@ -134,12 +155,14 @@ class VersionCodec:
         return Encoded("zstd-delta", base.version, blob)
 
     def decode(self, workspace: str, encoded: Encoded, base_body: bytes | None) -> bytes:
+        """The body `encode` packed; `base_body` is the decoded base of a delta."""
+        blob = self._open(workspace, encoded.blob)
         if encoded.encoding == "zstd":
-            return zstandard.ZstdDecompressor().decompress(encoded.blob)
+            return zstandard.ZstdDecompressor().decompress(blob)
         if base_body is None or encoded.base_version is None:
             raise ValueError("a delta needs its base version's body to be decoded")
         dictionary = self._dictionary(workspace, encoded.base_version, base_body)
         decompressor = zstandard.ZstdDecompressor(
             dict_data=dictionary, max_window_size=2**MAX_WINDOW_LOG
         )
-        return decompressor.decompress(encoded.blob)
+        return decompressor.decompress(blob)
