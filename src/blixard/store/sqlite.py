@@ -29,7 +29,10 @@ import orjson
 
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.store import sqlite_encryption
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
+from blixard.store.crypto import DecryptionError, KeyRing, is_sealed, lock_aad
+from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
 
 T = TypeVar("T")
 
@@ -78,6 +81,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (3, sqlite_encryption.MIGRATION),
 ]
 
 _VERSION_COLUMNS = (
@@ -193,6 +197,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpointer
+    # Freed pages are zeroed: no plaintext (or old-key ciphertext) lingers after a rotation.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -296,9 +302,17 @@ class SQLiteStore:
         codec: VersionCodec | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
         readers: int = 4,
+        keyring: KeyRing | None = None,
+        adopt_plaintext: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.codec = codec or VersionCodec()
+        if codec is not None and codec.keyring is not keyring:
+            raise ValueError("the codec must use the store's key ring")
+        self.codec = codec or VersionCodec(keyring=keyring)
+        #: Seals blobs and lock payloads; None stores them unencrypted.
+        self.keyring = keyring
+        #: Only for offline encryption of an unencrypted store (see sqlite_encryption).
+        self._adopt_plaintext = adopt_plaintext
         self._readers = readers
         self._heads = _ByteLRU(cache_bytes)
         self._bases = _ByteLRU(cache_bytes)
@@ -320,11 +334,18 @@ class SQLiteStore:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._take_file_lock()
-        self._executor = ThreadPoolExecutor(self._readers, thread_name_prefix="blixard-sqlite-read")
-        self._writer = _Writer(self.path)
-        await asyncio.to_thread(self._writer.start_and_wait)
-        await self._writer.submit(self._migrate)
-        await self._read(self._load_index)
+        try:
+            self._executor = ThreadPoolExecutor(
+                self._readers, thread_name_prefix="blixard-sqlite-read"
+            )
+            self._writer = _Writer(self.path)
+            await asyncio.to_thread(self._writer.start_and_wait)
+            await self._writer.submit(self._migrate)
+            await self._writer.submit(self._check_encryption)
+            await self._read(self._load_index)
+        except BaseException:
+            await self.close()  # e.g. the wrong key: release the file for the next attempt
+            raise
         self._checkpointer = _Checkpointer(self.path, interval=1.0)
         self._checkpointer.start()
 
@@ -422,7 +443,9 @@ class SQLiteStore:
             base_version, base_stored_size, deltas_since, base_body_size = row[9:13]
             head = _version_meta(name, row[13:]) if row[13] is not None else None
             lock = (
-                Lock(lock_id, orjson.loads(lock_info), locked_at) if lock_id is not None else None
+                Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at)
+                if lock_id is not None
+                else None
             )
             self._ids[name] = ws_id
             self._workspaces[name] = Workspace(
@@ -555,7 +578,7 @@ class SQLiteStore:
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
-        lock_json = orjson.dumps(lock.info) if lock else None
+        lock_json = self._seal_lock(name, orjson.dumps(lock.info)) if lock else None
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int] | None:
             values = (
@@ -720,6 +743,90 @@ class SQLiteStore:
         if encoded.base_version == current.version:
             return replace(current, deltas_since=current.deltas_since + 1)
         return current
+
+    # -- encryption at rest (sqlite_encryption.py) ---------------------------------------
+
+    def _check_encryption(self, conn: sqlite3.Connection) -> None:
+        sqlite_encryption.check_at_open(
+            conn, self.keyring, self.path, adopt_plaintext=self._adopt_plaintext
+        )
+
+    def _seal_lock(self, name: str, payload: bytes) -> bytes:
+        return payload if self.keyring is None else self.keyring.seal(payload, lock_aad(name))
+
+    def _open_lock(self, name: str, payload: bytes) -> bytes:
+        if self.keyring is None:
+            if is_sealed(payload):
+                raise DecryptionError("found an encrypted lock but no encryption key is configured")
+            return payload
+        if self._adopt_plaintext and not is_sealed(payload):
+            return payload  # not sealed yet: offline encryption in progress
+        return self.keyring.open(payload, lock_aad(name))
+
+    async def encryption_status(self) -> EncryptionStatus:
+        return await self._read(lambda conn: sqlite_encryption.status(conn, self.keyring))
+
+    async def rotate_encryption(
+        self,
+        *,
+        max_seconds: float = 1.0,
+        batch_versions: int = 64,
+        batch_bytes: int = 8 * 1024 * 1024,
+    ) -> RotationProgress:
+        """Re-seal old blobs under the current key in small writer batches, for ~max_seconds.
+
+        Each batch is one operation on the writer thread, so it commits between (and together
+        with) ordinary writes; readers may meanwhile see a blob under either key, and both are
+        configured. Safe to interrupt and to call again at any time.
+        """
+        keyring = self.keyring
+        if keyring is None:
+            raise EncryptionNotConfigured(
+                "Encryption at rest is not enabled on this server: set BLIXARD_ENCRYPTION_KEY "
+                "(and encrypt existing data offline with `blixard encryption rotate --data-dir`)."
+            )
+
+        def batch(conn: sqlite3.Connection) -> sqlite_encryption.RotationBatch:
+            return sqlite_encryption.rotate_batch(
+                conn,
+                keyring,
+                adopt_plaintext=self._adopt_plaintext,
+                max_versions=batch_versions,
+                max_bytes=batch_bytes,
+            )
+
+        def on_commit(result: sqlite_encryption.RotationBatch) -> None:
+            self._stored_bytes += result.grown_bytes
+
+        versions = locks = 0
+        retired: list[str] = []
+        deadline = time.monotonic() + max_seconds
+        while True:
+            done = await self._write(batch, on_commit)
+            versions += done.rotated_versions
+            locks += done.rotated_locks
+            retired += done.retired_key_ids
+            # A batch that finds no version left has also done the locks and retired old ids.
+            if done.rotated_versions == 0:
+                break
+            if time.monotonic() >= deadline:
+                remaining, _, _ = await self._read(
+                    lambda conn: sqlite_encryption.pending(conn, keyring)
+                )
+                if remaining:
+                    break
+        remaining_versions, remaining_locks, total = await self._read(
+            lambda conn: sqlite_encryption.pending(conn, keyring)
+        )
+        return RotationProgress(
+            current_key_id=keyring.current_id,
+            rotated_versions=versions,
+            rotated_locks=locks,
+            remaining_versions=remaining_versions,
+            remaining_locks=remaining_locks,
+            total_versions=total,
+            retired_key_ids=retired,
+        )
 
 
 def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
