@@ -19,6 +19,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from blixard.cli_encryption import encryption_app
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 API_PREFIX = "/api/tofu"
 WORKSPACE_RE = re.compile(r"^(?!\.)[A-Za-z0-9._-]{1,128}$")
@@ -30,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(encryption_app)
 
 UrlOpt = Annotated[
     str,

@@ -9,13 +9,14 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__
-from blixard.api import backend, health, management
+from blixard.api import backend, encryption, health, management
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.metrics import Metrics, MetricsMiddleware
 from blixard.config import Settings
 from blixard.domain.service import StateService
 from blixard.store import open_store_from_url
+from blixard.store.crypto import KeyRing
 from blixard.store.protocol import Store
 
 DESCRIPTION = """
@@ -29,11 +30,18 @@ holder's LockInfo fields (`ID`, `Who`, `Operation`, ...) at top level.
 """
 
 
+def build_store(settings: Settings) -> Store:
+    """The (unopened) store the settings describe; raises KeyConfigError for a bad key."""
+    return open_store_from_url(
+        settings.resolved_storage_url,
+        cache_bytes=settings.cache_bytes,
+        keyring=KeyRing.from_settings(settings),
+    )
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     settings = settings or Settings.load()
-    store = store or open_store_from_url(
-        settings.resolved_storage_url, cache_bytes=settings.cache_bytes
-    )
+    store = store or build_store(settings)
     service = StateService(store)
     metrics = Metrics()
 
@@ -58,6 +66,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(backend.router)
     app.include_router(management.router)
     app.include_router(health.router)
+    app.include_router(encryption.router)
     return app
 
 

@@ -1,0 +1,61 @@
+"""Encryption at rest: key ids in use and online rotation (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from blixard.api.errors import error_response
+from blixard.api.views import json_response, service_of
+from blixard.store.encryption import EncryptionAdmin
+
+router = APIRouter(prefix="/api/tofu/admin/encryption", tags=["admin"])
+
+_ERROR = {"description": "JSON error: `{error, message}`"}
+
+
+def _admin(request: Request) -> EncryptionAdmin | None:
+    store = service_of(request).store
+    return store if isinstance(store, EncryptionAdmin) else None
+
+
+def _unsupported() -> Response:
+    return error_response(
+        501, "not_implemented", "This storage engine does not support encryption at rest."
+    )
+
+
+@router.get(
+    "",
+    summary="Encryption status: key ids in use, versions and locks per key id",
+    responses={501: _ERROR},
+)
+async def encryption_status(request: Request) -> Response:
+    admin = _admin(request)
+    if admin is None:
+        return _unsupported()
+    return json_response((await admin.encryption_status()).to_json())
+
+
+@router.post(
+    "/rotate",
+    summary="Re-encrypt old blobs under the current key (one step; call until done)",
+    description=(
+        "Re-seals versions and lock payloads that an old key sealed, in small batches between "
+        "ordinary writes, for about `max_seconds`, and reports progress. Call again until "
+        "`done` is true; then old key ids no longer in use are listed in `retired_key_ids` "
+        "and may be removed from BLIXARD_ENCRYPTION_OLD_KEYS. 409 when encryption is off."
+    ),
+    responses={409: _ERROR, 501: _ERROR},
+)
+async def rotate(
+    request: Request,
+    max_seconds: Annotated[float, Query(gt=0, le=30, description="Work budget")] = 1.0,
+) -> Response:
+    admin = _admin(request)
+    if admin is None:
+        return _unsupported()
+    progress = await admin.rotate_encryption(max_seconds=max_seconds)
+    return json_response(progress.to_json())
