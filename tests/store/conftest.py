@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from blixard.store.crypto import KeyRing
 from blixard.store.protocol import Store
 from blixard.store.sqlite import SQLiteStore
 
@@ -17,7 +18,13 @@ def _sqlite_factory(tmp_path: Path) -> StoreFactory:
     return lambda: SQLiteStore(tmp_path / "engine.db")
 
 
-ENGINES = {"sqlite": _sqlite_factory}
+def _sqlite_encrypted_factory(tmp_path: Path) -> StoreFactory:
+    """The same engine with encryption at rest on: the contract must not change."""
+    keyring = KeyRing(b"k" * 32)
+    return lambda: SQLiteStore(tmp_path / "engine.db", keyring=keyring)
+
+
+ENGINES = {"sqlite": _sqlite_factory, "sqlite-encrypted": _sqlite_encrypted_factory}
 
 
 @pytest.fixture
