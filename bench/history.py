@@ -7,6 +7,7 @@ reading old versions back. Figures only; nothing asserted.
 
     python bench/history.py
     python bench/history.py --versions 300 --state-kib 4096
+    python bench/history.py --encrypt          # encryption at rest on (a fresh random key)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import os
 import sys
 import time
 import uuid
@@ -81,10 +83,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--versions", type=int, default=1000)
     ap.add_argument("--state-kib", type=int, default=1024, help="state size in KiB (~1 MB)")
+    ap.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="run the server with BLIXARD_ENCRYPTION_KEY set (AES-256-GCM at rest)",
+    )
     args = ap.parse_args()
 
+    env = {"BLIXARD_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode()}
+    print(f"encryption at rest: {'on' if args.encrypt else 'off'}")
     ws = f"history-{uuid.uuid4().hex[:8]}"
-    with fresh_server("history") as (server, data_dir):
+    with fresh_server("history", env=env if args.encrypt else None) as (server, data_dir):
         assert server.proc is not None
         cpu0 = process_cpu_seconds(server.proc.pid)
         raw, lat, hashes, wall = run(write_versions(server.url, ws, args.versions, args.state_kib))
