@@ -98,10 +98,14 @@ def status(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOp
 
 
 def _summary(progress: RotationProgress, rotated_versions: int, rotated_locks: int) -> str:
-    lines = [
-        f"Rotated {rotated_versions} versions and {rotated_locks} lock payloads; everything is "
-        f"now sealed with key id {progress.current_key_id}."
-    ]
+    if rotated_versions or rotated_locks:
+        first = (
+            f"Re-encrypted {rotated_versions} versions and {rotated_locks} lock payloads; "
+            f"everything is now sealed with key id {progress.current_key_id}."
+        )
+    else:
+        first = f"Nothing to re-encrypt: all is sealed with key id {progress.current_key_id}."
+    lines = [first]
     if progress.retired_key_ids:
         lines.append(
             f"No data uses key ids {', '.join(progress.retired_key_ids)} any more: remove them "
