@@ -214,24 +214,24 @@ def _report(
 def _rotate_offline(data_dir: Path, as_json: bool) -> None:
     from blixard.cli import _console, _fail
     from blixard.config import Settings
-    from blixard.store.crypto import EncryptionError, KeyRing
+    from blixard.store.crypto import Cipher, EncryptionError
     from blixard.store.sqlite import SQLiteStore, StoreInUse
 
     path = data_dir / "blixard.db"
     if not path.is_file():
         _fail(f"no Blixard database at {path}")
     try:
-        keyring = KeyRing.from_settings(Settings.load())
+        cipher = Cipher.from_settings(Settings.load())
     except EncryptionError as exc:
         _fail(str(exc))
-    if keyring is None:
+    if cipher is None:
         _fail(
             "set BLIXARD_ENCRYPTION_KEY (or BLIXARD_ENCRYPTION_KEY_FILE) to the key to encrypt "
             "with, and BLIXARD_ENCRYPTION_OLD_KEYS to the keys the data is sealed with now"
         )
 
     async def run(bar: _Bar) -> tuple[RotationProgress, int, int, list[str]]:
-        store = SQLiteStore(path, keyring=keyring, adopt_plaintext=True)
+        store = SQLiteStore(path, cipher=cipher, adopt_plaintext=True)
         await store.open()
         versions = locks = 0
         retired: list[str] = []

@@ -43,8 +43,8 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         print(f"blixard: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except (EncryptionError, StoreInUse) as exc:
-        print(f"blixard: cannot start: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        print(f"blixard: cannot open the store: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     uvicorn.run(
         asgi_app(app),
         host=settings.host,

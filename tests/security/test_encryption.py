@@ -4,7 +4,7 @@ A state holding a known secret is written with encryption on; neither the SQLite
 WAL ever holds that secret (nor the lock holder's `Who`), while running and after a clean stop;
 every version reads back byte-exact; `blixard encryption rotate` moves everything to a new key
 while the server serves, after which the new key alone is enough; and the server refuses to
-start, in one line with a non-zero exit, on a wrong key, on a missing key, and on a key newly
+start, in one line with exit status 2, on a wrong key, on a missing key, and on a key newly
 set over unencrypted data (until `blixard encryption rotate --data-dir` has encrypted it).
 """
 
@@ -146,8 +146,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def refused_start(data_dir: Path, **env: str) -> tuple[int, str]:
-    """Run `blixard serve` expecting it to refuse; (exit code, stderr)."""
+def refused_start(data_dir: Path, **env: str) -> str:
+    """Run `blixard serve` expecting it to refuse in one line with exit status 2; that line."""
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "blixard", "serve"),
@@ -158,10 +158,11 @@ def refused_start(data_dir: Path, **env: str) -> tuple[int, str]:
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0, f"the server started: {proc.stdout}{proc.stderr}"
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr  # one line
-    return proc.returncode, proc.stderr.strip()
+    assert proc.stderr.startswith("blixard: "), proc.stderr
+    return proc.stderr.strip()
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -254,8 +255,8 @@ def test_rotation_while_serving_then_the_new_key_alone(
     server.stop()
 
     # The old key may go now; it alone no longer opens the database.
-    code, message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY=old_key)
-    assert code == 1 and "does not open this database" in message
+    message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY=old_key)
+    assert "does not open this database" in message
     server = start(servers, data_dir, new_key)
     with client(server) as http:
         for history in histories:
@@ -275,18 +276,17 @@ def test_wrong_or_missing_key_refuses_to_start(
         History("w").write(http, 3)
     server.stop()
 
-    code, message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY=wrong)
-    assert code == 1
-    assert message == (
-        "blixard: cannot start: the configured BLIXARD_ENCRYPTION_KEY does not open this "
-        f"database (key id {key_id(wrong)}); data is sealed with key ids {key_id(key)}"
+    message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY=wrong)
+    assert message.endswith(
+        ": the configured BLIXARD_ENCRYPTION_KEY does not open this database "
+        f"(key id {key_id(wrong)}); data is sealed with key ids {key_id(key)}"
     )
-    code, message = refused_start(data_dir)
-    assert code == 1 and "is encrypted" in message and "no key is configured" in message
-    code, message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY="bm90IDMyIGJ5dGVz")
-    assert code == 2 and message == (
-        "blixard: invalid configuration: BLIXARD_ENCRYPTION_KEY must be base64 of exactly 32 "
-        "bytes (it decodes to 12); generate a key with `blixard encryption generate-key`"
+    message = refused_start(data_dir)
+    assert "is encrypted" in message and "no key is configured" in message
+    message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY="bm90IDMyIGJ5dGVz")
+    assert message.endswith(
+        "BLIXARD_ENCRYPTION_KEY must be base64 of exactly 32 bytes (it decodes to 12); "
+        "generate a key with `blixard encryption generate-key`"
     )
     # The refusals changed nothing: the right key still serves everything.
     server = start(servers, data_dir, key)
@@ -312,8 +312,8 @@ def test_key_over_unencrypted_data_refuses_until_encrypted_offline(
     server.stop()
     assert SECRET.encode() in (data_dir / "blixard.db").read_bytes()  # the control
 
-    code, message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY=key)
-    assert code == 1 and "holds unencrypted data" in message
+    message = refused_start(data_dir, BLIXARD_ENCRYPTION_KEY=key)
+    assert "holds unencrypted data" in message
     assert f"blixard encryption rotate --data-dir {data_dir}" in message
 
     done = cli("encryption", "rotate", "--data-dir", str(data_dir), BLIXARD_ENCRYPTION_KEY=key)
@@ -327,8 +327,7 @@ def test_key_over_unencrypted_data_refuses_until_encrypted_offline(
         assert http.get("/state/tiny").content == TINY
         assert http.get("/lock/legacy").json()["lock"]["Who"] == WHO_SECRET
     server.stop()
-    code, message = refused_start(data_dir)
-    assert code == 1 and "no key is configured" in message
+    assert "no key is configured" in refused_start(data_dir)
 
 
 def test_generate_key() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blixard.store.crypto import KeyRing
+from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 from blixard.store.sqlite import SQLiteStore
 
@@ -20,8 +20,8 @@ def _sqlite_factory(tmp_path: Path) -> StoreFactory:
 
 def _sqlite_encrypted_factory(tmp_path: Path) -> StoreFactory:
     """The same engine with encryption at rest on: the contract must not change."""
-    keyring = KeyRing(b"k" * 32)
-    return lambda: SQLiteStore(tmp_path / "engine.db", keyring=keyring)
+    cipher = Cipher(b"k" * 32)
+    return lambda: SQLiteStore(tmp_path / "engine.db", cipher=cipher)
 
 
 ENGINES = {"sqlite": _sqlite_factory, "sqlite-encrypted": _sqlite_encrypted_factory}

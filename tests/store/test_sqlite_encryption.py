@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from blixard.domain.models import Lock
-from blixard.store.crypto import DecryptionError, KeyRing, key_id_of_key
+from blixard.store.crypto import Cipher, DecryptionError, key_id_of_key
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionRefused
 from blixard.store.sqlite import SQLiteStore
 from tests.store.test_engine_suite import append
@@ -96,8 +96,8 @@ def encodings(path: Path) -> set[str]:
         conn.close()
 
 
-async def open_store(path: Path, keyring: KeyRing | None, **kwargs: bool) -> SQLiteStore:
-    store = SQLiteStore(path, keyring=keyring, **kwargs)
+async def open_store(path: Path, cipher: Cipher | None, **kwargs: bool) -> SQLiteStore:
+    store = SQLiteStore(path, cipher=cipher, **kwargs)
     await store.open()
     return store
 
@@ -130,7 +130,7 @@ async def test_unencrypted_store_shows_the_secrets(tmp_path: Path) -> None:
 async def test_secrets_never_reach_the_file_or_the_wal(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     states = bodies(160)
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     try:
         await fill(store, "prod", states)
         await fill(store, "tiny", [TINY])
@@ -157,7 +157,7 @@ async def test_secrets_never_reach_the_file_or_the_wal(tmp_path: Path) -> None:
     files_without(tmp_path, SECRET, WHO_SECRET.encode())
     assert path.stat().st_size < sum(len(b) for b in states) * 0.05
 
-    again = await open_store(path, KeyRing(K1))
+    again = await open_store(path, Cipher(K1))
     try:
         await assert_all_readable(again, "prod", states)
         ws = await again.get_workspace("prod")
@@ -168,12 +168,12 @@ async def test_secrets_never_reach_the_file_or_the_wal(tmp_path: Path) -> None:
 
 async def test_wrong_or_missing_key_refuses_and_releases_the_file(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     await fill(store, "w", bodies(3))
     await store.close()
 
     with pytest.raises(EncryptionRefused) as wrong:
-        await open_store(path, KeyRing(K2))
+        await open_store(path, Cipher(K2))
     assert str(wrong.value) == (
         "the configured BLIXARD_ENCRYPTION_KEY does not open this database "
         f"(key id {key_id_of_key(K2)}); data is sealed with key ids {key_id_of_key(K1)}"
@@ -181,9 +181,9 @@ async def test_wrong_or_missing_key_refuses_and_releases_the_file(tmp_path: Path
     with pytest.raises(EncryptionRefused, match=r"is encrypted .* no key is configured"):
         await open_store(path, None)
     with pytest.raises(EncryptionRefused, match=f"also sealed with key ids {key_id_of_key(K1)}"):
-        await open_store(path, KeyRing(K2, [K3]))
+        await open_store(path, Cipher(K2, [K3]))
     # Each refusal let go of the file: the right key opens it at once, in this same process.
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     await assert_all_readable(store, "w", bodies(3))
     await store.close()
 
@@ -194,7 +194,7 @@ async def test_key_on_unencrypted_store_with_data_refuses(tmp_path: Path) -> Non
     await lock(store, "w")  # a lock payload alone is data too
     await store.close()
     with pytest.raises(EncryptionRefused, match=r"holds unencrypted data .* rotate --data-dir"):
-        await open_store(path, KeyRing(K1))
+        await open_store(path, Cipher(K1))
     # Nothing changed: it still opens without a key.
     store = await open_store(path, None)
     assert (await store.encryption_status()).encrypted is False
@@ -207,7 +207,7 @@ async def test_key_on_empty_unencrypted_store_turns_encryption_on(tmp_path: Path
     path = tmp_path / "db.sqlite"
     store = await open_store(path, None)
     await store.close()
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     await fill(store, "w", bodies(2))
     await store.close()
     with pytest.raises(EncryptionRefused):
@@ -225,15 +225,15 @@ async def test_offline_encryption_of_an_unencrypted_store(tmp_path: Path) -> Non
     assert SECRET in path.read_bytes() and WHO_SECRET.encode() in path.read_bytes()
 
     # Interrupted after one small batch: the store must not be served half encrypted.
-    store = await open_store(path, KeyRing(K1), adopt_plaintext=True)
+    store = await open_store(path, Cipher(K1), adopt_plaintext=True)
     progress = await store.rotate_encryption(max_seconds=0, batch_versions=5)
     assert progress.rotated_versions == 5 and not progress.done
     assert progress.remaining_versions == 75 and progress.remaining_locks == 1
     await store.close()
     with pytest.raises(EncryptionRefused, match=r"only partly encrypted .* rotate --data-dir"):
-        await open_store(path, KeyRing(K1))
+        await open_store(path, Cipher(K1))
 
-    store = await open_store(path, KeyRing(K1), adopt_plaintext=True)
+    store = await open_store(path, Cipher(K1), adopt_plaintext=True)
     while not (progress := await store.rotate_encryption(batch_versions=16)).done:
         pass
     await store.close()
@@ -241,7 +241,7 @@ async def test_offline_encryption_of_an_unencrypted_store(tmp_path: Path) -> Non
     files_without(tmp_path, SECRET, WHO_SECRET.encode())
     assert all_sealed(path)
 
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     try:
         for workspace, versions in states.items():
             await assert_all_readable(store, workspace, versions)
@@ -257,14 +257,14 @@ async def test_online_rotation_next_to_live_writes(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     old_id, new_id = key_id_of_key(K1), key_id_of_key(K2)
     history = {f"ws{i}": bodies(120, f"ws{i}", seed=i) for i in range(3)}
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     for workspace, versions in history.items():
         await fill(store, workspace, versions[:80])
     await lock(store, "ws0")
     await store.close()
 
     # Restart with the new key current and the old one still readable.
-    store = await open_store(path, KeyRing(K2, [K1]))
+    store = await open_store(path, Cipher(K2, [K1]))
     status = await store.encryption_status()
     assert status.key_ids_in_use == sorted([old_id, new_id])
     assert status.versions == {old_id: 240} and status.rotation_needed
@@ -301,8 +301,8 @@ async def test_online_rotation_next_to_live_writes(tmp_path: Path) -> None:
 
     # Only the new key from now on; the old one alone no longer opens the store.
     with pytest.raises(EncryptionRefused):
-        await open_store(path, KeyRing(K1))
-    store = await open_store(path, KeyRing(K2))
+        await open_store(path, Cipher(K1))
+    store = await open_store(path, Cipher(K2))
     try:
         for workspace, versions in history.items():
             await assert_all_readable(store, workspace, versions)
@@ -314,21 +314,21 @@ async def test_online_rotation_next_to_live_writes(tmp_path: Path) -> None:
 
 async def test_dropping_the_old_key_before_rotation_finishes_refuses(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     await fill(store, "w", bodies(3))
     await store.close()
-    store = await open_store(path, KeyRing(K2, [K1]))
+    store = await open_store(path, Cipher(K2, [K1]))
     await append(store, "w", 4, bodies(4)[3])  # now both keys seal some data
     await store.close()
     with pytest.raises(EncryptionRefused, match="does not open this database"):
-        await open_store(path, KeyRing(K2))
+        await open_store(path, Cipher(K2))
     with pytest.raises(EncryptionRefused, match="does not open this database"):
-        await open_store(path, KeyRing(K1))
+        await open_store(path, Cipher(K1))
 
 
 async def test_tampered_or_moved_blobs_raise_never_garbage(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     await fill(store, "a", bodies(2, "a"))
     await fill(store, "b", bodies(2, "b"))
     await store.close()
@@ -351,7 +351,7 @@ async def test_tampered_or_moved_blobs_raise_never_garbage(tmp_path: Path) -> No
     conn.commit()
     conn.close()
 
-    store = await open_store(path, KeyRing(K1))
+    store = await open_store(path, Cipher(K1))
     try:
         with pytest.raises(DecryptionError, match="failed authentication"):
             await store.read_version("a", 1)

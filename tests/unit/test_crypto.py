@@ -1,4 +1,4 @@
-"""The key ring: sealing, opening, key ids, key parsing, and the codec's compress-then-seal."""
+"""The cipher: sealing, opening, key ids, key parsing, and the codec's compress-then-seal."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from blixard.store.codec import DeltaBase, VersionCodec
 from blixard.store.crypto import (
     OVERHEAD,
+    Cipher,
     DecryptionError,
     KeyConfigError,
-    KeyRing,
     UnknownKeyId,
     generate_key,
     is_sealed,
@@ -31,7 +31,7 @@ K2 = os.urandom(32)
 
 
 def test_seal_open_roundtrip_and_envelope() -> None:
-    ring = KeyRing(K1)
+    ring = Cipher(K1)
     blob = ring.seal(b"secret state", state_aad("prod"))
     assert is_sealed(blob) and b"secret" not in blob
     assert len(blob) == len(b"secret state") + OVERHEAD
@@ -42,7 +42,7 @@ def test_seal_open_roundtrip_and_envelope() -> None:
 
 
 def test_blob_bound_to_workspace_and_purpose() -> None:
-    ring = KeyRing(K1)
+    ring = Cipher(K1)
     blob = ring.seal(b"x", state_aad("prod"))
     for wrong in (state_aad("dev"), lock_aad("prod"), b""):
         with pytest.raises(DecryptionError, match="failed authentication"):
@@ -50,7 +50,7 @@ def test_blob_bound_to_workspace_and_purpose() -> None:
 
 
 def test_tampered_blob_fails_authentication() -> None:
-    ring = KeyRing(K1)
+    ring = Cipher(K1)
     blob = bytearray(ring.seal(b"payload" * 10, state_aad("w")))
     blob[-20] ^= 1
     with pytest.raises(DecryptionError, match="failed authentication"):
@@ -58,34 +58,34 @@ def test_tampered_blob_fails_authentication() -> None:
 
 
 def test_unknown_key_id_is_named() -> None:
-    blob = KeyRing(K1).seal(b"x", state_aad("w"))
+    blob = Cipher(K1).seal(b"x", state_aad("w"))
     with pytest.raises(UnknownKeyId, match=key_id_of_key(K1)):
-        KeyRing(K2).open(blob, state_aad("w"))
+        Cipher(K2).open(blob, state_aad("w"))
 
 
 def test_old_keys_open_and_reseal_moves_to_current() -> None:
-    old = KeyRing(K1).seal(b"data", state_aad("w"))
-    ring = KeyRing(K2, [K1])
+    old = Cipher(K1).seal(b"data", state_aad("w"))
+    ring = Cipher(K2, [K1])
     assert ring.key_ids == [key_id_of_key(K2), key_id_of_key(K1)]
     assert ring.old_key_ids == [key_id_of_key(K1)]
     assert ring.open(old, state_aad("w")) == b"data"
     new = ring.reseal(old, state_aad("w"))
     assert key_id_of_blob(new) == ring.current_id
-    assert KeyRing(K2).open(new, state_aad("w")) == b"data"
+    assert Cipher(K2).open(new, state_aad("w")) == b"data"
     # Plaintext is sealed as is (offline encryption of an unencrypted store).
     assert ring.open(ring.reseal(b"plain", state_aad("w")), state_aad("w")) == b"plain"
 
 
 def test_plaintext_where_ciphertext_expected_is_refused() -> None:
     with pytest.raises(DecryptionError, match="unencrypted blob"):
-        KeyRing(K1).open(b"\x28\xb5\x2f\xfd" + b"x" * 64, state_aad("w"))
+        Cipher(K1).open(b"\x28\xb5\x2f\xfd" + b"x" * 64, state_aad("w"))
 
 
 def test_canary_checks_the_key() -> None:
-    ring = KeyRing(K1)
+    ring = Cipher(K1)
     canary = ring.canary()
     assert ring.opens_canary(ring.current_id, canary)
-    assert not KeyRing(K2).opens_canary(ring.current_id, canary)
+    assert not Cipher(K2).opens_canary(ring.current_id, canary)
 
 
 def test_generated_keys_parse() -> None:
@@ -112,25 +112,25 @@ def test_bad_keys_are_one_line_errors(text: str, message: str) -> None:
 
 
 def test_from_config(tmp_path: Path) -> None:
-    assert KeyRing.from_config(None) is None
+    assert Cipher.from_config(None) is None
     key1, key2 = generate_key(), generate_key()
-    ring = KeyRing.from_config(key1, None, f"{key2}, ")
+    ring = Cipher.from_config(key1, None, f"{key2}, ")
     assert ring is not None and ring.key_ids == [
         key_id_of_key(base64.b64decode(key1)),
         key_id_of_key(base64.b64decode(key2)),
     ]
     key_file = tmp_path / "key"
     key_file.write_text(key1 + "\n")
-    from_file = KeyRing.from_config(None, key_file)
+    from_file = Cipher.from_config(None, key_file)
     assert from_file is not None and from_file.current_id == ring.current_id
     with pytest.raises(KeyConfigError, match="not both"):
-        KeyRing.from_config(key1, key_file)
+        Cipher.from_config(key1, key_file)
     with pytest.raises(KeyConfigError, match="cannot read BLIXARD_ENCRYPTION_KEY_FILE"):
-        KeyRing.from_config(None, tmp_path / "missing")
+        Cipher.from_config(None, tmp_path / "missing")
     with pytest.raises(KeyConfigError, match="no current key"):
-        KeyRing.from_config(None, None, key2)
+        Cipher.from_config(None, None, key2)
     with pytest.raises(KeyConfigError, match="OLD_KEYS entry 2"):
-        KeyRing.from_config(key1, None, f"{key2},nope")
+        Cipher.from_config(key1, None, f"{key2},nope")
 
 
 def _states(n: int) -> list[bytes]:
@@ -143,7 +143,7 @@ def _states(n: int) -> list[bytes]:
 
 
 def test_codec_compresses_then_seals_full_and_delta() -> None:
-    codec = VersionCodec(full_every=10, keyring=KeyRing(K1))
+    codec = VersionCodec(full_every=10, cipher=Cipher(K1))
     plain = VersionCodec(full_every=10)
     base: DeltaBase | None = None
     base_body: bytes | None = None

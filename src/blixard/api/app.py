@@ -16,7 +16,7 @@ from blixard.api.metrics import Metrics, MetricsMiddleware
 from blixard.config import Settings
 from blixard.domain.service import StateService
 from blixard.store import open_store_from_url
-from blixard.store.crypto import KeyRing
+from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 
 DESCRIPTION = """
@@ -35,7 +35,7 @@ def build_store(settings: Settings) -> Store:
     return open_store_from_url(
         settings.resolved_storage_url,
         cache_bytes=settings.cache_bytes,
-        keyring=KeyRing.from_settings(settings),
+        cipher=Cipher.from_settings(settings),
     )
 
 

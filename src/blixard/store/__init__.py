@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from blixard.store.crypto import KeyRing
+from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 
 
 def open_store_from_url(
-    url: str, *, cache_bytes: int = 256 * 1024 * 1024, keyring: KeyRing | None = None
+    url: str, *, cache_bytes: int = 256 * 1024 * 1024, cipher: Cipher | None = None
 ) -> Store:
-    """Build (not yet open) the engine a storage URL names; `keyring` turns on encryption."""
+    """Build (not yet open) the engine a storage URL names; `cipher` turns on encryption."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         from blixard.store.sqlite import SQLiteStore
@@ -23,5 +23,5 @@ def open_store_from_url(
             raise ValueError(
                 "sqlite storage URL needs a file path, e.g. sqlite:///./data/blixard.db"
             )
-        return SQLiteStore(Path(path), cache_bytes=cache_bytes, keyring=keyring)
+        return SQLiteStore(Path(path), cache_bytes=cache_bytes, cipher=cipher)
     raise ValueError(f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite).")

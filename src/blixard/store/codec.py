@@ -6,7 +6,7 @@ raw-content dictionary. A delta always points at a full version, so reading any 
 most two decompressions. A new full version is started every `full_every` versions, or sooner
 when deltas stop paying off, which bounds how far a delta's base can lag behind.
 
-With a key ring, every blob is compressed first and then sealed (AES-256-GCM, see crypto.py), so
+With a cipher, every blob is compressed first and then sealed (AES-256-GCM, see crypto.py), so
 encryption costs the history nothing in size. A delta's dictionary is its base's *decrypted*
 body: decoding a delta opens and decompresses the base, then opens and decompresses the delta.
 """
@@ -22,7 +22,7 @@ from typing import Literal
 import zstandard
 
 from blixard.domain.models import Body
-from blixard.store.crypto import DecryptionError, KeyRing, is_sealed, state_aad
+from blixard.store.crypto import Cipher, DecryptionError, is_sealed, state_aad
 
 Encoding = Literal["zstd", "zstd-delta"]
 
@@ -87,10 +87,10 @@ class VersionCodec:
         delta_level: int = 6,
         full_every: int = 64,
         dictionary_cache_bytes: int = 256 * 1024 * 1024,
-        keyring: KeyRing | None = None,
+        cipher: Cipher | None = None,
     ) -> None:
         self.level = level
-        self.keyring = keyring
+        self.cipher = cipher
         # Level 3's small match tables cannot index a MiB-sized dictionary; level 6 finds
         # nearly every match (a one-resource change of a 2 MB state packs to ~1.5 KB).
         self.delta_level = delta_level
@@ -127,8 +127,8 @@ class VersionCodec:
         return self._dictionaries.get((workspace, version), body, self._delta_params(len(body)))
 
     def _open(self, workspace: str, blob: bytes) -> bytes:
-        if self.keyring is not None:
-            return self.keyring.open(blob, state_aad(workspace))
+        if self.cipher is not None:
+            return self.cipher.open(blob, state_aad(workspace))
         if is_sealed(blob):
             raise DecryptionError("found an encrypted blob but no encryption key is configured")
         return blob
@@ -136,9 +136,9 @@ class VersionCodec:
     def encode(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:
         """Pack `body`, as a delta against `base` when that pays off, else full; then seal it."""
         encoded = self._compress(workspace, body, base)
-        if self.keyring is None:
+        if self.cipher is None:
             return encoded
-        sealed = self.keyring.seal(encoded.blob, state_aad(workspace))
+        sealed = self.cipher.seal(encoded.blob, state_aad(workspace))
         return Encoded(encoded.encoding, encoded.base_version, sealed)
 
     def _compress(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:

@@ -46,7 +46,7 @@ class EncryptionError(Exception):
     """Base of every encryption problem; the message is one line meant for an operator."""
 
 
-class KeyConfigError(EncryptionError):
+class KeyConfigError(EncryptionError, ValueError):
     """A configured key is missing, unreadable or not base64 of 32 bytes."""
 
 
@@ -120,31 +120,31 @@ def parse_key(text: str, source: str) -> bytes:
     return raw
 
 
-class KeyRing:
+class Cipher:
     """The current key (seals everything new) and older keys (still open what they sealed)."""
 
     def __init__(self, current: bytes, old: Iterable[bytes] = ()) -> None:
         if len(current) != KEY_BYTES:
             raise KeyConfigError(f"an encryption key must be {KEY_BYTES} bytes")
         self.current_id = key_id_of_key(current)
-        self._ciphers: dict[str, AESGCM] = {self.current_id: AESGCM(current)}
-        self._current = self._ciphers[self.current_id]
+        self._aeads: dict[str, AESGCM] = {self.current_id: AESGCM(current)}
+        self._current = self._aeads[self.current_id]
         for key in old:
             if len(key) != KEY_BYTES:
                 raise KeyConfigError(f"an encryption key must be {KEY_BYTES} bytes")
-            self._ciphers.setdefault(key_id_of_key(key), AESGCM(key))
+            self._aeads.setdefault(key_id_of_key(key), AESGCM(key))
 
     @property
     def key_ids(self) -> list[str]:
         """The current key id first, then the old ones in configuration order."""
-        return list(self._ciphers)
+        return list(self._aeads)
 
     @property
     def old_key_ids(self) -> list[str]:
-        return [key_id for key_id in self._ciphers if key_id != self.current_id]
+        return [key_id for key_id in self._aeads if key_id != self.current_id]
 
     def has(self, key_id: str) -> bool:
-        return key_id in self._ciphers
+        return key_id in self._aeads
 
     def seal(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         """Encrypt under the current key with a fresh random nonce."""
@@ -161,12 +161,12 @@ class KeyRing:
                 "mixes plaintext and ciphertext (run `blixard encryption rotate --data-dir`)"
             )
         key_id = bytes(view[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES]).hex()
-        cipher = self._ciphers.get(key_id)
-        if cipher is None:
+        aead = self._aeads.get(key_id)
+        if aead is None:
             raise UnknownKeyId(key_id, self.key_ids)
         nonce = view[len(MAGIC) + KEY_ID_BYTES : HEADER_BYTES]
         try:
-            return cipher.decrypt(nonce, view[HEADER_BYTES:], aad)
+            return aead.decrypt(nonce, view[HEADER_BYTES:], aad)
         except InvalidTag:
             raise DecryptionError(
                 f"a blob sealed with key id {key_id} failed authentication: it was altered, "
@@ -194,8 +194,8 @@ class KeyRing:
         key: str | None,
         key_file: Path | None = None,
         old_keys: str | None = None,
-    ) -> KeyRing | None:
-        """The key ring the settings describe, or None when encryption is not configured."""
+    ) -> Cipher | None:
+        """The cipher the settings describe, or None when encryption is not configured."""
         if key is not None and key_file is not None:
             raise KeyConfigError(
                 "set either BLIXARD_ENCRYPTION_KEY or BLIXARD_ENCRYPTION_KEY_FILE, not both"
@@ -227,7 +227,7 @@ class KeyRing:
         return cls(current, old)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing | None:
+    def from_settings(cls, settings: Settings) -> Cipher | None:
         return cls.from_config(
             settings.encryption_key.get_secret_value() if settings.encryption_key else None,
             settings.encryption_key_file,

@@ -31,7 +31,7 @@ from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.store import sqlite_encryption
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
-from blixard.store.crypto import DecryptionError, KeyRing, is_sealed, lock_aad
+from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
-    (3, sqlite_encryption.MIGRATION),
+    (3, ";".join(sqlite_encryption.MIGRATION)),
 ]
 
 _VERSION_COLUMNS = (
@@ -302,15 +302,15 @@ class SQLiteStore:
         codec: VersionCodec | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
         readers: int = 4,
-        keyring: KeyRing | None = None,
+        cipher: Cipher | None = None,
         adopt_plaintext: bool = False,
     ) -> None:
         self.path = Path(path)
-        if codec is not None and codec.keyring is not keyring:
-            raise ValueError("the codec must use the store's key ring")
-        self.codec = codec or VersionCodec(keyring=keyring)
+        if codec is not None and codec.cipher is not cipher:
+            raise ValueError("the codec must use the store's cipher")
+        self.codec = codec or VersionCodec(cipher=cipher)
         #: Seals blobs and lock payloads; None stores them unencrypted.
-        self.keyring = keyring
+        self.cipher = cipher
         #: Only for offline encryption of an unencrypted store (see sqlite_encryption).
         self._adopt_plaintext = adopt_plaintext
         self._readers = readers
@@ -748,23 +748,23 @@ class SQLiteStore:
 
     def _check_encryption(self, conn: sqlite3.Connection) -> None:
         sqlite_encryption.check_at_open(
-            conn, self.keyring, self.path, adopt_plaintext=self._adopt_plaintext
+            conn, self.cipher, self.path, adopt_plaintext=self._adopt_plaintext
         )
 
     def _seal_lock(self, name: str, payload: bytes) -> bytes:
-        return payload if self.keyring is None else self.keyring.seal(payload, lock_aad(name))
+        return payload if self.cipher is None else self.cipher.seal(payload, lock_aad(name))
 
     def _open_lock(self, name: str, payload: bytes) -> bytes:
-        if self.keyring is None:
+        if self.cipher is None:
             if is_sealed(payload):
                 raise DecryptionError("found an encrypted lock but no encryption key is configured")
             return payload
         if self._adopt_plaintext and not is_sealed(payload):
             return payload  # not sealed yet: offline encryption in progress
-        return self.keyring.open(payload, lock_aad(name))
+        return self.cipher.open(payload, lock_aad(name))
 
     async def encryption_status(self) -> EncryptionStatus:
-        return await self._read(lambda conn: sqlite_encryption.status(conn, self.keyring))
+        return await self._read(lambda conn: sqlite_encryption.status(conn, self.cipher))
 
     async def rotate_encryption(
         self,
@@ -779,8 +779,8 @@ class SQLiteStore:
         with) ordinary writes; readers may meanwhile see a blob under either key, and both are
         configured. Safe to interrupt and to call again at any time.
         """
-        keyring = self.keyring
-        if keyring is None:
+        cipher = self.cipher
+        if cipher is None:
             raise EncryptionNotConfigured(
                 "Encryption at rest is not enabled on this server: set BLIXARD_ENCRYPTION_KEY "
                 "(and encrypt existing data offline with `blixard encryption rotate --data-dir`)."
@@ -789,7 +789,7 @@ class SQLiteStore:
         def batch(conn: sqlite3.Connection) -> sqlite_encryption.RotationBatch:
             return sqlite_encryption.rotate_batch(
                 conn,
-                keyring,
+                cipher,
                 adopt_plaintext=self._adopt_plaintext,
                 max_versions=batch_versions,
                 max_bytes=batch_bytes,
@@ -811,15 +811,15 @@ class SQLiteStore:
                 break
             if time.monotonic() >= deadline:
                 remaining, _, _ = await self._read(
-                    lambda conn: sqlite_encryption.pending(conn, keyring)
+                    lambda conn: sqlite_encryption.pending(conn, cipher)
                 )
                 if remaining:
                     break
         remaining_versions, remaining_locks, total = await self._read(
-            lambda conn: sqlite_encryption.pending(conn, keyring)
+            lambda conn: sqlite_encryption.pending(conn, cipher)
         )
         return RotationProgress(
-            current_key_id=keyring.current_id,
+            current_key_id=cipher.current_id,
             rotated_versions=versions,
             rotated_locks=locks,
             remaining_versions=remaining_versions,

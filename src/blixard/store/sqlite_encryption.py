@@ -22,19 +22,24 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from blixard.store.crypto import KeyRing, key_id_of_blob, lock_aad, state_aad
+from blixard.store.crypto import Cipher, key_id_of_blob, lock_aad, state_aad
 from blixard.store.encryption import PLAINTEXT, EncryptionRefused, EncryptionStatus
 
-MIGRATION = """
+#: Schema migration 3, one statement per item.
+MIGRATION: tuple[str, ...] = (
+    """
     CREATE TABLE meta (
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
-    );
+    )
+    """,
+    """
     ALTER TABLE versions ADD COLUMN key_id TEXT GENERATED ALWAYS AS (
         CASE WHEN substr(blob, 1, 4) = X'42584501' THEN lower(hex(substr(blob, 5, 8))) END
-    ) VIRTUAL;
-    CREATE INDEX versions_by_key_id ON versions(key_id)
-"""
+    ) VIRTUAL
+    """,
+    "CREATE INDEX versions_by_key_id ON versions(key_id)",
+)
 
 _ENCRYPTED = "encryption"
 _CANARY = "canary:"
@@ -78,7 +83,7 @@ def _ids(key_ids: list[str]) -> str:
 
 
 def check_at_open(
-    conn: sqlite3.Connection, keyring: KeyRing | None, path: Path, *, adopt_plaintext: bool
+    conn: sqlite3.Connection, cipher: Cipher | None, path: Path, *, adopt_plaintext: bool
 ) -> None:
     """Refuse to serve a store with keys that cannot open it; start using the current key.
 
@@ -88,7 +93,7 @@ def check_at_open(
     encrypted, canaries = _meta(conn)
     sealed_with = sorted(canaries)
     rotate_offline = f"`blixard encryption rotate --data-dir {path.parent}`"
-    if keyring is None:
+    if cipher is None:
         if encrypted:
             raise EncryptionRefused(
                 f"{path} is encrypted (data sealed with key ids {_ids(sealed_with)}) but no key "
@@ -114,20 +119,20 @@ def check_at_open(
             )
         conn.execute("INSERT INTO meta(name, value) VALUES (?, ?)", (_ENCRYPTED, b"aes-256-gcm"))
 
-    missing = [key_id for key_id in sealed_with if not keyring.has(key_id)]
+    missing = [key_id for key_id in sealed_with if not cipher.has(key_id)]
     if missing:
-        if len(keyring.key_ids) == 1:
+        if len(cipher.key_ids) == 1:
             raise EncryptionRefused(
                 f"the configured BLIXARD_ENCRYPTION_KEY does not open this database (key id "
-                f"{keyring.current_id}); data is sealed with key ids {_ids(sealed_with)}"
+                f"{cipher.current_id}); data is sealed with key ids {_ids(sealed_with)}"
             )
         raise EncryptionRefused(
-            f"the configured keys (key ids {_ids(keyring.key_ids)}) do not open this database: "
+            f"the configured keys (key ids {_ids(cipher.key_ids)}) do not open this database: "
             f"data is also sealed with key ids {_ids(missing)}; add those keys to "
             "BLIXARD_ENCRYPTION_OLD_KEYS until `blixard encryption rotate` has finished"
         )
     for key_id in sealed_with:
-        if not keyring.opens_canary(key_id, canaries[key_id]):
+        if not cipher.opens_canary(key_id, canaries[key_id]):
             raise EncryptionRefused(
                 f"the configured key with id {key_id} fails to open this database's check "
                 "value: the key or the database is damaged"
@@ -145,22 +150,22 @@ def check_at_open(
                 f"offline encryption); run {rotate_offline} again with the server stopped"
             )
 
-    if keyring.current_id not in canaries:
+    if cipher.current_id not in canaries:
         conn.execute(
             "INSERT INTO meta(name, value) VALUES (?, ?)",
-            (_CANARY + keyring.current_id, keyring.canary()),
+            (_CANARY + cipher.current_id, cipher.canary()),
         )
 
 
-def status(conn: sqlite3.Connection, keyring: KeyRing | None) -> EncryptionStatus:
+def status(conn: sqlite3.Connection, cipher: Cipher | None) -> EncryptionStatus:
     encrypted, canaries = _meta(conn)
     versions = _versions_by_key(conn)
     locks = _locks_by_key(conn)
-    old = keyring.old_key_ids if keyring else []
+    old = cipher.old_key_ids if cipher else []
     return EncryptionStatus(
         encrypted=encrypted,
-        current_key_id=keyring.current_id if keyring else None,
-        configured_key_ids=keyring.key_ids if keyring else [],
+        current_key_id=cipher.current_id if cipher else None,
+        configured_key_ids=cipher.key_ids if cipher else [],
         key_ids_in_use=sorted(canaries),
         versions=versions,
         locks=locks,
@@ -172,19 +177,19 @@ def status(conn: sqlite3.Connection, keyring: KeyRing | None) -> EncryptionStatu
     )
 
 
-def pending(conn: sqlite3.Connection, keyring: KeyRing) -> tuple[int, int, int]:
+def pending(conn: sqlite3.Connection, cipher: Cipher) -> tuple[int, int, int]:
     """(versions not under the current key, such lock payloads, all versions)."""
     total = conn.execute("SELECT count(*) FROM versions").fetchone()[0]
     current = conn.execute(
-        "SELECT count(*) FROM versions WHERE key_id = ?", (keyring.current_id,)
+        "SELECT count(*) FROM versions WHERE key_id = ?", (cipher.current_id,)
     ).fetchone()[0]
-    locks = sum(1 for _, _, info in _locks(conn) if key_id_of_blob(info) != keyring.current_id)
+    locks = sum(1 for _, _, info in _locks(conn) if key_id_of_blob(info) != cipher.current_id)
     return total - current, locks, total
 
 
 def rotate_batch(
     conn: sqlite3.Connection,
-    keyring: KeyRing,
+    cipher: Cipher,
     *,
     adopt_plaintext: bool,
     max_versions: int,
@@ -197,7 +202,7 @@ def rotate_batch(
     then every old key id that nothing uses any more is forgotten.
     """
     _, canaries = _meta(conn)
-    targets: list[str | None] = [key_id for key_id in canaries if key_id != keyring.current_id]
+    targets: list[str | None] = [key_id for key_id in canaries if key_id != cipher.current_id]
     if adopt_plaintext:
         targets.append(None)
     rotated = grown = budget = 0
@@ -214,7 +219,7 @@ def rotate_batch(
         ).fetchall()
         for rowid, name in rows:
             (blob,) = conn.execute("SELECT blob FROM versions WHERE rowid = ?", (rowid,)).fetchone()
-            sealed = keyring.reseal(blob, state_aad(name))
+            sealed = cipher.reseal(blob, state_aad(name))
             conn.execute("UPDATE versions SET blob = ? WHERE rowid = ?", (sealed, rowid))
             rotated += 1
             grown += len(sealed) - len(blob)
@@ -226,13 +231,13 @@ def rotate_batch(
 
     rotated_locks = 0
     for ws_id, name, info in _locks(conn):
-        if key_id_of_blob(info) != keyring.current_id:
-            sealed = keyring.reseal(info, lock_aad(name))
+        if key_id_of_blob(info) != cipher.current_id:
+            sealed = cipher.reseal(info, lock_aad(name))
             conn.execute("UPDATE workspaces SET lock_info = ? WHERE id = ?", (sealed, ws_id))
             rotated_locks += 1
     retired = []
     for key_id in canaries:
-        if key_id == keyring.current_id:
+        if key_id == cipher.current_id:
             continue
         used = conn.execute("SELECT 1 FROM versions WHERE key_id = ? LIMIT 1", (key_id,))
         if used.fetchone() is None:
