@@ -59,6 +59,9 @@ def parse_state(body: Body) -> StateMeta:
         ) from None
     except msgspec.DecodeError as exc:
         raise InvalidState(f"State is not valid JSON ({exc}).") from None
+    except RecursionError:
+        # Terraform states nest a few dozen levels; thousands is an attack or a bug.
+        raise InvalidState("State is nested too deeply to be a Terraform state.") from None
     if header.serial < 0:
         raise InvalidState("State 'serial' must not be negative.")
     if not header.lineage:
