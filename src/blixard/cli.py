@@ -278,6 +278,25 @@ def serve(
     log_level: str | None = typer.Option(
         None, "--log-level", help="debug, info, warning or error (env BLIXARD_LOG_LEVEL)."
     ),
+    tls_cert: str | None = typer.Option(
+        None,
+        "--tls-cert",
+        help="PEM certificate chain: serve HTTPS (env BLIXARD_TLS_CERT; needs --tls-key).",
+    ),
+    tls_key: str | None = typer.Option(
+        None, "--tls-key", help="PEM private key of --tls-cert (env BLIXARD_TLS_KEY)."
+    ),
+    tls_client_ca: str | None = typer.Option(
+        None,
+        "--tls-client-ca",
+        help="PEM CA bundle: require client certificates signed by it, i.e. mutual TLS "
+        "(env BLIXARD_TLS_CLIENT_CA).",
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Allow listening beyond loopback with authentication off (env BLIXARD_INSECURE).",
+    ),
 ) -> None:
     """Run the Blixard server."""
     from blixard.server import serve as run_server
@@ -288,6 +307,10 @@ def serve(
         "data_dir": data_dir,
         "max_state_bytes": max_state_bytes,
         "log_level": log_level,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_client_ca": tls_client_ca,
+        "insecure": True if insecure else None,
     }
     run_server({k: v for k, v in flags.items() if v is not None})
 

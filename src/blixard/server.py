@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -12,12 +14,85 @@ from pydantic import ValidationError
 from blixard.config import Settings
 
 
+class TlsConfigError(ValueError):
+    """A TLS setting that cannot work; the message is one line for the operator."""
+
+
+def _check_readable(flag: str, path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except IsADirectoryError:
+        raise TlsConfigError(f"{flag} {path}: is a directory, expected a PEM file") from None
+    except OSError as exc:
+        raise TlsConfigError(f"{flag} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.run keyword arguments for HTTPS / mutual TLS, checked before anything starts.
+
+    Returns {} when TLS is not configured. Raises TlsConfigError for a combination that cannot
+    work (certificate without key, client CA without certificate), for files that cannot be
+    read, and for PEM content that the TLS library refuses (e.g. a key that does not match).
+    """
+    cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if cert is None and key is None and client_ca is None:
+        return {}
+    if cert is None and key is not None:
+        raise TlsConfigError("--tls-key (BLIXARD_TLS_KEY) needs --tls-cert (BLIXARD_TLS_CERT)")
+    if cert is None:
+        raise TlsConfigError(
+            "--tls-client-ca (BLIXARD_TLS_CLIENT_CA) needs --tls-cert and --tls-key: "
+            "mutual TLS runs over HTTPS"
+        )
+    if key is None:
+        raise TlsConfigError("--tls-cert (BLIXARD_TLS_CERT) needs --tls-key (BLIXARD_TLS_KEY)")
+    _check_readable("--tls-cert", cert)
+    _check_readable("--tls-key", key)
+    if client_ca is not None:
+        _check_readable("--tls-client-ca", client_ca)
+
+    def no_password() -> bytes:
+        # Called only for an encrypted key, which uvicorn would otherwise prompt for on a tty.
+        raise TlsConfigError(
+            f"--tls-key {key}: encrypted private keys are not supported; "
+            "decrypt it (e.g. openssl pkey -in KEY -out PLAIN_KEY) and restrict its permissions"
+        )
+
+    # Load everything once here so bad PEM content fails now, in one line, not as a traceback
+    # from inside uvicorn after the app has been built.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key), password=no_password)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(
+            f"--tls-cert {cert} / --tls-key {key}: not a valid PEM certificate chain and "
+            f"matching unencrypted private key ({exc.reason or 'no usable PEM data'})"
+        ) from None
+    options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except ssl.SSLError as exc:
+            raise TlsConfigError(
+                f"--tls-client-ca {client_ca}: not a PEM CA bundle "
+                f"({exc.reason or 'no usable PEM data'})"
+            ) from None
+        options.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 def serve(overrides: dict[str, Any] | None = None) -> None:
     try:
         settings = Settings.load(overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"blixard: invalid configuration: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        tls = tls_options(settings)
+    except TlsConfigError as exc:
+        print(f"blixard: invalid TLS configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,4 +108,5 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         access_log=settings.log_level == "debug",
         server_header=False,
         timeout_graceful_shutdown=10,
+        **tls,
     )
