@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import sys
@@ -97,6 +98,13 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from blixard.preflight import StartupRefused, preflight
+
+    try:
+        asyncio.run(preflight(settings))
+    except StartupRefused as exc:
+        print(f"blixard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     from blixard.api.app import asgi_app, create_app
 
     app = create_app(settings)
@@ -107,6 +115,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         server_header=False,
+        lifespan="on",  # a store that cannot open must stop the server, not be skipped
         timeout_graceful_shutdown=10,
         **tls,
     )
