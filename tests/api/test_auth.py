@@ -304,6 +304,10 @@ def test_audit_records_changes_and_denials(secured: tuple[TestClient, Keys]) -> 
         ("state.read", None, "denied"),
         ("state.read", "other", "denied"),
     ]
+    anonymous = next(e for e in events if e["key"] is None)
+    assert anonymous["source"] == "testclient" and anonymous["status"] == 401
+    bootstrap = client.get(f"{API}/audit", params={"action": "keys.manage"}, headers=admin).json()
+    assert any("from BLIXARD_ADMIN_KEY" in (e["detail"] or "") for e in bootstrap["events"])
     write_event = next(e for e in events if e["action"] == "state.write")
     assert write_event["version"] == 1 and write_event["lock_id"] == info["ID"]
     assert write_event["source"] == "testclient" and write_event["role"] == "writer"

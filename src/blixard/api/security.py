@@ -100,5 +100,6 @@ def record_refusal(request: Request, error: DomainError, status: int) -> None:
             lock_id=request.query_params.get("ID"),
             status=status,
             detail=error.message[:500],
+            source=_source(request),
         )
     )

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 
 from blixard.domain.access import (
+    Action,
     ApiKey,
     AuditEvent,
     Role,
+    audit_event,
     check_key_name,
     parse_scopes,
 )
@@ -167,5 +169,18 @@ class KeyRing:
         while name in names:
             suffix += 1
             name = f"{BOOTSTRAP_NAME}-{suffix}"
-        await self.create(name, Role.admin, ["*"], created_by="BLIXARD_ADMIN_KEY", secret=secret)
+        await self.create(
+            name,
+            Role.admin,
+            ["*"],
+            created_by="BLIXARD_ADMIN_KEY",
+            secret=secret,
+            audit=audit_event(
+                None,
+                Action.keys_manage,
+                self.clock(),
+                detail=f"created key '{name}' from BLIXARD_ADMIN_KEY",
+                source="BLIXARD_ADMIN_KEY",
+            ),
+        )
         log.info("created admin key '%s' from BLIXARD_ADMIN_KEY", name)

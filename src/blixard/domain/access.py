@@ -151,14 +151,17 @@ def audit_event(
     lock_id: str | None = None,
     status: int | None = None,
     detail: str | None = None,
+    source: str | None = None,
 ) -> AuditEvent:
+    """An audit record; `source` stands in when there is no actor (e.g. a request without a
+    valid key)."""
     return AuditEvent(
         at=at,
         action=action.value if isinstance(action, Action) else action,
         outcome=outcome,
         key_name=actor.name if actor else None,
         role=actor.role.name if actor else None,
-        source=actor.source if actor else None,
+        source=actor.source if actor else source,
         workspace=workspace,
         version=version,
         lock_id=lock_id,
