@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -15,6 +14,7 @@ from blixard.api.views import iso, json_response
 from blixard.auth.keyring import KeyRing
 from blixard.domain.access import Action, ApiKey, AuditEvent, audit_event, parse_role
 from blixard.domain.errors import InvalidInput
+from blixard.domain.parsing import parse_time
 
 router = APIRouter(prefix="/api/tofu", tags=["administration"])
 
@@ -123,17 +123,6 @@ async def revoke_key(request: Request, name: str) -> Response:
     return json_response({"key": key_json(revoked)})
 
 
-def _time_query(value: str | None, name: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise InvalidInput(
-            f"'{name}' must be an ISO 8601 time, e.g. 2026-11-25T10:00:00Z."
-        ) from None
-
-
 @router.get("/audit", summary="The audit trail, newest first")
 async def audit(
     request: Request,
@@ -150,8 +139,8 @@ async def audit(
         workspace=workspace,
         key_name=key,
         action=action,
-        since=_time_query(since, "since"),
-        until=_time_query(until, "until"),
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
         before_id=before,
         limit=limit + 1,
     )

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import getpass
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from blixard.auth.keyring import KeyRing
 from blixard.domain.access import Action, Actor, Role, audit_event, parse_role
-from blixard.domain.errors import InvalidInput
+from blixard.domain.parsing import parse_time
 
 DB_NAME = "blixard.db"
 
@@ -133,18 +132,6 @@ def revoke_key(data_dir: Path, name: str) -> dict[str, Any]:
     return _run(data_dir, work)
 
 
-def _timestamp(value: str | None, name: str) -> float | None:
-    """An ISO 8601 time as the audit API accepts it (a trailing Z means UTC)."""
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise InvalidInput(
-            f"'{name}' must be an ISO 8601 time, e.g. 2026-11-25T10:00:00Z."
-        ) from None
-
-
 def list_audit(
     data_dir: Path,
     *,
@@ -159,8 +146,8 @@ def list_audit(
     """{"events": [...], "next_before": id|None} as GET /api/tofu/audit answers it."""
     from blixard.api.admin import audit_json
 
-    since_at = _timestamp(since, "since")
-    until_at = _timestamp(until, "until")
+    since_at = parse_time(since, "since")
+    until_at = parse_time(until, "until")
 
     async def work(keyring: KeyRing) -> dict[str, Any]:
         events = await keyring.store.list_audit(
