@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,11 +21,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsClient:
+    """How a test client reaches a server that serves HTTPS.
+
+    `ca` is the PEM bundle that verifies the server's certificate; `cert`/`key` are the
+    client certificate and key presented for mutual TLS (both or neither).
+    """
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.cert is not None:
+            context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        return context
+
+
 class ServerProcess:
     """A `blixard serve` subprocess listening on a free loopback port.
 
     `start()` waits until /health answers; `kill()` is a `kill -9`; the data directory
     survives restarts so durability can be checked across them.
+
+    With `tls`, the server is expected to serve HTTPS (the TLS flags themselves go in
+    `args`): `url` is https://… and the health wait verifies the server with `tls.ca` and
+    presents `tls.cert` when given. `client()` returns an httpx client set up the same way.
     """
 
     def __init__(
@@ -34,17 +59,28 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         log_path: Path | None = None,
+        tls: TlsClient | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.extra_env = env or {}
         self.extra_args = args or []
         self.log_path = log_path or self.data_dir.parent / f"server-{self.port}.log"
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """The `verify=` argument for httpx requests to this server."""
+        return self.tls.ssl_context() if self.tls else True
+
+    def client(self, path: str = "", *, timeout: float = 15.0) -> httpx.Client:
+        """An httpx client for url + path that trusts (and, for mTLS, authenticates to) it."""
+        return httpx.Client(base_url=self.url + path, timeout=timeout, verify=self.verify())
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,13 +99,14 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        verify = self.verify()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text()[-2000:]
                 raise RuntimeError(f"blixard exited with {self.proc.returncode}: {tail}")
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1.0, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -4,24 +4,83 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
 from blixard.config import Settings
-from blixard.store.crypto import EncryptionError, KeyConfigError
-from blixard.store.protocol import Store
-from blixard.store.sqlite import StoreInUse
 
 
-async def _preflight(store: Store) -> None:
-    """Open and close the store once before uvicorn starts, so that a store which must not be
-    served (wrong or missing encryption key, file in use) is reported in one line rather than
-    as a lifespan traceback."""
-    await store.open()
-    await store.close()
+class TlsConfigError(ValueError):
+    """A TLS setting that cannot work; the message is one line for the operator."""
+
+
+def _check_readable(flag: str, path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except IsADirectoryError:
+        raise TlsConfigError(f"{flag} {path}: is a directory, expected a PEM file") from None
+    except OSError as exc:
+        raise TlsConfigError(f"{flag} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.run keyword arguments for HTTPS / mutual TLS, checked before anything starts.
+
+    Returns {} when TLS is not configured. Raises TlsConfigError for a combination that cannot
+    work (certificate without key, client CA without certificate), for files that cannot be
+    read, and for PEM content that the TLS library refuses (e.g. a key that does not match).
+    """
+    cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if cert is None and key is None and client_ca is None:
+        return {}
+    if cert is None and key is not None:
+        raise TlsConfigError("--tls-key (BLIXARD_TLS_KEY) needs --tls-cert (BLIXARD_TLS_CERT)")
+    if cert is None:
+        raise TlsConfigError(
+            "--tls-client-ca (BLIXARD_TLS_CLIENT_CA) needs --tls-cert and --tls-key: "
+            "mutual TLS runs over HTTPS"
+        )
+    if key is None:
+        raise TlsConfigError("--tls-cert (BLIXARD_TLS_CERT) needs --tls-key (BLIXARD_TLS_KEY)")
+    _check_readable("--tls-cert", cert)
+    _check_readable("--tls-key", key)
+    if client_ca is not None:
+        _check_readable("--tls-client-ca", client_ca)
+
+    def no_password() -> bytes:
+        # Called only for an encrypted key, which uvicorn would otherwise prompt for on a tty.
+        raise TlsConfigError(
+            f"--tls-key {key}: encrypted private keys are not supported; "
+            "decrypt it (e.g. openssl pkey -in KEY -out PLAIN_KEY) and restrict its permissions"
+        )
+
+    # Load everything once here so bad PEM content fails now, in one line, not as a traceback
+    # from inside uvicorn after the app has been built.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key), password=no_password)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(
+            f"--tls-cert {cert} / --tls-key {key}: not a valid PEM certificate chain and "
+            f"matching unencrypted private key ({exc.reason or 'no usable PEM data'})"
+        ) from None
+    options: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except ssl.SSLError as exc:
+            raise TlsConfigError(
+                f"--tls-client-ca {client_ca}: not a PEM CA bundle "
+                f"({exc.reason or 'no usable PEM data'})"
+            ) from None
+        options.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def serve(overrides: dict[str, Any] | None = None) -> None:
@@ -31,20 +90,24 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"blixard: invalid configuration: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        tls = tls_options(settings)
+    except TlsConfigError as exc:
+        print(f"blixard: invalid TLS configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from blixard.api.app import asgi_app, build_store, create_app
+    from blixard.preflight import StartupRefused, preflight
 
     try:
-        asyncio.run(_preflight(build_store(settings)))
-        app = create_app(settings)
-    except KeyConfigError as exc:
-        print(f"blixard: invalid configuration: {exc}", file=sys.stderr)
+        asyncio.run(preflight(settings))
+    except StartupRefused as exc:
+        print(f"blixard: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (EncryptionError, StoreInUse) as exc:
-        print(f"blixard: cannot open the store: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from blixard.api.app import asgi_app, create_app
+
+    app = create_app(settings)
     uvicorn.run(
         asgi_app(app),
         host=settings.host,
@@ -52,5 +115,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         server_header=False,
+        lifespan="on",  # a store that cannot open must stop the server, not be skipped
         timeout_graceful_shutdown=10,
+        **tls,
     )

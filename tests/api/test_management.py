@@ -208,3 +208,12 @@ def test_storage_full_is_503_with_retry_after_and_recovers(make_client: ClientFa
     assert snapshot(client, "w") == before
     cap(1_000_000)
     assert client.post(f"{API}/state/w", content=big).status_code == 200
+
+
+def test_oversized_headers_are_refused_with_431(client: TestClient) -> None:
+    too_many = {f"x-h{i}": "v" for i in range(150)}
+    response = client.get(f"{API}/workspaces", headers=too_many)
+    assert response.status_code == 431 and response.json()["error"] == "headers_too_large"
+    huge = client.post(f"{API}/state/w", content=tfstate(1), headers={"x-big": "v" * 40_000})
+    assert huge.status_code == 431
+    assert client.get(f"{API}/state/w").status_code == 404  # nothing was written

@@ -336,3 +336,21 @@ def test_generate_key() -> None:
     key = result.stdout.strip()
     assert len(base64.b64decode(key, validate=True)) == 32
     assert f"key id {key_id(key)}" in result.stderr
+
+
+def test_offline_key_management_needs_the_encryption_key(
+    tmp_path: Path, keys: tuple[str, str], servers: list[ServerProcess]
+) -> None:
+    data_dir = tmp_path / "data"
+    key, _ = keys
+    server = start(servers, data_dir, key)
+    with client(server) as http:
+        lock(http, "w")
+    server.stop()
+    create = ("keys", "create", "ops", "--role", "admin", "--workspaces", "*")
+    refused = cli(*create, "--data-dir", str(data_dir))
+    assert refused.returncode == 1 and "no key is configured" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    created = cli(*create, "--data-dir", str(data_dir), BLIXARD_ENCRYPTION_KEY=key)
+    assert created.returncode == 0, created.stderr
+    assert_no_secrets(data_dir, expect_wal=False)

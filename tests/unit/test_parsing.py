@@ -70,6 +70,14 @@ def test_rejects_non_states(body: bytes) -> None:
         parse_state(body)
 
 
+def test_rejects_absurd_nesting_cleanly() -> None:
+    deep = b'{"serial": 1, "lineage": "L", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidState, match="nested too deeply"):
+        parse_state(deep)
+    with pytest.raises(InvalidLockInfo):
+        parse_lock_info(b'{"ID": "x", "y": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
 @given(
     serial=st.integers(0, 2**40),
     new_serial=st.integers(0, 2**40),

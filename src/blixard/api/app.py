@@ -9,10 +9,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__
-from blixard.api import backend, encryption, health, management
+from blixard.api import admin, backend, encryption, health, management
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
+from blixard.api.limits import HeaderLimits
 from blixard.api.metrics import Metrics, MetricsMiddleware
+from blixard.auth.audit import AuditSink
+from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
 from blixard.domain.service import StateService
 from blixard.store import open_store_from_url
@@ -44,12 +47,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store = store or build_store(settings)
     service = StateService(store)
     metrics = Metrics()
+    keyring = KeyRing(store, required=settings.auth == "required")
+    audit = AuditSink(store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.open()
         try:
-            yield
+            admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+            await keyring.start(admin_key)
+            await audit.start()
+            try:
+                yield
+            finally:
+                await audit.stop()
+                await keyring.stop()
         finally:
             await store.close()
 
@@ -62,9 +74,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
+    app.state.keyring = keyring
+    app.state.audit = audit
     install_error_handlers(app)
     app.include_router(backend.router)
     app.include_router(management.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(encryption.router)
     return app
@@ -73,4 +88,4 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 def asgi_app(app: FastAPI, *, fast_path: bool = True) -> ASGIApp:
     """What the server runs: metrics around the protocol fast path around the FastAPI app."""
     inner: ASGIApp = ProtocolFastPath(app, root=app) if fast_path else app
-    return MetricsMiddleware(inner, app.state.metrics)
+    return MetricsMiddleware(HeaderLimits(inner), app.state.metrics)

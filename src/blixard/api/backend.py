@@ -13,7 +13,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from blixard.api.body import SMALL_BODY_LIMIT, read_body
+from blixard.api.security import authorize
 from blixard.api.views import iso, json_response, lock_json, service_of, version_json
+from blixard.domain.access import Action
 from blixard.domain.errors import InvalidInput, Locked
 
 router = APIRouter(prefix="/api/tofu", tags=["backend protocol"])
@@ -119,6 +121,7 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
     },
 )
 async def get_state(request: Request, workspace: str) -> Response:
+    await authorize(request, Action.state_read, workspace)
     version = positive_int_query(request, "version")
     meta, body = await service_of(request).read_state(workspace, version)
     return Response(
@@ -151,6 +154,7 @@ async def get_state(request: Request, workspace: str) -> Response:
     },
 )
 async def write_state(request: Request, workspace: str) -> Response:
+    actor = await authorize(request, Action.state_write, workspace)
     settings = request.app.state.settings
     body = await read_body(request, settings.max_state_bytes, verify_md5=False)
     result = await service_of(request).write_state(
@@ -158,6 +162,7 @@ async def write_state(request: Request, workspace: str) -> Response:
         body,
         lock_id=request.query_params.get("ID"),
         content_md5=request.headers.get("content-md5"),
+        actor=actor,
     )
     if result.created:
         metrics = request.app.state.metrics
@@ -189,9 +194,10 @@ _UNLOCK_DOC: dict[str, Any] = dict(
 @protocol_route("/lock/{workspace}", ["LOCK", "POST"], **_LOCK_DOC)
 @protocol_route("/state/{workspace}", ["LOCK"], **_LOCK_DOC)
 async def lock(request: Request, workspace: str) -> Response:
+    actor = await authorize(request, Action.lock_acquire, workspace)
     body = await read_body(request, SMALL_BODY_LIMIT)
     try:
-        granted = await service_of(request).lock(workspace, body)
+        granted = await service_of(request).lock(workspace, body, actor=actor)
     except Locked:
         request.app.state.metrics.lock_conflicts.inc()
         raise
@@ -203,7 +209,10 @@ async def lock(request: Request, workspace: str) -> Response:
 @protocol_route("/state/{workspace}", ["UNLOCK"], **_UNLOCK_DOC)
 async def unlock(request: Request, workspace: str) -> Response:
     body = await read_body(request, SMALL_BODY_LIMIT)
-    released = await service_of(request).unlock(workspace, body)
+    # An empty body is `terraform force-unlock`: breaking any lock is an admin's call.
+    action = Action.lock_release if body.strip() else Action.lock_force
+    actor = await authorize(request, action, workspace)
+    released = await service_of(request).unlock(workspace, body, actor=actor)
     return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
 
 
@@ -214,6 +223,7 @@ async def unlock(request: Request, workspace: str) -> Response:
     responses={200: {"description": "Lock status"}, 404: _ERROR},
 )
 async def lock_status(request: Request, workspace: str) -> Response:
+    await authorize(request, Action.lock_status, workspace)
     status = await service_of(request).lock_status(workspace)
     held = status.lock
     now = request.app.state.service.clock()
@@ -235,7 +245,8 @@ async def lock_status(request: Request, workspace: str) -> Response:
     responses={200: {"description": "The removed lock, if any"}, 400: _ERROR},
 )
 async def force_unlock(request: Request, workspace: str) -> Response:
-    released = await service_of(request).force_unlock(workspace)
+    actor = await authorize(request, Action.lock_force, workspace)
+    released = await service_of(request).force_unlock(workspace, actor=actor)
     return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
 
 
@@ -246,5 +257,6 @@ async def force_unlock(request: Request, workspace: str) -> Response:
     responses={200: {"description": "Deleted"}, 404: _ERROR, 423: _HOLDER},
 )
 async def delete_state(request: Request, workspace: str) -> Response:
-    await service_of(request).delete_workspace(workspace)
+    actor = await authorize(request, Action.workspace_delete, workspace)
+    await service_of(request).delete_workspace(workspace, actor=actor)
     return json_response({"workspace": workspace, "deleted": True})

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from blixard.api.errors import error_response
+from blixard.api.security import authorize
 from blixard.api.views import json_response, service_of
+from blixard.domain.access import Action, audit_event
 from blixard.store.encryption import EncryptionAdmin
 
 router = APIRouter(prefix="/api/tofu/admin/encryption", tags=["admin"])
@@ -33,6 +35,7 @@ def _unsupported() -> Response:
     responses={501: _ERROR},
 )
 async def encryption_status(request: Request) -> Response:
+    await authorize(request, Action.admin)
     admin = _admin(request)
     if admin is None:
         return _unsupported()
@@ -54,8 +57,26 @@ async def rotate(
     request: Request,
     max_seconds: Annotated[float, Query(gt=0, le=30, description="Work budget")] = 1.0,
 ) -> Response:
+    actor = await authorize(request, Action.admin)
     admin = _admin(request)
     if admin is None:
         return _unsupported()
     progress = await admin.rotate_encryption(max_seconds=max_seconds)
+    if progress.rotated_versions or progress.rotated_locks or progress.retired_key_ids:
+        request.app.state.audit.record(
+            audit_event(
+                actor,
+                Action.admin,
+                request.app.state.service.clock(),
+                detail=(
+                    f"encryption rotate to key id {progress.current_key_id}: "
+                    f"{progress.rotated_versions} versions, {progress.rotated_locks} locks"
+                    + (
+                        f"; retired key ids {', '.join(progress.retired_key_ids)}"
+                        if progress.retired_key_ids
+                        else ""
+                    )
+                ),
+            )
+        )
     return json_response(progress.to_json())

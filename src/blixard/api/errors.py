@@ -11,11 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from blixard.api.security import record_refusal
 from blixard.domain import errors as e
 
 log = logging.getLogger("blixard.api")
 
 STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
+    (e.Unauthenticated, 401),
+    (e.PermissionDenied, 403),
     (e.PayloadTooLarge, 413),
     (e.InvalidInput, 400),
     (e.NotFound, 404),
@@ -64,13 +67,22 @@ def domain_error_response(error: e.DomainError) -> Response:
         extra.update(error.holder.holder_fields())
     if isinstance(error, e.StorageUnavailable):
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, e.Unauthenticated):
+        headers["WWW-Authenticate"] = 'Basic realm="blixard", charset="UTF-8"'
     return error_response(status, error.code, error.message, headers, **extra)
+
+
+def refusal_response(request: Request, error: e.DomainError) -> Response:
+    """The response to a refused request, which is also recorded in the audit trail."""
+    response = domain_error_response(error)
+    record_refusal(request, error, response.status_code)
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.DomainError)
-    async def _domain(_: Request, exc: e.DomainError) -> Response:
-        return domain_error_response(exc)
+    async def _domain(request: Request, exc: e.DomainError) -> Response:
+        return refusal_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

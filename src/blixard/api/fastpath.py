@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blixard.api.backend import PROTOCOL_HANDLERS, Handler
-from blixard.api.errors import domain_error_response, error_response, log
+from blixard.api.errors import error_response, log, refusal_response
 from blixard.domain.errors import DomainError
 
 _PROTOCOL_PATH = re.compile(r"/api/tofu/(state|lock|unlock)/([^/]+)")
@@ -59,7 +59,7 @@ class ProtocolFastPath:
         try:
             return await handler(request, unquote(raw_workspace))
         except DomainError as exc:
-            return domain_error_response(exc)
+            return refusal_response(request, exc)
         except Exception:
             log.exception("unhandled error")
             return error_response(

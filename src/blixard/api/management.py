@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from blixard.api.security import authorize
 from blixard.api.views import json_response, service_of, version_json, workspace_json
+from blixard.domain.access import Action
 
 router = APIRouter(prefix="/api/tofu", tags=["management"])
 
@@ -20,7 +22,8 @@ async def list_workspaces(
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     after: Annotated[str | None, Query(description="Return names after this one")] = None,
 ) -> Response:
-    found = await service_of(request).list_workspaces(after=after, limit=limit + 1)
+    actor = await authorize(request, Action.workspace_list)
+    found = await service_of(request).list_workspaces(after=after, limit=limit + 1, actor=actor)
     page = found[:limit]
     return json_response(
         {
@@ -41,6 +44,7 @@ async def history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     before: Annotated[int | None, Query(ge=1, description="Versions below this number")] = None,
 ) -> Response:
+    await authorize(request, Action.history_read, workspace)
     versions = await service_of(request).history(workspace, before=before, limit=limit + 1)
     page = versions[:limit]
     return json_response(
@@ -70,7 +74,8 @@ async def rollback(
     version: int,
     lock_id: Annotated[str | None, Query(alias="ID", description="Lock ID, if you hold it")] = None,
 ) -> Response:
-    meta = await service_of(request).rollback(workspace, version, lock_id=lock_id)
+    actor = await authorize(request, Action.rollback, workspace)
+    meta = await service_of(request).rollback(workspace, version, lock_id=lock_id, actor=actor)
     metrics = request.app.state.metrics
     metrics.bytes_written.inc(meta.size)
     metrics.versions_written.labels(meta.source).inc()
@@ -83,7 +88,8 @@ async def rollback(
     responses={404: _ERROR, 423: _ERROR},
 )
 async def delete_workspace(request: Request, workspace: str) -> Response:
-    await service_of(request).delete_workspace(workspace)
+    actor = await authorize(request, Action.workspace_delete, workspace)
+    await service_of(request).delete_workspace(workspace, actor=actor)
     return json_response({"workspace": workspace, "deleted": True})
 
 
@@ -93,5 +99,6 @@ async def delete_workspace(request: Request, workspace: str) -> Response:
     responses={404: _ERROR, 409: _ERROR},
 )
 async def restore_workspace(request: Request, workspace: str) -> Response:
-    await service_of(request).restore_workspace(workspace)
+    actor = await authorize(request, Action.workspace_restore, workspace)
+    await service_of(request).restore_workspace(workspace, actor=actor)
     return json_response({"workspace": workspace, "deleted": False})

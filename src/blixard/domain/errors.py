@@ -104,3 +104,15 @@ class StorageUnavailable(DomainError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that match no active key."""
+
+    code = "unauthorized"
+
+
+class PermissionDenied(DomainError):
+    """A valid key whose role does not allow the action."""
+
+    code = "forbidden"

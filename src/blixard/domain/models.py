@@ -22,6 +22,7 @@ class Lock:
     id: str
     info: dict[str, Any]
     locked_at: float
+    owner: str | None = None  # the API key that took it; None while authentication is off
 
     def holder_fields(self) -> dict[str, Any]:
         """The LockInfo fields at top level, as the stock clients parse a conflict body."""

@@ -7,12 +7,18 @@ skips (while still validating) everything else, so memory stays near the body's 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 import msgspec
 import orjson
 
-from blixard.domain.errors import InvalidLockInfo, InvalidState, InvalidWorkspaceName
+from blixard.domain.errors import (
+    InvalidInput,
+    InvalidLockInfo,
+    InvalidState,
+    InvalidWorkspaceName,
+)
 from blixard.domain.models import Body, StateMeta
 
 WORKSPACE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
@@ -59,6 +65,9 @@ def parse_state(body: Body) -> StateMeta:
         ) from None
     except msgspec.DecodeError as exc:
         raise InvalidState(f"State is not valid JSON ({exc}).") from None
+    except RecursionError:
+        # Terraform states nest a few dozen levels; thousands is an attack or a bug.
+        raise InvalidState("State is nested too deeply to be a Terraform state.") from None
     if header.serial < 0:
         raise InvalidState("State 'serial' must not be negative.")
     if not header.lineage:
@@ -140,3 +149,15 @@ def parse_lock_info(body: Body, *, allow_empty: bool = False) -> dict[str, Any] 
     if len(lock_id) > 1024:
         raise InvalidLockInfo("LockInfo 'ID' is longer than 1024 characters.")
     return info
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """An ISO 8601 time from a query or flag (a trailing Z means UTC) as a Unix timestamp."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidInput(
+            f"'{name}' must be an ISO 8601 time, e.g. 2026-11-25T10:00:00Z."
+        ) from None

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from blixard.domain.access import Action, Actor, Role, audit_event
 from blixard.domain.errors import (
     ChecksumMismatch,
     LineageMismatch,
@@ -22,6 +23,7 @@ from blixard.domain.errors import (
     Locked,
     LockLost,
     NotFound,
+    PermissionDenied,
     SerialConflict,
     SerialRegression,
     StorageUnavailable,
@@ -115,6 +117,7 @@ class StateService:
         content_md5: str | None = None,
         source: VersionSource = "write",
         rolled_back_from: int | None = None,
+        actor: Actor | None = None,
     ) -> WriteResult:
         check_workspace_name(name)
         md5 = hashlib.md5(body)
@@ -131,6 +134,15 @@ class StateService:
             lock_id=lock_id,
             source=source,
             rolled_back_from=rolled_back_from,
+        )
+        audit = audit_event(
+            actor,
+            Action.rollback if source == "rollback" else Action.state_write,
+            new.created_at,
+            workspace=name,
+            lock_id=lock_id,
+            detail=f"serial {meta.serial}"
+            + (f", rolled back from version {rolled_back_from}" if rolled_back_from else ""),
         )
 
         async def attempt(ws: Workspace | None) -> WriteResult | None:
@@ -159,7 +171,7 @@ class StateService:
                         "a changed state needs a higher serial."
                     )
             updated = await self.store.append_version(
-                name, body, new, expect_revision=ws.revision if ws else None
+                name, body, new, expect_revision=ws.revision if ws else None, audit=audit
             )
             if updated is None or updated.head is None:
                 return None
@@ -167,7 +179,9 @@ class StateService:
 
         return await self._cas(name, attempt)
 
-    async def rollback(self, name: str, version: int, *, lock_id: str | None = None) -> VersionMeta:
+    async def rollback(
+        self, name: str, version: int, *, lock_id: str | None = None, actor: Actor | None = None
+    ) -> VersionMeta:
         """Make version N current again, as a new version with serial = current + 1."""
         ws = await self._existing(name)
         self._check_writer(ws, lock_id, "roll back")
@@ -178,7 +192,12 @@ class StateService:
             body = with_serial(old_body, ws.head.serial + 1)
             try:
                 result = await self.write_state(
-                    name, body, lock_id=lock_id, source="rollback", rolled_back_from=version
+                    name,
+                    body,
+                    lock_id=lock_id,
+                    source="rollback",
+                    rolled_back_from=version,
+                    actor=actor,
                 )
             except (SerialConflict, SerialRegression):
                 continue  # someone wrote in between: recompute the serial
@@ -187,11 +206,16 @@ class StateService:
 
     # -- locks ---------------------------------------------------------------------------
 
-    async def lock(self, name: str, body: Body) -> Lock:
+    async def lock(self, name: str, body: Body, *, actor: Actor | None = None) -> Lock:
         check_workspace_name(name)
         info = parse_lock_info(body)
         assert info is not None
-        lock = Lock(id=info["ID"], info=info, locked_at=self.clock())
+        lock = Lock(
+            id=info["ID"], info=info, locked_at=self.clock(), owner=actor.name if actor else None
+        )
+        audit = audit_event(
+            actor, Action.lock_acquire, lock.locked_at, workspace=name, lock_id=lock.id
+        )
 
         async def attempt(ws: Workspace | None) -> Lock | None:
             if ws is not None and ws.deleted:
@@ -205,18 +229,22 @@ class StateService:
                     ws.lock,
                 )
             updated = await self.store.put_lock(
-                name, lock, expect_revision=ws.revision if ws else None, now=lock.locked_at
+                name,
+                lock,
+                expect_revision=ws.revision if ws else None,
+                now=lock.locked_at,
+                audit=audit,
             )
             return updated.lock if updated else None
 
         return await self._cas(name, attempt)
 
-    async def unlock(self, name: str, body: Body) -> Lock | None:
+    async def unlock(self, name: str, body: Body, *, actor: Actor | None = None) -> Lock | None:
         """Release a lock by ID; an empty body (terraform force-unlock) releases any lock."""
         check_workspace_name(name)
         info = parse_lock_info(body, allow_empty=True)
         if info is None:
-            return await self.force_unlock(name)
+            return await self.force_unlock(name, actor=actor)
         lock_id = info["ID"]
 
         async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
@@ -228,24 +256,35 @@ class StateService:
                     f"{ws.lock.info.get('Who') or 'someone'} (lock ID {ws.lock.id}).",
                     ws.lock,
                 )
-            return await self._release(ws)
+            owner = ws.lock.owner
+            if actor is not None and actor.role < Role.admin and owner not in (None, actor.name):
+                raise PermissionDenied(
+                    f"Lock {lock_id} was taken by key '{owner}'; only that key or an admin "
+                    "may release it."
+                )
+            return await self._release(ws, Action.lock_release, actor)
 
         return (await self._cas(name, attempt))[0]
 
-    async def force_unlock(self, name: str) -> Lock | None:
+    async def force_unlock(self, name: str, *, actor: Actor | None = None) -> Lock | None:
         """Break whatever lock is held; answers with the lock that was removed."""
         check_workspace_name(name)
 
         async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
             if ws is None or ws.lock is None:
                 return (None,)
-            return await self._release(ws)
+            return await self._release(ws, Action.lock_force, actor)
 
         return (await self._cas(name, attempt))[0]
 
-    async def _release(self, ws: Workspace) -> tuple[Lock | None] | None:
+    async def _release(
+        self, ws: Workspace, action: Action, actor: Actor | None
+    ) -> tuple[Lock | None] | None:
+        assert ws.lock is not None
+        now = self.clock()
+        audit = audit_event(actor, action, now, workspace=ws.name, lock_id=ws.lock.id)
         updated = await self.store.put_lock(
-            ws.name, None, expect_revision=ws.revision, now=self.clock()
+            ws.name, None, expect_revision=ws.revision, now=now, audit=audit
         )
         return (ws.lock,) if updated else None
 
@@ -255,14 +294,26 @@ class StateService:
 
     # -- workspaces ----------------------------------------------------------------------
 
-    async def list_workspaces(self, *, after: str | None, limit: int) -> list[Workspace]:
-        return await self.store.list_workspaces(after=after, limit=limit)
+    async def list_workspaces(
+        self, *, after: str | None, limit: int, actor: Actor | None = None
+    ) -> list[Workspace]:
+        """Workspaces by name; only those the actor's scopes can see."""
+        if actor is None or actor.scopes == ("*",):
+            return await self.store.list_workspaces(after=after, limit=limit)
+        visible: list[Workspace] = []
+        while len(visible) < limit:
+            page = await self.store.list_workspaces(after=after, limit=max(limit, 100))
+            visible.extend(ws for ws in page if actor.can_see(ws.name))
+            if len(page) < max(limit, 100):
+                break
+            after = page[-1].name
+        return visible[:limit]
 
     async def history(self, name: str, *, before: int | None, limit: int) -> list[VersionMeta]:
         await self._existing(name)
         return await self.store.list_versions(name, before=before, limit=limit)
 
-    async def delete_workspace(self, name: str) -> Workspace:
+    async def delete_workspace(self, name: str, *, actor: Actor | None = None) -> Workspace:
         """Soft delete: hidden from lists and reads, every version kept for restore."""
         check_workspace_name(name)
 
@@ -276,11 +327,14 @@ class StateService:
                     ws.lock,
                 )
             now = self.clock()
-            return await self.store.set_deleted(name, now, expect_revision=ws.revision, now=now)
+            audit = audit_event(actor, Action.workspace_delete, now, workspace=name)
+            return await self.store.set_deleted(
+                name, now, expect_revision=ws.revision, now=now, audit=audit
+            )
 
         return await self._cas(name, attempt)
 
-    async def restore_workspace(self, name: str) -> Workspace:
+    async def restore_workspace(self, name: str, *, actor: Actor | None = None) -> Workspace:
         check_workspace_name(name)
 
         async def attempt(ws: Workspace | None) -> Workspace | None:
@@ -288,8 +342,10 @@ class StateService:
                 raise NotFound(f"Workspace '{name}' does not exist.")
             if not ws.deleted:
                 raise WorkspaceNotDeleted(f"Workspace '{name}' is not deleted.")
+            now = self.clock()
+            audit = audit_event(actor, Action.workspace_restore, now, workspace=name)
             return await self.store.set_deleted(
-                name, None, expect_revision=ws.revision, now=self.clock()
+                name, None, expect_revision=ws.revision, now=now, audit=audit
             )
 
         return await self._cas(name, attempt)

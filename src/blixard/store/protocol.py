@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from blixard.domain.access import ApiKey, AuditEvent
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 
 
@@ -34,20 +35,39 @@ class Store(Protocol):
         ...
 
     async def put_lock(
-        self, name: str, lock: Lock | None, *, expect_revision: int | None, now: float
+        self,
+        name: str,
+        lock: Lock | None,
+        *,
+        expect_revision: int | None,
+        now: float,
+        audit: AuditEvent | None = None,
     ) -> Workspace | None:
         """Set (or clear, with None) the lock. `expect_revision=None` means the workspace must
-        not exist yet, and creates it."""
+        not exist yet, and creates it. `audit` is recorded in the same transaction."""
         ...
 
     async def append_version(
-        self, name: str, body: Body, version: NewVersion, *, expect_revision: int | None
+        self,
+        name: str,
+        body: Body,
+        version: NewVersion,
+        *,
+        expect_revision: int | None,
+        audit: AuditEvent | None = None,
     ) -> Workspace | None:
-        """Append `body` as the next version number and make it the head."""
+        """Append `body` as the next version number and make it the head (the audit event
+        gets that number)."""
         ...
 
     async def set_deleted(
-        self, name: str, deleted_at: float | None, *, expect_revision: int, now: float
+        self,
+        name: str,
+        deleted_at: float | None,
+        *,
+        expect_revision: int,
+        now: float,
+        audit: AuditEvent | None = None,
     ) -> Workspace | None:
         """Soft-delete (a time) or restore (None) a workspace; history is untouched."""
         ...
@@ -68,4 +88,38 @@ class Store(Protocol):
 
     async def stats(self) -> dict[str, int]:
         """Counts for metrics: workspaces, versions, stored_bytes."""
+        ...
+
+    # -- API keys and the audit trail ------------------------------------------------------
+
+    async def create_key(self, key: ApiKey, *, audit: AuditEvent | None = None) -> bool:
+        """Store a key; False if an active key already has its name."""
+        ...
+
+    async def list_keys(self, *, include_revoked: bool = False) -> list[ApiKey]: ...
+
+    async def revoke_key(
+        self, name: str, at: float, *, audit: AuditEvent | None = None
+    ) -> ApiKey | None:
+        """Revoke the active key of that name; None if there is none."""
+        ...
+
+    async def touch_keys(self, last_used: dict[str, float]) -> None:
+        """Record when keys (by id) were last used; never moves a time backwards."""
+        ...
+
+    async def append_audit(self, events: list[AuditEvent]) -> None: ...
+
+    async def list_audit(
+        self,
+        *,
+        workspace: str | None = None,
+        key_name: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Audit events newest first (by id), filtered; `before_id` pages backwards."""
         ...

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.store import sqlite_encryption
@@ -41,47 +42,97 @@ _INLINE_ENCODE_BYTES = 1024 * 1024
 #: The most operations one group commit takes from the queue.
 _MAX_BATCH = 128
 
-MIGRATIONS: list[tuple[int, str]] = [
+MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         1,
-        """
-        CREATE TABLE workspaces (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            revision INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            deleted_at REAL,
-            head_version INTEGER,
-            lock_id TEXT,
-            lock_info BLOB,
-            locked_at REAL,
-            base_version INTEGER,
-            base_stored_size INTEGER,
-            deltas_since_base INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE TABLE versions (
-            workspace_id INTEGER NOT NULL REFERENCES workspaces(id),
-            version INTEGER NOT NULL,
-            serial INTEGER NOT NULL,
-            lineage TEXT NOT NULL,
-            size INTEGER NOT NULL,
-            sha256 TEXT NOT NULL,
-            md5 TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            lock_id TEXT,
-            terraform_version TEXT,
-            resource_count INTEGER,
-            source TEXT NOT NULL,
-            rolled_back_from INTEGER,
-            encoding TEXT NOT NULL,
-            base_version INTEGER,
-            blob BLOB NOT NULL,
-            PRIMARY KEY (workspace_id, version)
-        );
-        """,
+        (
+            """
+            CREATE TABLE workspaces (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                revision INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                deleted_at REAL,
+                head_version INTEGER,
+                lock_id TEXT,
+                lock_info BLOB,
+                locked_at REAL,
+                base_version INTEGER,
+                base_stored_size INTEGER,
+                deltas_since_base INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+            """
+            CREATE TABLE versions (
+                workspace_id INTEGER NOT NULL REFERENCES workspaces(id),
+                version INTEGER NOT NULL,
+                serial INTEGER NOT NULL,
+                lineage TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                sha256 TEXT NOT NULL,
+                md5 TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                lock_id TEXT,
+                terraform_version TEXT,
+                resource_count INTEGER,
+                source TEXT NOT NULL,
+                rolled_back_from INTEGER,
+                encoding TEXT NOT NULL,
+                base_version INTEGER,
+                blob BLOB NOT NULL,
+                PRIMARY KEY (workspace_id, version)
+            )
+            """,
+        ),
     ),
-    (3, ";".join(sqlite_encryption.MIGRATION)),
+    (
+        2,
+        (
+            "ALTER TABLE workspaces ADD COLUMN lock_owner TEXT",
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                created_by TEXT,
+                last_used_at REAL,
+                revoked_at REAL
+            )
+            """,
+            "CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL",
+            """
+            CREATE TABLE audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at REAL NOT NULL,
+                action TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                key_name TEXT,
+                role TEXT,
+                source TEXT,
+                workspace TEXT,
+                version INTEGER,
+                lock_id TEXT,
+                status INTEGER,
+                detail TEXT
+            )
+            """,
+            "CREATE INDEX audit_by_workspace ON audit(workspace, id)",
+            "CREATE INDEX audit_by_key ON audit(key_name, id)",
+            """
+            CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+            BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END
+            """,
+            """
+            CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+            BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END
+            """,
+        ),
+    ),
+    (3, sqlite_encryption.MIGRATION),
 ]
 
 _VERSION_COLUMNS = (
@@ -383,12 +434,11 @@ class SQLiteStore:
             "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
         )
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, script in MIGRATIONS:
+        for version, statements in MIGRATIONS:
             if version in applied:
                 continue
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in statements:
+                conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -433,17 +483,17 @@ class SQLiteStore:
         rows = conn.execute(
             "SELECT w.id, w.name, w.revision, w.created_at, w.updated_at, w.deleted_at, "
             "w.lock_id, w.lock_info, w.locked_at, w.base_version, w.base_stored_size, "
-            f"w.deltas_since_base, b.size, {_VERSION_COLUMNS} FROM workspaces w "
+            f"w.deltas_since_base, b.size, w.lock_owner, {_VERSION_COLUMNS} FROM workspaces w "
             "LEFT JOIN versions v ON v.workspace_id = w.id AND v.version = w.head_version "
             "LEFT JOIN versions b ON b.workspace_id = w.id AND b.version = w.base_version"
         ).fetchall()
         for row in rows:
             ws_id, name, revision, created, updated, deleted = row[:6]
             lock_id, lock_info, locked_at = row[6:9]
-            base_version, base_stored_size, deltas_since, base_body_size = row[9:13]
-            head = _version_meta(name, row[13:]) if row[13] is not None else None
+            base_version, base_stored_size, deltas_since, base_body_size, owner = row[9:14]
+            head = _version_meta(name, row[14:]) if row[14] is not None else None
             lock = (
-                Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at)
+                Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at, owner)
                 if lock_id is not None
                 else None
             )
@@ -574,7 +624,13 @@ class SQLiteStore:
         return (ws.revision if ws else None) != expect_revision
 
     async def put_lock(
-        self, name: str, lock: Lock | None, *, expect_revision: int | None, now: float
+        self,
+        name: str,
+        lock: Lock | None,
+        *,
+        expect_revision: int | None,
+        now: float,
+        audit: AuditEvent | None = None,
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
@@ -585,25 +641,27 @@ class SQLiteStore:
                 lock.id if lock else None,
                 lock_json,
                 lock.locked_at if lock else None,
-                now,
+                lock.owner if lock else None,
             )
             if expect_revision is None:
                 cursor = conn.execute(
                     "INSERT INTO workspaces(name, revision, created_at, updated_at, lock_id, "
-                    "lock_info, locked_at) VALUES (?, 1, ?, ?, ?, ?, ?) "
+                    "lock_info, locked_at, lock_owner) VALUES (?, 1, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(name) DO NOTHING",
-                    (name, now, now, *values[:3]),
+                    (name, now, now, *values),
                 )
                 if cursor.rowcount == 0:
                     return None
+                _insert_audit(conn, audit)
                 return Workspace(name, 1, now, now, lock=lock), cast(int, cursor.lastrowid)
             cursor = conn.execute(
-                "UPDATE workspaces SET lock_id = ?, lock_info = ?, locked_at = ?, "
+                "UPDATE workspaces SET lock_id = ?, lock_info = ?, locked_at = ?, lock_owner = ?, "
                 "updated_at = ?, revision = revision + 1 WHERE name = ? AND revision = ?",
-                (*values, name, expect_revision),
+                (*values, now, name, expect_revision),
             )
             if cursor.rowcount == 0:
                 return None
+            _insert_audit(conn, audit)
             current = self._workspaces[name]
             updated = replace(current, revision=expect_revision + 1, lock=lock, updated_at=now)
             return updated, self._ids[name]
@@ -622,7 +680,13 @@ class SQLiteStore:
         return result[0] if result else None
 
     async def set_deleted(
-        self, name: str, deleted_at: float | None, *, expect_revision: int, now: float
+        self,
+        name: str,
+        deleted_at: float | None,
+        *,
+        expect_revision: int,
+        now: float,
+        audit: AuditEvent | None = None,
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
@@ -635,6 +699,7 @@ class SQLiteStore:
             )
             if cursor.rowcount == 0:
                 return None
+            _insert_audit(conn, audit)
             current = self._workspaces[name]
             updated = replace(
                 current, revision=expect_revision + 1, deleted_at=deleted_at, updated_at=now
@@ -644,7 +709,13 @@ class SQLiteStore:
         return await self._write_workspace(operation)
 
     async def append_version(
-        self, name: str, body: Body, version: NewVersion, *, expect_revision: int | None
+        self,
+        name: str,
+        body: Body,
+        version: NewVersion,
+        *,
+        expect_revision: int | None,
+        audit: AuditEvent | None = None,
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
@@ -701,6 +772,7 @@ class SQLiteStore:
                 ),
             )
             base_info = self._next_base(name, number, len(body), encoded)
+            _insert_audit(conn, replace(audit, version=number) if audit else None)
             revision = (expect_revision or 0) + 1
             conn.execute(
                 "UPDATE workspaces SET head_version = ?, revision = ?, updated_at = ?, "
@@ -734,6 +806,110 @@ class SQLiteStore:
 
         result = await self._write(operation, on_commit)
         return result[0] if result else None
+
+    # -- keys and audit ------------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey, *, audit: AuditEvent | None = None) -> bool:
+        def operation(conn: sqlite3.Connection) -> bool:
+            try:
+                conn.execute(
+                    f"INSERT INTO api_keys({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.id,
+                        key.name,
+                        key.role.name,
+                        orjson.dumps(list(key.scopes)),
+                        key.secret_hash,
+                        key.created_at,
+                        key.created_by,
+                        key.last_used_at,
+                        key.revoked_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return False  # an active key already has this name (or, vanishingly, this id)
+            _insert_audit(conn, audit)
+            return True
+
+        return await self._write(operation)
+
+    async def list_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+
+        def query(conn: sqlite3.Connection) -> list[ApiKey]:
+            rows = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY name, created_at"
+            ).fetchall()
+            return [_api_key(row) for row in rows]
+
+        return await self._read(query)
+
+    async def revoke_key(
+        self, name: str, at: float, *, audit: AuditEvent | None = None
+    ) -> ApiKey | None:
+        def operation(conn: sqlite3.Connection) -> ApiKey | None:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE name = ? AND revoked_at IS NULL",
+                (name,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (at, row[0]))
+            _insert_audit(conn, audit)
+            return replace(_api_key(row), revoked_at=at)
+
+        return await self._write(operation)
+
+    async def touch_keys(self, last_used: dict[str, float]) -> None:
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                [(at, key_id) for key_id, at in last_used.items()],
+            )
+
+        await self._write(operation)
+
+    async def append_audit(self, events: list[AuditEvent]) -> None:
+        def operation(conn: sqlite3.Connection) -> None:
+            for event in events:
+                _insert_audit(conn, event)
+
+        await self._write(operation)
+
+    async def list_audit(
+        self,
+        *,
+        workspace: str | None = None,
+        key_name: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        clauses, params = [], []
+        for column, value in (
+            ("workspace = ?", workspace),
+            ("key_name = ?", key_name),
+            ("action = ?", action),
+            ("at >= ?", since),
+            ("at < ?", until),
+            ("id < ?", before_id),
+        ):
+            if value is not None:
+                clauses.append(column)
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def query(conn: sqlite3.Connection) -> list[AuditEvent]:
+            rows = conn.execute(
+                "SELECT at, action, outcome, key_name, role, source, workspace, version, "
+                f"lock_id, status, detail, id FROM audit{where} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [AuditEvent(*row) for row in rows]
+
+        return await self._read(query)
 
     def _next_base(self, name: str, number: int, size: int, encoded: Encoded) -> _BaseInfo:
         current = self._base_info.get(name)
@@ -827,6 +1003,48 @@ class SQLiteStore:
             total_versions=total,
             retired_key_ids=retired,
         )
+
+
+def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
+    """Audit rows are written in the transaction of the action they record."""
+    if event is None:
+        return
+    conn.execute(
+        "INSERT INTO audit(at, action, outcome, key_name, role, source, workspace, version, "
+        "lock_id, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.at,
+            event.action,
+            event.outcome,
+            event.key_name,
+            event.role,
+            event.source,
+            event.workspace,
+            event.version,
+            event.lock_id,
+            event.status,
+            event.detail,
+        ),
+    )
+
+
+_KEY_COLUMNS = (
+    "id, name, role, scopes, secret_hash, created_at, created_by, last_used_at, revoked_at"
+)
+
+
+def _api_key(row: tuple[Any, ...]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        name=row[1],
+        role=Role[row[2]],
+        scopes=tuple(orjson.loads(row[3])),
+        secret_hash=row[4],
+        created_at=row[5],
+        created_by=row[6],
+        last_used_at=row[7],
+        revoked_at=row[8],
+    )
 
 
 def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:

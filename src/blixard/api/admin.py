@@ -1,0 +1,153 @@
+"""Administration: API keys and the audit trail (admin role)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import Response
+
+from blixard.api.body import SMALL_BODY_LIMIT, read_body
+from blixard.api.security import authorize
+from blixard.api.views import iso, json_response
+from blixard.auth.keyring import KeyRing
+from blixard.domain.access import Action, ApiKey, AuditEvent, audit_event, parse_role
+from blixard.domain.errors import InvalidInput
+from blixard.domain.parsing import parse_time
+
+router = APIRouter(prefix="/api/tofu", tags=["administration"])
+
+_ERROR = {"description": "JSON error: `{error, message}`"}
+
+
+class KeyRequest(BaseModel):
+    name: str = Field(description="Unique among active keys, e.g. 'ci-team-a'.")
+    role: str = Field(description="reader, writer, operator or admin.")
+    workspaces: list[str] | str = Field(
+        default="*", description="Workspace globs the key may see: a list or 'a-*,b'."
+    )
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    """Everything about a key except its secret and hash."""
+    return {
+        "name": key.name,
+        "role": key.role.name,
+        "workspaces": list(key.scopes),
+        "created_at": iso(key.created_at),
+        "created_by": key.created_by,
+        "last_used_at": iso(key.last_used_at),
+        "revoked_at": iso(key.revoked_at),
+    }
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": iso(event.at),
+        "key": event.key_name,
+        "role": event.role,
+        "source": event.source,
+        "action": event.action,
+        "workspace": event.workspace,
+        "version": event.version,
+        "lock_id": event.lock_id,
+        "outcome": event.outcome,
+        "status": event.status,
+        "detail": event.detail,
+    }
+
+
+def _keyring(request: Request) -> KeyRing:
+    keyring: KeyRing = request.app.state.keyring
+    return keyring
+
+
+@router.get("/keys", summary="List API keys (never their secrets)")
+async def list_keys(
+    request: Request,
+    include_revoked: Annotated[bool, Query(description="Also list revoked keys")] = False,
+) -> Response:
+    await authorize(request, Action.keys_manage)
+    keys = await _keyring(request).store.list_keys(include_revoked=include_revoked)
+    return json_response({"keys": [key_json(key) for key in keys]})
+
+
+@router.post(
+    "/keys",
+    summary="Create an API key; the secret is shown once",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": KeyRequest.model_json_schema()}},
+        }
+    },
+    responses={201: {"description": "The key and its secret"}, 400: _ERROR, 409: _ERROR},
+)
+async def create_key(request: Request) -> Response:
+    actor = await authorize(request, Action.keys_manage)
+    body = await read_body(request, SMALL_BODY_LIMIT)
+    try:
+        wanted = KeyRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"Invalid key request: {problems}.") from None
+    globs = (
+        wanted.workspaces.split(",") if isinstance(wanted.workspaces, str) else wanted.workspaces
+    )
+    keyring = _keyring(request)
+    key, secret = await keyring.create(
+        wanted.name,
+        parse_role(wanted.role),
+        globs,
+        created_by=actor.name,
+        audit=audit_event(
+            actor, Action.keys_manage, keyring.clock(), detail=f"created key '{wanted.name}'"
+        ),
+    )
+    return json_response({"key": key_json(key), "secret": secret}, status_code=201)
+
+
+@router.delete("/keys/{name}", summary="Revoke an API key", responses={404: _ERROR, 400: _ERROR})
+async def revoke_key(request: Request, name: str) -> Response:
+    actor = await authorize(request, Action.keys_manage)
+    keyring = _keyring(request)
+    revoked = await keyring.revoke(
+        name,
+        audit=audit_event(
+            actor, Action.keys_manage, keyring.clock(), detail=f"revoked key '{name}'"
+        ),
+    )
+    return json_response({"key": key_json(revoked)})
+
+
+@router.get("/audit", summary="The audit trail, newest first")
+async def audit(
+    request: Request,
+    workspace: str | None = None,
+    key: Annotated[str | None, Query(description="Key name")] = None,
+    action: Annotated[str | None, Query(description="e.g. state.write, lock.force_unlock")] = None,
+    since: Annotated[str | None, Query(description="ISO 8601 time, inclusive")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 time, exclusive")] = None,
+    before: Annotated[int | None, Query(ge=1, description="Events with a lower id")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    await authorize(request, Action.audit_read)
+    events = await _keyring(request).store.list_audit(
+        workspace=workspace,
+        key_name=key,
+        action=action,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        before_id=before,
+        limit=limit + 1,
+    )
+    page = events[:limit]
+    return json_response(
+        {
+            "events": [audit_json(event) for event in page],
+            "next_before": page[-1].id if len(events) > limit else None,
+        }
+    )

@@ -1,0 +1,105 @@
+"""Turning a request into an Actor: credentials, roles, workspace scopes, refusals audited.
+
+Clients present a key as HTTP Basic password (what TF_HTTP_PASSWORD sends; any username),
+`Authorization: Bearer`, or `X-API-Key`. A workspace outside a key's scopes answers exactly
+like a workspace that does not exist, so names never leak.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from starlette.requests import Request
+
+from blixard.auth.audit import AuditSink
+from blixard.auth.keyring import KeyRing
+from blixard.domain.access import (
+    MUTATIONS,
+    REQUIRED_ROLE,
+    Action,
+    Actor,
+    Role,
+    audit_event,
+)
+from blixard.domain.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
+from blixard.domain.parsing import check_workspace_name
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer" and value.strip():
+            return value.strip()
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise Unauthenticated("Malformed Basic credentials.") from None
+            username, _, password = decoded.partition(":")
+            return password or username or None
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def authorize(request: Request, action: Action, workspace: str | None = None) -> Actor:
+    """The actor behind a request, if allowed to do `action` (on `workspace`)."""
+    keyring: KeyRing = request.app.state.keyring
+    state = request.state
+    state.action = action
+    state.workspace = workspace
+    if workspace is not None:
+        check_workspace_name(workspace)
+    if not await keyring.enabled():
+        actor = Actor(name=None, role=Role.admin, source=_source(request))
+        state.actor = actor
+        return actor
+    secret = presented_key(request)
+    if secret is None:
+        raise Unauthenticated(
+            "This server requires an API key: send it as the HTTP Basic password "
+            "(TF_HTTP_PASSWORD), a Bearer token or an X-API-Key header."
+        )
+    key = await keyring.verify(secret)
+    if key is None:
+        raise Unauthenticated("The API key is not valid (unknown or revoked).")
+    actor = Actor(name=key.name, role=key.role, source=_source(request), scopes=key.scopes)
+    state.actor = actor
+    if not actor.allowed(action):
+        needed = REQUIRED_ROLE[action].name
+        raise PermissionDenied(
+            f"Key '{key.name}' has role {key.role.name}; {action.value} needs {needed} or above."
+        )
+    if workspace is not None and not actor.can_see(workspace):
+        state.scope_denied = True
+        raise NotFound(f"Workspace '{workspace}' does not exist.")
+    return actor
+
+
+def record_refusal(request: Request, error: DomainError, status: int) -> None:
+    """Audit every denied request, and every refused attempt to change something."""
+    state = request.state
+    action: Action | None = getattr(state, "action", None)
+    denied = status in (401, 403) or getattr(state, "scope_denied", False)
+    if action is None or not (denied or action in MUTATIONS):
+        return
+    sink: AuditSink = request.app.state.audit
+    sink.record(
+        audit_event(
+            getattr(state, "actor", None),
+            action,
+            request.app.state.service.clock(),
+            outcome="denied" if denied else f"refused:{error.code}",
+            workspace=getattr(state, "workspace", None),
+            lock_id=request.query_params.get("ID"),
+            status=status,
+            detail=error.message[:500],
+            source=_source(request),
+        )
+    )

@@ -1,0 +1,1 @@
+"""API keys: issuing, verifying and caching them."""

@@ -1,0 +1,48 @@
+"""Checks that need the store, run before the server listens, so refusals are one line.
+
+Inside uvicorn a failing startup prints a traceback; here the operator gets a sentence and
+exit status 2 instead.
+"""
+
+from __future__ import annotations
+
+from blixard.auth.keyring import KeyRing
+from blixard.config import Settings
+from blixard.domain.errors import DomainError
+from blixard.store import open_store_from_url
+from blixard.store.crypto import Cipher
+
+
+class StartupRefused(RuntimeError):
+    """The server must not start; the message says why and what to do."""
+
+
+async def preflight(settings: Settings) -> None:
+    try:
+        store = open_store_from_url(
+            settings.resolved_storage_url,
+            cache_bytes=0,
+            cipher=Cipher.from_settings(settings),  # KeyConfigError is a ValueError
+        )
+    except ValueError as exc:
+        raise StartupRefused(str(exc)) from None
+    try:
+        await store.open()
+    except Exception as exc:  # every engine's "cannot open": surfaced as one line
+        raise StartupRefused(f"cannot open the store: {exc}") from None
+    try:
+        keyring = KeyRing(store, required=settings.auth == "required")
+        await keyring.refresh()
+        if settings.admin_key is not None:
+            try:
+                await keyring.ensure_admin(settings.admin_key.get_secret_value())
+            except DomainError as exc:
+                raise StartupRefused(exc.message) from None
+        if not settings.is_loopback and not settings.insecure and not await keyring.enabled():
+            raise StartupRefused(
+                f"refusing to listen on {settings.listen} with authentication off (no API key "
+                "exists): create one with `blixard keys create NAME --role admin --data-dir DIR` "
+                "or set BLIXARD_ADMIN_KEY, or pass --insecure"
+            )
+    finally:
+        await store.close()
