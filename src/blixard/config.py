@@ -52,6 +52,47 @@ class Settings(BaseSettings):
         None, description="Comma-separated previous keys, readable until rotation finishes."
     )
 
+    # -- runs (server-side plan and apply) ----------------------------------------------
+    tofu_bin: str | None = Field(
+        None, description="OpenTofu/Terraform binary for runs (default: tofu, terraform, embedded)."
+    )
+    plan_roots: str | None = Field(
+        None,
+        description="Directories (separated by ':' or ',') that config_dir may point into.",
+    )
+    run_workers: int = Field(2, ge=1, le=64, description="Runs executing at the same time.")
+    max_archive_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Largest uploaded configuration archive."
+    )
+    max_config_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Largest expanded configuration."
+    )
+    run_server_url: str | None = Field(
+        None, description="URL runs use to reach this server (default: http://127.0.0.1:PORT)."
+    )
+    cancel_grace_seconds: float = Field(
+        10.0, ge=0, description="After SIGINT, how long a cancelled run may take before SIGKILL."
+    )
+
+    @property
+    def plan_root_paths(self) -> list[Path]:
+        if not self.plan_roots:
+            return []
+        parts = self.plan_roots.replace(",", ":").split(":")
+        return [Path(part).resolve() for part in parts if part.strip()]
+
+    @property
+    def self_url(self) -> str:
+        if self.run_server_url:
+            return self.run_server_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
+
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -238,3 +239,35 @@ async def test_everything_survives_reopen(store_factory: StoreFactory) -> None:
         assert found is not None and found[1] == state(3)
     finally:
         await second.close()
+
+
+async def test_runs_are_stored_compared_and_listed(store: Store) -> None:
+    from blixard.domain.runs import Run, RunStatus
+
+    first = await store.create_run(Run("run-001", "w", RunStatus.queued, 1.0, variables={"a": "1"}))
+    second = await store.create_run(Run("run-002", "w", RunStatus.queued, 2.0))
+    await store.create_run(Run("run-003", "other", RunStatus.queued, 3.0))
+    assert first.revision == 1
+    found = await store.get_run("run-001")
+    assert found == first and found.variables == {"a": "1"}
+    planning = await store.update_run(
+        replace(first, status=RunStatus.planning), expect_revision=first.revision
+    )
+    assert planning is not None and planning.revision == 2
+    # A stale revision changes nothing.
+    assert (
+        await store.update_run(replace(first, status=RunStatus.errored), expect_revision=1) is None
+    )
+    assert (await store.get_run("run-001")) == planning
+    assert [r.id for r in await store.list_runs(workspace="w")] == ["run-002", "run-001"]
+    assert [r.id for r in await store.list_runs(workspace="w", before="run-002")] == ["run-001"]
+    assert [r.id for r in await store.list_runs(statuses=("queued",))] == ["run-003", "run-002"]
+    assert second.status == RunStatus.queued
+    await store.put_run_blob("run-001", "plan", b"\x00plan-bytes")
+    await store.put_run_blob("run-001", "plan", b"\x00plan-bytes-2")
+    assert await store.get_run_blob("run-001", "plan") == b"\x00plan-bytes-2"
+    assert await store.get_run_blob("run-001", "config") is None
+    await store.append_run_log("run-001", b"hello ")
+    await store.append_run_log("run-001", b"world")
+    assert await store.read_run_log("run-001") == b"hello world"
+    assert await store.read_run_log("run-002") == b""

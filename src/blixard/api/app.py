@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__
-from blixard.api import admin, backend, encryption, health, management
+from blixard.api import admin, backend, encryption, health, management, runs
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import HeaderLimits
@@ -18,6 +18,8 @@ from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
 from blixard.domain.service import StateService
+from blixard.runs.executor import RunExecutor
+from blixard.runs.service import RunService
 from blixard.store import open_store_from_url
 from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     metrics = Metrics()
     keyring = KeyRing(store, required=settings.auth == "required")
     audit = AuditSink(store)
+    executor = RunExecutor(store, service, keyring, settings)
+    run_service = RunService(store, executor, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -57,9 +61,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
             await keyring.start(admin_key)
             await audit.start()
+            await executor.start()
             try:
                 yield
             finally:
+                await executor.stop()
                 await audit.stop()
                 await keyring.stop()
         finally:
@@ -76,12 +82,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.metrics = metrics
     app.state.keyring = keyring
     app.state.audit = audit
+    app.state.runs = run_service
     install_error_handlers(app)
     app.include_router(backend.router)
     app.include_router(management.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(encryption.router)
+    app.include_router(runs.router)
     return app
 
 

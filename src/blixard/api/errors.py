@@ -27,6 +27,7 @@ STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
     (e.LockLost, 409),
     (e.Conflict, 409),
     (e.StorageUnavailable, 503),
+    (e.RunnerUnavailable, 503),
 ]
 
 _HTTP_CODES = {

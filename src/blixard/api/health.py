@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from blixard import __version__
 from blixard.api.views import json_response, service_of
+from blixard.runs.binary import BinaryNotFound, resolve_binary
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness")
-async def health() -> Response:
-    return json_response({"status": "ok", "version": __version__})
+@router.get("/health", summary="Liveness, and the OpenTofu/Terraform that runs use")
+async def health(request: Request) -> Response:
+    settings = request.app.state.settings
+    try:
+        binary = await asyncio.to_thread(resolve_binary, settings.tofu_bin)
+        runner: dict[str, str] = {"kind": binary.kind, "version": binary.version}
+    except BinaryNotFound as exc:
+        runner = {"error": str(exc)}
+    return json_response({"status": "ok", "version": __version__, "runner": runner})
 
 
 @router.get(

@@ -56,11 +56,22 @@ async def authorize(request: Request, action: Action, workspace: str | None = No
     state.workspace = workspace
     if workspace is not None:
         check_workspace_name(workspace)
-    if not await keyring.enabled():
-        actor = Actor(name=None, role=Role.admin, source=_source(request))
-        state.actor = actor
-        return actor
     secret = presented_key(request)
+    if not await keyring.enabled():
+        # Open server: anyone may act, but a valid key (e.g. a run's) still names the actor.
+        key = await keyring.verify(secret) if secret else None
+        actor = Actor(
+            name=key.name if key else None,
+            role=Role.admin if key is None else key.role,
+            source=_source(request),
+            scopes=key.scopes if key else ("*",),
+        )
+        state.actor = actor
+        if key is not None and not (
+            actor.allowed(action) and (workspace is None or actor.can_see(workspace))
+        ):
+            raise PermissionDenied(f"Key '{key.name}' may not {action.value} here.")
+        return actor
     if secret is None:
         raise Unauthenticated(
             "This server requires an API key: send it as the HTTP Basic password "

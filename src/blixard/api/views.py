@@ -34,6 +34,7 @@ def version_json(meta: VersionMeta) -> dict[str, Any]:
         "resource_count": meta.resource_count,
         "source": meta.source,
         "rolled_back_from": meta.rolled_back_from,
+        "written_by": meta.written_by,
     }
 
 

@@ -57,6 +57,8 @@ class KeyRing:
         self.required = required
         self.clock = clock
         self._by_id: dict[str, ApiKey] = {}
+        # Short-lived keys for the server's own runs: never stored, never turn auth on.
+        self._ephemeral: dict[str, ApiKey] = {}
         self._loaded_at = 0.0
         self._used: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
@@ -113,11 +115,34 @@ class KeyRing:
     async def verify(self, presented: str) -> ApiKey | None:
         await self._maybe_refresh()
         hashed = secret_hash(presented)
+        ephemeral = self._ephemeral.get(key_id(hashed))
+        if ephemeral is not None and hmac.compare_digest(ephemeral.secret_hash, hashed):
+            return ephemeral
         candidate = self._by_id.get(key_id(hashed))
         if candidate is None or not hmac.compare_digest(candidate.secret_hash, hashed):
             return None
         self._used[candidate.id] = self.clock()
         return candidate
+
+    def issue_ephemeral(self, name: str, role: Role, scopes: tuple[str, ...]) -> str:
+        """A key that lives in this process only, until `drop_ephemeral` (a run's credential)."""
+        secret = new_secret()
+        hashed = secret_hash(secret)
+        self._ephemeral[key_id(hashed)] = ApiKey(
+            id=key_id(hashed),
+            name=name,
+            role=role,
+            scopes=scopes,
+            secret_hash=hashed,
+            created_at=self.clock(),
+            created_by="blixard",
+        )
+        return secret
+
+    def drop_ephemeral(self, name: str) -> None:
+        for found_id, key in list(self._ephemeral.items()):
+            if key.name == name:
+                del self._ephemeral[found_id]
 
     # -- management ----------------------------------------------------------------------
 

@@ -116,3 +116,9 @@ class PermissionDenied(DomainError):
     """A valid key whose role does not allow the action."""
 
     code = "forbidden"
+
+
+class RunnerUnavailable(DomainError):
+    """No OpenTofu/Terraform binary to run plans with: the server needs configuring."""
+
+    code = "runner_unavailable"

@@ -56,6 +56,7 @@ class VersionMeta:
     resource_count: int | None
     source: VersionSource
     rolled_back_from: int | None = None
+    written_by: str | None = None  # the API key (or run) that wrote it
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class NewVersion:
     lock_id: str | None
     source: VersionSource
     rolled_back_from: int | None = None
+    written_by: str | None = None
 
     def numbered(self, workspace: str, version: int) -> VersionMeta:
         return VersionMeta(
@@ -86,6 +88,7 @@ class NewVersion:
             resource_count=self.meta.resource_count,
             source=self.source,
             rolled_back_from=self.rolled_back_from,
+            written_by=self.written_by,
         )
 
 

@@ -134,6 +134,7 @@ class StateService:
             lock_id=lock_id,
             source=source,
             rolled_back_from=rolled_back_from,
+            written_by=actor.name if actor else None,
         )
         audit = audit_event(
             actor,

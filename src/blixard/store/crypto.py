@@ -73,6 +73,11 @@ def lock_aad(workspace: str) -> bytes:
     return b"blixard/lock\x00" + workspace.encode()
 
 
+def run_aad(run_id: str, kind: str) -> bytes:
+    """Associated data of a run's document, plan file, configuration or log."""
+    return b"blixard/run\x00" + run_id.encode() + b"\x00" + kind.encode()
+
+
 def canary_aad(key_id: str) -> bytes:
     return b"blixard/canary\x00" + key_id.encode()
 

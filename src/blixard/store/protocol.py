@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from blixard.domain.access import ApiKey, AuditEvent
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
+from blixard.domain.runs import Run
 
 
 class Store(Protocol):
@@ -123,3 +124,38 @@ class Store(Protocol):
     ) -> list[AuditEvent]:
         """Audit events newest first (by id), filtered; `before_id` pages backwards."""
         ...
+
+    # -- runs (server-side plans and applies) ------------------------------------------------
+
+    async def create_run(self, run: Run) -> Run:
+        """Store a new run; the returned copy carries its first revision."""
+        ...
+
+    async def update_run(
+        self, run: Run, *, expect_revision: int, audit: AuditEvent | None = None
+    ) -> Run | None:
+        """Replace a run if its revision is still `expect_revision`; None otherwise."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def list_runs(
+        self,
+        *,
+        workspace: str | None = None,
+        statuses: tuple[str, ...] = (),
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        """Runs newest first (ids sort by creation time), filtered; `before` is a run id."""
+        ...
+
+    async def put_run_blob(self, run_id: str, kind: str, data: bytes) -> None:
+        """A run's configuration archive or plan file (sealed when encryption is on)."""
+        ...
+
+    async def get_run_blob(self, run_id: str, kind: str) -> bytes | None: ...
+
+    async def append_run_log(self, run_id: str, chunk: bytes) -> None: ...
+
+    async def read_run_log(self, run_id: str) -> bytes: ...

@@ -30,9 +30,10 @@ import orjson
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.domain.runs import Run
 from blixard.store import sqlite_encryption
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
-from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad
+from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
 
 T = TypeVar("T")
@@ -133,12 +134,47 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
         ),
     ),
     (3, sqlite_encryption.MIGRATION),
+    (
+        4,
+        (
+            "ALTER TABLE versions ADD COLUMN written_by TEXT",
+            """
+            CREATE TABLE runs (
+                id TEXT PRIMARY KEY,
+                workspace TEXT NOT NULL,
+                status TEXT NOT NULL,
+                revision INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                document BLOB NOT NULL
+            )
+            """,
+            "CREATE INDEX runs_by_workspace ON runs(workspace, id)",
+            "CREATE INDEX runs_by_status ON runs(status)",
+            """
+            CREATE TABLE run_blobs (
+                run_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                data BLOB NOT NULL,
+                PRIMARY KEY (run_id, kind)
+            )
+            """,
+            """
+            CREATE TABLE run_logs (
+                run_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                PRIMARY KEY (run_id, seq)
+            )
+            """,
+        ),
+    ),
 ]
 
 _VERSION_COLUMNS = (
     "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
-    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from"
+    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by"
 )
+_VERSION_COLUMN_COUNT = 13
 
 
 class StoreInUse(RuntimeError):
@@ -492,6 +528,7 @@ class SQLiteStore:
             lock_id, lock_info, locked_at = row[6:9]
             base_version, base_stored_size, deltas_since, base_body_size, owner = row[9:14]
             head = _version_meta(name, row[14:]) if row[14] is not None else None
+            assert len(row) == 14 + _VERSION_COLUMN_COUNT
             lock = (
                 Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at, owner)
                 if lock_id is not None
@@ -589,8 +626,8 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return None
-        meta = _version_meta(name, row[:12])
-        encoded = Encoded(row[12], row[13], row[14])
+        meta = _version_meta(name, row[:_VERSION_COLUMN_COUNT])
+        encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
         base_body = None
         if encoded.base_version is not None:
             base_body = self._bases.get(name, encoded.base_version)
@@ -750,8 +787,8 @@ class SQLiteStore:
             conn.execute(
                 "INSERT INTO versions(workspace_id, version, serial, lineage, size, sha256, md5, "
                 "created_at, lock_id, terraform_version, resource_count, source, "
-                "rolled_back_from, encoding, base_version, blob) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "rolled_back_from, encoding, base_version, blob, written_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ws_id,
                     number,
@@ -769,6 +806,7 @@ class SQLiteStore:
                     encoded.encoding,
                     encoded.base_version,
                     encoded.blob,
+                    meta.written_by,
                 ),
             )
             base_info = self._next_base(name, number, len(body), encoded)
@@ -908,6 +946,132 @@ class SQLiteStore:
                 (*params, limit),
             ).fetchall()
             return [AuditEvent(*row) for row in rows]
+
+        return await self._read(query)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def _seal_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+        return payload if self.cipher is None else self.cipher.seal(payload, run_aad(run_id, kind))
+
+    def _open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+        return payload if self.cipher is None else self.cipher.open(payload, run_aad(run_id, kind))
+
+    def _run_from_row(self, row: tuple[Any, ...]) -> Run:
+        run_id, revision, document = row
+        run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
+        return replace(run, revision=revision)
+
+    async def create_run(self, run: Run) -> Run:
+        stored = replace(run, revision=1)
+        document = self._seal_run(run.id, "document", orjson.dumps(stored.to_document()))
+
+        def operation(conn: sqlite3.Connection) -> Run:
+            conn.execute(
+                "INSERT INTO runs(id, workspace, status, revision, created_at, document) "
+                "VALUES (?, ?, ?, 1, ?, ?)",
+                (run.id, run.workspace, run.status.value, run.created_at, document),
+            )
+            return stored
+
+        return await self._write(operation)
+
+    async def update_run(
+        self, run: Run, *, expect_revision: int, audit: AuditEvent | None = None
+    ) -> Run | None:
+        stored = replace(run, revision=expect_revision + 1)
+        document = self._seal_run(run.id, "document", orjson.dumps(stored.to_document()))
+
+        def operation(conn: sqlite3.Connection) -> Run | None:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, revision = ?, document = ? "
+                "WHERE id = ? AND revision = ?",
+                (run.status.value, stored.revision, document, run.id, expect_revision),
+            )
+            if cursor.rowcount == 0:
+                return None
+            _insert_audit(conn, audit)
+            return stored
+
+        return await self._write(operation)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        def query(conn: sqlite3.Connection) -> Run | None:
+            row = conn.execute(
+                "SELECT id, revision, document FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            return self._run_from_row(row) if row else None
+
+        return await self._read(query)
+
+    async def list_runs(
+        self,
+        *,
+        workspace: str | None = None,
+        statuses: tuple[str, ...] = (),
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        clauses, params = [], []
+        if workspace is not None:
+            clauses.append("workspace = ?")
+            params.append(workspace)
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def query(conn: sqlite3.Connection) -> list[Run]:
+            rows = conn.execute(
+                f"SELECT id, revision, document FROM runs{where} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [self._run_from_row(row) for row in rows]
+
+        return await self._read(query)
+
+    async def put_run_blob(self, run_id: str, kind: str, data: bytes) -> None:
+        sealed = self._seal_run(run_id, kind, data)
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO run_blobs(run_id, kind, data) VALUES (?, ?, ?) "
+                "ON CONFLICT(run_id, kind) DO UPDATE SET data = excluded.data",
+                (run_id, kind, sealed),
+            )
+
+        await self._write(operation)
+
+    async def get_run_blob(self, run_id: str, kind: str) -> bytes | None:
+        def query(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT data FROM run_blobs WHERE run_id = ? AND kind = ?", (run_id, kind)
+            ).fetchone()
+            return self._open_run(run_id, kind, row[0]) if row else None
+
+        return await self._read(query)
+
+    async def append_run_log(self, run_id: str, chunk: bytes) -> None:
+        def operation(conn: sqlite3.Connection) -> None:
+            (seq,) = conn.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM run_logs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO run_logs(run_id, seq, data) VALUES (?, ?, ?)",
+                (run_id, seq, self._seal_run(run_id, f"log{seq}", chunk)),
+            )
+
+        await self._write(operation)
+
+    async def read_run_log(self, run_id: str) -> bytes:
+        def query(conn: sqlite3.Connection) -> bytes:
+            rows = conn.execute(
+                "SELECT seq, data FROM run_logs WHERE run_id = ? ORDER BY seq", (run_id,)
+            ).fetchall()
+            return b"".join(self._open_run(run_id, f"log{seq}", data) for seq, data in rows)
 
         return await self._read(query)
 
@@ -1062,4 +1226,5 @@ def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
         resource_count=row[9],
         source=cast(VersionSource, row[10]),
         rolled_back_from=row[11],
+        written_by=row[12],
     )
