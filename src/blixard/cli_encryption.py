@@ -100,7 +100,7 @@ def status(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOp
 def _summary(progress: RotationProgress, rotated_versions: int, rotated_locks: int) -> str:
     if rotated_versions or rotated_locks:
         first = (
-            f"Re-encrypted {rotated_versions} versions and {rotated_locks} lock payloads; "
+            f"Re-encrypted {rotated_versions} versions and {rotated_locks} lock and run payloads; "
             f"everything is now sealed with key id {progress.current_key_id}."
         )
     else:

@@ -361,3 +361,31 @@ async def test_tampered_or_moved_blobs_raise_never_garbage(tmp_path: Path) -> No
         assert found is not None and found[1] == bodies(2, "b")[0]
     finally:
         await store.close()
+
+
+async def test_rotation_covers_run_documents_blobs_and_logs(tmp_path: Path) -> None:
+    from blixard.domain.runs import Run, RunStatus
+
+    path = tmp_path / "db.sqlite"
+    store = await open_store(path, Cipher(K1))
+    await store.create_run(
+        Run("run-1", "w", RunStatus.queued, 1.0, variables={"pw": SECRET.decode()})
+    )
+    await store.put_run_blob("run-1", "plan", SECRET)
+    await store.append_run_log("run-1", b"log " + SECRET)
+    await store.close()
+    assert SECRET not in path.read_bytes()
+
+    rotating = await open_store(path, Cipher(K2, [K1]))
+    progress = await rotating.rotate_encryption(max_seconds=5)
+    assert progress.done and progress.rotated_locks == 3  # document, plan file, log chunk
+    await rotating.close()
+
+    only_new = await open_store(path, Cipher(K2))
+    try:
+        run = await only_new.get_run("run-1")
+        assert run is not None and run.variables == {"pw": SECRET.decode()}
+        assert await only_new.get_run_blob("run-1", "plan") == SECRET
+        assert await only_new.read_run_log("run-1") == b"log " + SECRET
+    finally:
+        await only_new.close()

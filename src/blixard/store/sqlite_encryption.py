@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from blixard.store.crypto import Cipher, key_id_of_blob, lock_aad, state_aad
+from blixard.store.crypto import Cipher, key_id_of_blob, lock_aad, run_aad, state_aad
 from blixard.store.encryption import PLAINTEXT, EncryptionRefused, EncryptionStatus
 
 #: Schema migration 3, one statement per item.
@@ -187,6 +187,29 @@ def pending(conn: sqlite3.Connection, cipher: Cipher) -> tuple[int, int, int]:
     return total - current, locks, total
 
 
+def _rotate_runs(conn: sqlite3.Connection, cipher: Cipher) -> int:
+    """Re-seal run documents, plan files, configurations and logs not under the current key.
+
+    Counted with the lock payloads: both are small next to the versions and go in one step.
+    """
+    rotated = 0
+    tables = (
+        ("runs", "rowid, id, 'document', document", "document"),
+        ("run_blobs", "rowid, run_id, kind, data", "data"),
+        ("run_logs", "rowid, run_id, 'log' || seq, data", "data"),
+    )
+    for table, columns, column in tables:
+        for rowid, run_id, kind, payload in conn.execute(
+            f"SELECT {columns} FROM {table}"
+        ).fetchall():
+            if key_id_of_blob(payload) == cipher.current_id:
+                continue
+            sealed = cipher.reseal(payload, run_aad(run_id, kind))
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (sealed, rowid))
+            rotated += 1
+    return rotated
+
+
 def rotate_batch(
     conn: sqlite3.Connection,
     cipher: Cipher,
@@ -235,6 +258,7 @@ def rotate_batch(
             sealed = cipher.reseal(info, lock_aad(name))
             conn.execute("UPDATE workspaces SET lock_info = ? WHERE id = ?", (sealed, ws_id))
             rotated_locks += 1
+    rotated_locks += _rotate_runs(conn, cipher)
     retired = []
     for key_id in canaries:
         if key_id == cipher.current_id:
