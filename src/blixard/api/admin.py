@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from blixard.api.body import SMALL_BODY_LIMIT, read_body
+from blixard.api.body import read_json_model
 from blixard.api.security import authorize
 from blixard.api.views import iso, json_response
 from blixard.auth.keyring import KeyRing
 from blixard.domain.access import Action, ApiKey, AuditEvent, audit_event, parse_role
-from blixard.domain.errors import InvalidInput
 from blixard.domain.parsing import parse_time
 
 router = APIRouter(prefix="/api/tofu", tags=["administration"])
@@ -88,12 +87,7 @@ async def list_keys(
 )
 async def create_key(request: Request) -> Response:
     actor = await authorize(request, Action.keys_manage)
-    body = await read_body(request, SMALL_BODY_LIMIT)
-    try:
-        wanted = KeyRequest.model_validate_json(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"Invalid key request: {problems}.") from None
+    wanted = await read_json_model(request, KeyRequest, "key request")
     globs = (
         wanted.workspaces.split(",") if isinstance(wanted.workspaces, str) else wanted.workspaces
     )

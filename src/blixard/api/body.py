@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from blixard.domain.errors import InvalidInput, PayloadTooLarge
@@ -58,3 +60,16 @@ async def read_body(request: Request, limit: int, *, verify_md5: bool = True) ->
     if verify_md5 and md5_header is not None:
         verify_content_md5(hashlib.md5(body).digest(), md5_header)
     return body
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def read_json_model(request: Request, model: type[ModelT], what: str) -> ModelT:
+    """A small JSON body validated into `model`; problems become one 400 sentence."""
+    body = await read_body(request, SMALL_BODY_LIMIT)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"Invalid {what}: {problems}.") from None

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from blixard.api.body import SMALL_BODY_LIMIT, read_body
+from blixard.api.body import SMALL_BODY_LIMIT, read_body, read_json_model
 from blixard.api.security import authorize
 from blixard.api.views import iso, json_response
 from blixard.domain.access import Action
@@ -114,12 +114,7 @@ async def _plan_request(request: Request, destroy: bool) -> RunRequest:
             variables=variables,
             targets=tuple(query.getlist("target")),
         )
-    body = await read_body(request, SMALL_BODY_LIMIT)
-    try:
-        wanted = PlanRequest.model_validate_json(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"Invalid plan request: {problems}.") from None
+    wanted = await read_json_model(request, PlanRequest, "plan request")
     return RunRequest(
         workspace=wanted.workspace,
         config_dir=wanted.config_dir,
