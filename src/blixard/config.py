@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     run_server_url: str | None = Field(
         None, description="URL runs use to reach this server (default: http://127.0.0.1:PORT)."
     )
+    run_ca_file: Path | None = Field(
+        None, description="CA bundle runs trust for this server's HTTPS (default: its own cert)."
+    )
     cancel_grace_seconds: float = Field(
         10.0, ge=0, description="After SIGINT, how long a cancelled run may take before SIGKILL."
     )

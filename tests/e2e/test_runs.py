@@ -415,11 +415,6 @@ def test_config_dir_outside_the_plan_roots_is_refused(
     assert admin.plans(ws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: make_archive follows a config_dir's symlinks that lead outside "
-    "BLIXARD_PLAN_ROOTS, so a run can read any file the server can",
-)
 def test_symlink_in_config_dir_leading_outside_the_roots_is_refused(
     admin: Runs, root: Path, ws: str, tmp_path: Path
 ) -> None:

@@ -320,7 +320,7 @@ def test_key_over_unencrypted_data_refuses_until_encrypted_offline(
 
     done = cli("encryption", "rotate", "--data-dir", str(data_dir), BLIXARD_ENCRYPTION_KEY=key)
     assert done.returncode == 0, done.stderr
-    assert "Re-encrypted 41 versions and 1 lock payloads" in done.stdout
+    assert "Re-encrypted 41 versions and 1 lock and run payloads" in done.stdout
     assert_no_secrets(data_dir, expect_wal=False)
 
     server = start(servers, data_dir, key)

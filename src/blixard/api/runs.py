@@ -164,8 +164,10 @@ async def create_destroy_plan(request: Request) -> Response:
 
 
 async def _visible_run(request: Request, plan_id: str, action: Action) -> Any:
-    run = await _runs(request).get(plan_id)
-    actor = await authorize(request, action, run.workspace)
+    """Credentials and role first, so an unknown id and a hidden one look the same."""
+    actor = await authorize(request, action)
+    run = await _runs(request).get(plan_id, actor)
+    request.state.workspace = run.workspace
     return run, actor
 
 

@@ -115,6 +115,7 @@ class Run:
     discarded_by: str | None = None
     cancelled_by: str | None = None
     cancel_requested: bool = False
+    process_group: str | None = None  # "<boot id>:<pgid>" of the step executing now
 
     @property
     def credential_name(self) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -102,6 +103,7 @@ class RunExecutor:
         """After a restart: executing runs were interrupted; queued and approved ones go on."""
         executing = tuple(status.value for status in EXECUTING)
         for run in await self.store.list_runs(statuses=executing, limit=10_000):
+            _kill_leftovers(run)
             await self._save(run, lambda r: r.failed("interrupted"))
             await self._release_lock(run)
             log.warning("run %s was interrupted by a restart", run.id)
@@ -231,7 +233,6 @@ class RunExecutor:
             if run.destroy:
                 args.append("-destroy")
             args += [f"-target={target}" for target in run.targets]
-            args += [f"-var={name}={value}" for name, value in run.variables.items()]
             await self._step(run, binary, args, config, env, live, ok=(0, 2))
             shown = await self._capture(binary, ["show", "-json", PLAN_FILE], config, env)
             summary = summarize_plan(orjson.loads(shown))
@@ -315,9 +316,25 @@ class RunExecutor:
             for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE")
             if name in os.environ
         }
-        env.update(backend_env(self.settings.self_url, run.workspace, run.id, secret))
+        env.update(
+            backend_env(
+                self.settings.self_url,
+                run.workspace,
+                run.id,
+                secret,
+                ca_certificate_pem=self._server_ca(),
+            )
+        )
         env["TF_DATA_DIR"] = str(work / "tfdata")
+        # Variables travel in the environment, not argv, where `ps` would show their values.
+        env.update({f"TF_VAR_{name}": value for name, value in run.variables.items()})
         return env
+
+    def _server_ca(self) -> str | None:
+        """What a run trusts when this server speaks HTTPS: BLIXARD_RUN_CA_FILE, else the
+        server's own certificate chain (Terraform accepts a pinned leaf as a trust anchor)."""
+        source = self.settings.run_ca_file or self.settings.tls_cert
+        return source.read_text() if source is not None else None
 
     async def _spawn(
         self, binary: TerraformBinary, args: list[str], cwd: Path, env: dict[str, str]
@@ -331,6 +348,7 @@ class RunExecutor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: signals reach the whole tree
+            preexec_fn=_die_with_parent,
         )
 
     async def _step(
@@ -345,9 +363,12 @@ class RunExecutor:
     ) -> int:
         if run.id in self._cancelling:
             raise RunFailed("cancelled")
-        await live.write(f"\n$ {binary.name} {' '.join(_redact(args))}\n".encode())
+        await live.write(f"\n$ {binary.name} {' '.join(args)}\n".encode())
         process = await self._spawn(binary, args, cwd, env)
         self._processes[run.id] = process
+        marker = f"{boot_id()}:{process.pid}"
+        if run.process_group != marker:
+            run = await self._save(run, lambda r: replace(r, process_group=marker))
         try:
             assert process.stdout is not None
             while chunk := await process.stdout.read(65536):
@@ -395,9 +416,31 @@ class RunExecutor:
             log.info("run %s: released the state lock it left behind", run.id)
 
 
-def _redact(args: list[str]) -> list[str]:
-    """Variable values may be secrets: logs show only their names."""
-    return [
-        f"-var={arg[5:].split('=', 1)[0]}=(redacted)" if arg.startswith("-var=") else arg
-        for arg in args
-    ]
+def _die_with_parent() -> None:
+    """In the child before exec: if the server dies (kill -9), so does Terraform; its own
+    children (provisioners) are killed by process group when the server starts again."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def boot_id() -> str:
+    """Identifies this boot of the machine: a process group id means nothing across reboots."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _kill_leftovers(run: Run) -> None:
+    """Processes of a run that a server crash orphaned (e.g. a provisioner's `sleep`)."""
+    if not run.process_group:
+        return
+    boot, _, pgid = run.process_group.partition(":")
+    if boot != boot_id() or not pgid.isdigit():
+        return  # another boot: that group id now belongs to someone else
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(int(pgid), signal.SIGKILL)
+        log.warning("run %s: killed the processes it left behind", run.id)

@@ -44,6 +44,11 @@ class RunService:
 
     async def create(self, request: RunRequest, actor: Actor) -> Run:
         check_workspace_name(request.workspace)
+        if self.settings.tls_client_ca is not None:
+            raise RunnerUnavailable(
+                "Runs cannot reach this server while it requires client certificates "
+                "(BLIXARD_TLS_CLIENT_CA); run plans locally or on a server without mTLS."
+            )
         try:
             await asyncio.to_thread(resolve_binary, self.settings.tofu_bin)
         except BinaryNotFound as exc:
@@ -94,6 +99,13 @@ class RunService:
             )
         if not directory.is_dir():
             raise InvalidInput(f"config_dir {config_dir} is not a directory.")
+        for path in directory.rglob("*"):
+            if path.is_symlink() and not any(path.resolve().is_relative_to(root) for root in roots):
+                raise PermissionDenied(
+                    f"config_dir {config_dir} holds a link ({path.relative_to(directory)}) to a "
+                    "file outside BLIXARD_PLAN_ROOTS; runs may only read configuration under "
+                    "those directories."
+                )
         return directory
 
     def _check_archive(self, archive: bytes) -> None:
