@@ -9,11 +9,13 @@ and it keeps every rule in the domain layer.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from blixard.domain.access import ApiKey, AuditEvent
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import Run
+from blixard.store.snapshot import ImportReport, SnapshotRecord
 
 
 class Store(Protocol):
@@ -159,3 +161,33 @@ class Store(Protocol):
     async def append_run_log(self, run_id: str, chunk: bytes) -> None: ...
 
     async def read_run_log(self, run_id: str) -> bytes: ...
+
+    # -- snapshots: backup, restore, migrate (records in snapshot.py) -------------------------
+
+    def export_snapshot(self) -> AsyncIterator[SnapshotRecord]:
+        """Everything the store holds, as one consistent view, streamed (an async generator).
+
+        First a SnapshotBegin with the engine and the counts of that view, then the data
+        records in canonical order: each workspace (by name) followed by its versions (by
+        number, exact bodies), then API keys (by creation time, then id), audit events (by
+        id), runs (by id), run blobs (by run id, kind) and run logs (by run id, seq). The view
+        is one read transaction (SQLite) or one revision (etcd): writes made meanwhile are
+        not in it. Memory stays bounded whatever the store's size; stopping the iteration
+        early (aclose) releases the view.
+        """
+        ...
+
+    async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+        """Write a snapshot's records into this store, which must be empty (StoreNotEmpty).
+
+        Versions keep their numbers, times and metadata, bodies stay byte-identical (stored
+        with this store's codec and cipher), the audit trail keeps its ids and order, keys
+        their hashes, runs their documents and revisions. Writes go in batches; while an
+        import is unfinished the store refuses to serve (UnfinishedImport at open), so a
+        failure part-way never leaves a store that looks complete. Records must come in
+        export order (a workspace before its versions). Any inconsistency (a body that does
+        not match its SHA-256, a version of an unknown workspace, a head version that never
+        came) raises SnapshotCorrupt. For stores not serving traffic: restore and migrate
+        run offline.
+        """
+        ...

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,10 +31,11 @@ from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.domain.runs import Run
-from blixard.store import sqlite_encryption
+from blixard.store import sqlite_encryption, sqlite_snapshot
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
+from blixard.store.snapshot import ImportReport, SnapshotRecord
 
 T = TypeVar("T")
 
@@ -415,6 +416,8 @@ class SQLiteStore:
         self._writer: _Writer | None = None
         self._checkpointer: _Checkpointer | None = None
         self._flock_fd: int | None = None
+        #: Stop signals of the exports in progress (see sqlite_snapshot).
+        self._exports: set[threading.Event] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -429,6 +432,7 @@ class SQLiteStore:
             await asyncio.to_thread(self._writer.start_and_wait)
             await self._writer.submit(self._migrate)
             await self._writer.submit(self._check_encryption)
+            await self._writer.submit(lambda conn: sqlite_snapshot.check_at_open(conn, self.path))
             await self._read(self._load_index)
         except BaseException:
             await self.close()  # e.g. the wrong key: release the file for the next attempt
@@ -437,6 +441,8 @@ class SQLiteStore:
         self._checkpointer.start()
 
     async def close(self) -> None:
+        for stop in list(self._exports):
+            stop.set()  # an export's thread lets go of its read transaction
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
@@ -1083,6 +1089,14 @@ class SQLiteStore:
         if encoded.base_version == current.version:
             return replace(current, deltas_since=current.deltas_since + 1)
         return current
+
+    # -- snapshots (sqlite_snapshot.py) ---------------------------------------------------
+
+    def export_snapshot(self) -> AsyncIterator[SnapshotRecord]:
+        return sqlite_snapshot.export(self)
+
+    async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+        return await sqlite_snapshot.import_records(self, records)
 
     # -- encryption at rest (sqlite_encryption.py) ---------------------------------------
 
