@@ -439,3 +439,46 @@ def test_cli_flags_reach_the_checks(pki: Pki, tmp_path: Path) -> None:
         "(BLIXARD_TLS_KEY)\n"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_runs_reach_an_https_server_through_its_own_certificate(tmp_path: Path, pki: Pki) -> None:
+    """A server-side run talks to this server over HTTPS, trusting the server's certificate."""
+    import time
+
+    from blixard.runs.archive import make_archive
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "main.tf").write_text('resource "terraform_data" "a" { input = "over-https" }\n')
+    env = {
+        "BLIXARD_TLS_CERT": str(pki.server.cert_path),
+        "BLIXARD_TLS_KEY": str(pki.server.key_path),
+        "BLIXARD_TOFU_BIN": "embedded",
+    }
+    srv = ServerProcess(
+        tmp_path / "data",
+        env=env,
+        log_path=tmp_path / "server.log",
+        tls=TlsClient(ca=pki.ca.cert_path),
+    ).start()
+    try:
+        with srv.client() as client:
+            created = client.post(
+                "/api/tofu/plan",
+                params={"workspace": "https-run", "auto_approve": "true"},
+                content=make_archive(config),
+                headers={"Content-Type": "application/gzip"},
+            )
+            assert created.status_code == 202, created.text
+            plan_id = created.json()["plan_id"]
+            deadline = time.monotonic() + 60
+            run = created.json()
+            while run["status"] not in ("applied", "errored") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                run = client.get(f"/api/tofu/plan/{plan_id}").json()
+            logs = client.get(f"/api/tofu/plan/{plan_id}/logs").text
+            assert run["status"] == "applied", logs[-2000:]
+            history = client.get("/api/tofu/history/https-run").json()["versions"]
+            assert [v["written_by"] for v in history] == [f"run:{plan_id}"]
+    finally:
+        srv.stop()
