@@ -9,7 +9,7 @@ and it keeps every rule in the domain layer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 from blixard.domain.access import ApiKey, AuditEvent
@@ -164,7 +164,7 @@ class Store(Protocol):
 
     # -- snapshots: backup, restore, migrate (records in snapshot.py) -------------------------
 
-    def export_snapshot(self) -> AsyncIterator[SnapshotRecord]:
+    def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
         """Everything the store holds, as one consistent view, streamed (an async generator).
 
         First a SnapshotBegin with the engine and the counts of that view, then the data

@@ -600,6 +600,7 @@ class SnapshotReader:
         self._buffer = bytearray()
         self._pos = 0
         self._input_done = False
+        self._seen_input = False
         self._digest = SnapshotDigest()
         self.header: dict[str, Any] | None = None
         self.expected: SnapshotCounts | None = None
@@ -614,9 +615,14 @@ class SnapshotReader:
                 chunk = next(self._chunks)
             except StopIteration:
                 self._input_done = True
+                if not self._seen_input:
+                    raise SnapshotCorrupt("the file is empty: not a Blixard snapshot") from None
+                if not self._at_end():
+                    raise self._truncated() from None
                 break
             if not chunk:
                 continue
+            self._seen_input = True
             if self._at_end():
                 raise SnapshotCorrupt("unexpected data after the end of the snapshot")
             try:

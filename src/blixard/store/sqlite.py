@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -1092,7 +1092,7 @@ class SQLiteStore:
 
     # -- snapshots (sqlite_snapshot.py) ---------------------------------------------------
 
-    def export_snapshot(self) -> AsyncIterator[SnapshotRecord]:
+    def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
         return sqlite_snapshot.export(self)
 
     async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -232,7 +232,7 @@ def _take(handoff: queue.Queue[_Handoff], stop: threading.Event) -> _Handoff:
     return None
 
 
-async def export(store: SQLiteStore) -> AsyncIterator[SnapshotRecord]:
+async def export(store: SQLiteStore) -> AsyncGenerator[SnapshotRecord, None]:
     if store._executor is None:
         raise StorageUnavailable("The store is not open.")
     handoff: queue.Queue[_Handoff] = queue.Queue(maxsize=_EXPORT_QUEUE)
