@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import typer
 
+from blixard.cli_backup import backup_app
 from blixard.cli_encryption import encryption_app
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -36,6 +37,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(encryption_app)
+app.add_typer(backup_app)  # backup, restore, migrate
 
 UrlOpt = Annotated[
     str,
