@@ -207,6 +207,7 @@ class _Target:
         return str(self.final) if self.final else self.url
 
     async def open(self) -> Store:
+        from blixard.store.codec import VersionCodec
         from blixard.store.sqlite import SQLiteStore
 
         if self.final is None or self.temp is None:
@@ -223,7 +224,10 @@ class _Target:
         self._lock()
         for leftover in _sqlite_files(self.temp):
             leftover.unlink(missing_ok=True)  # an earlier run that died
-        self.store = SQLiteStore(self.temp, cache_bytes=0, cipher=self.cipher)
+        # An import goes one workspace at a time: one delta dictionary is all it needs (the
+        # cache counts bodies, and each digested dictionary costs ~10x its body).
+        codec = VersionCodec(cipher=self.cipher, dictionary_cache_bytes=1)
+        self.store = SQLiteStore(self.temp, cache_bytes=0, cipher=self.cipher, codec=codec)
         await self._open_in_place()
         return self.store
 

@@ -176,8 +176,9 @@ async def backup(request: Request) -> Response:
     writer = SnapshotWriter()
 
     async def body() -> AsyncIterator[bytes]:
+        export = store.export_snapshot()
         try:
-            async for chunk in writer.stream(store.export_snapshot()):
+            async for chunk in writer.stream(export):
                 yield chunk
         except BaseException as exc:
             request.app.state.audit.record(
@@ -192,6 +193,8 @@ async def backup(request: Request) -> Response:
             if isinstance(exc, Exception):
                 log.warning("backup stream failed", exc_info=True)
             raise
+        finally:
+            await export.aclose()  # a client that hung up: let go of the view at once
         summary = writer.summary
         assert summary is not None
         counts = summary.counts

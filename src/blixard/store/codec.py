@@ -154,14 +154,25 @@ class VersionCodec:
             return Encoded("zstd", None, self._compress_full(body))
         return Encoded("zstd-delta", base.version, blob)
 
-    def decode(self, workspace: str, encoded: Encoded, base_body: bytes | None) -> bytes:
-        """The body `encode` packed; `base_body` is the decoded base of a delta."""
+    def decode(
+        self, workspace: str, encoded: Encoded, base_body: bytes | None, *, cache: bool = True
+    ) -> bytes:
+        """The body `encode` packed; `base_body` is the decoded base of a delta.
+
+        `cache=False` (one pass over many workspaces, e.g. a snapshot export) neither uses nor
+        fills the dictionary cache: decoding needs no digested compression dictionary.
+        """
         blob = self._open(workspace, encoded.blob)
         if encoded.encoding == "zstd":
             return zstandard.ZstdDecompressor().decompress(blob)
         if base_body is None or encoded.base_version is None:
             raise ValueError("a delta needs its base version's body to be decoded")
-        dictionary = self._dictionary(workspace, encoded.base_version, base_body)
+        if cache:
+            dictionary = self._dictionary(workspace, encoded.base_version, base_body)
+        else:
+            dictionary = zstandard.ZstdCompressionDict(
+                base_body, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+            )
         decompressor = zstandard.ZstdDecompressor(
             dict_data=dictionary, max_window_size=2**MAX_WINDOW_LOG
         )

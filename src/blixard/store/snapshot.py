@@ -60,6 +60,8 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 _THREAD_BYTES = 1024 * 1024
 #: The encoder hands out compressed chunks of about this size.
 _CHUNK_BYTES = 256 * 1024
+#: The decoder feeds the decompressor this much compressed input at a time.
+_SLICE_BYTES = 16 * 1024
 
 
 class SnapshotError(Exception):
@@ -599,6 +601,7 @@ class SnapshotReader:
         self._decompressor = zstandard.ZstdDecompressor().decompressobj()
         self._buffer = bytearray()
         self._pos = 0
+        self._input: memoryview = memoryview(b"")
         self._input_done = False
         self._seen_input = False
         self._digest = SnapshotDigest()
@@ -609,27 +612,35 @@ class SnapshotReader:
     # -- decompressed byte buffer ------------------------------------------------------
 
     def _fill(self) -> bool:
-        """Decompress more input into the buffer; False when the input is exhausted."""
-        while not self._input_done:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                self._input_done = True
-                if not self._seen_input:
-                    raise SnapshotCorrupt("the file is empty: not a Blixard snapshot") from None
-                if not self._at_end():
-                    raise self._truncated() from None
-                break
-            if not chunk:
+        """Decompress more input into the buffer; False when the input is exhausted.
+
+        Input goes to the decompressor in small slices: similar versions compress ~100x, so
+        one large chunk at once could expand to hundreds of MiB.
+        """
+        while True:
+            if not self._input:
+                if self._input_done:
+                    return False
+                try:
+                    chunk = next(self._chunks)
+                except StopIteration:
+                    self._input_done = True
+                    if not self._seen_input:
+                        raise SnapshotCorrupt("the file is empty: not a Blixard snapshot") from None
+                    if not self._at_end():
+                        raise self._truncated() from None
+                    return False
+                self._input = memoryview(chunk)
+                self._seen_input = self._seen_input or bool(chunk)
                 continue
-            self._seen_input = True
+            piece, self._input = self._input[:_SLICE_BYTES], self._input[_SLICE_BYTES:]
             if self._at_end():
                 raise SnapshotCorrupt("unexpected data after the end of the snapshot")
             try:
-                out = self._decompressor.decompress(chunk)
+                out = self._decompressor.decompress(piece)
             except zstandard.ZstdError as exc:
                 raise SnapshotCorrupt(f"not a Blixard snapshot, or damaged (zstd: {exc})") from None
-            if self._at_end() and self._decompressor.unused_data:
+            if self._at_end() and (self._decompressor.unused_data or self._input):
                 raise SnapshotCorrupt("unexpected data after the end of the snapshot")
             if out:
                 if self._pos and self._pos * 2 >= len(self._buffer):
@@ -637,7 +648,6 @@ class SnapshotReader:
                     self._pos = 0
                 self._buffer += out
                 return True
-        return False
 
     def _at_end(self) -> bool:
         """Whether the zstd frame is complete (its checksum verified)."""
@@ -669,7 +679,8 @@ class SnapshotReader:
         while len(self._buffer) - self._pos < n + 1:
             if not self._fill():
                 raise self._truncated()
-        data = bytes(self._buffer[self._pos : self._pos + n])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[self._pos : self._pos + n])  # one copy, not two
         if self._buffer[self._pos + n] != 0x0A:
             raise SnapshotCorrupt("a record's payload is not where its length says: damaged")
         self._pos += n + 1

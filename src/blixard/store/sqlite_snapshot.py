@@ -141,14 +141,18 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
                 if last_full is not None and last_full[0] == encoded.base_version:
                     base_body = last_full[1]
                 else:
-                    found = store._read_version(conn, name, ws_id, encoded.base_version)
-                    if found is None:
+                    base_row = conn.execute(
+                        "SELECT encoding, base_version, blob FROM versions "
+                        "WHERE workspace_id = ? AND version = ?",
+                        (ws_id, encoded.base_version),
+                    ).fetchone()
+                    if base_row is None:
                         raise StorageUnavailable(
                             f"workspace '{name}' version {meta.version}: its delta base "
                             f"{encoded.base_version} is missing"
                         )
-                    base_body = found[1]
-            body = store.codec.decode(name, encoded, base_body)
+                    base_body = store.codec.decode(name, Encoded(*base_row), None, cache=False)
+            body = store.codec.decode(name, encoded, base_body, cache=False)
             if encoded.encoding == "zstd":
                 last_full = (meta.version, body)
             yield VersionRecord(meta, body)
