@@ -203,6 +203,15 @@ class _Target:
         self.temp = self.final.with_name(self.final.name + ".incomplete") if self.final else None
         self._lock_fd: int | None = None
 
+    def left_behind(self) -> str:
+        """What a failure leaves, for its error message."""
+        if self.temp is not None:
+            return "nothing was put in place"
+        return (
+            f"{self.url} holds a partial import that refuses to be served: empty it before "
+            "running the command again"
+        )
+
     def describe(self) -> str:
         return str(self.final) if self.final else self.url
 
@@ -615,7 +624,7 @@ def _mismatch(target: _Target, problems: list[str]) -> NoReturn:
     _fail(
         f"the data written to {target.describe()} does not match the snapshot ("
         + "; ".join(problems)
-        + "); nothing was put in place"
+        + f"); {target.left_behind()}"
     )
 
 
@@ -625,7 +634,7 @@ async def _import(target: _Target, records: AsyncIterator[SnapshotRecord], what:
     try:
         await target.store.import_snapshot(records)
     except (SnapshotError, OSError) as exc:
-        _fail(f"{what} failed, nothing was put in place: {exc}")
+        _fail(f"{what} failed, {target.left_behind()}: {exc}")
 
 
 @backup_app.command()

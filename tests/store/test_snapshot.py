@@ -396,6 +396,25 @@ async def test_a_bad_body_fails_the_import_and_the_store_refuses_to_open(
     await again.close()
 
 
+async def test_a_stream_cut_short_is_refused(
+    store: Store, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An export that ends early without an error must not import as if complete."""
+    await populate(store)
+    records = await collect(store)
+    first_key = next(i for i, r in enumerate(records) if isinstance(r, KeyRecord))
+    factory = other_factory(request, tmp_path, "short")
+    short = factory()
+    await short.open()
+    try:
+        with pytest.raises(SnapshotCorrupt, match="announced"):
+            await short.import_snapshot(replay(records[:first_key]))
+    finally:
+        await short.close()
+    with pytest.raises(UnfinishedImport):
+        await factory().open()
+
+
 async def test_records_out_of_order_are_refused(store: Store, target: Store) -> None:
     await populate(store)
     records = await collect(store)

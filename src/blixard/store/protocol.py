@@ -187,7 +187,7 @@ class Store(Protocol):
         failure part-way never leaves a store that looks complete. Records must come in
         export order (a workspace before its versions). Any inconsistency (a body that does
         not match its SHA-256, a version of an unknown workspace, a head version that never
-        came) raises SnapshotCorrupt. For stores not serving traffic: restore and migrate
-        run offline.
+        came, fewer or more records than the SnapshotBegin announced) raises
+        SnapshotCorrupt. For stores not serving traffic: restore and migrate run offline.
         """
         ...

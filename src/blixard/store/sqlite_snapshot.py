@@ -327,6 +327,8 @@ class _Importer:
         self._pending_rows = 0
         self._pending_bytes = 0
         self._inflight: asyncio.Future[None] | None = None
+        #: What the snapshot's first record said it holds.
+        self._announced: SnapshotCounts | None = None
 
     async def begin(self) -> None:
         path = self.store.path
@@ -359,6 +361,9 @@ class _Importer:
 
     async def add(self, record: SnapshotRecord) -> None:
         if isinstance(record, SnapshotBegin):
+            if self._announced is not None or self.report.counts.records:
+                raise SnapshotCorrupt("the snapshot begins twice")
+            self._announced = record.counts
             return
         if isinstance(record, VersionRecord):
             await self._version(record)
@@ -547,6 +552,12 @@ class _Importer:
 
     async def finish(self) -> None:
         self._end_workspace()
+        if self._announced is not None:
+            problems = self.report.counts.differences(self._announced)
+            if problems:
+                raise SnapshotCorrupt(
+                    "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
+                )
         await self._flush(final=True)
 
     async def abandon(self) -> None:
