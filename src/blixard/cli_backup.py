@@ -2,6 +2,7 @@
 
     blixard backup blixard.bxs --url http://127.0.0.1:8080       # a live server (admin key)
     blixard backup blixard.bxs --data-dir ./data                 # a stopped server's data
+    blixard backup blixard.bxs --encrypt                         # sealed with the key
     blixard restore blixard.bxs --data-dir ./new-data            # into an empty store, offline
     blixard migrate --from sqlite:///./data/blixard.db --to sqlite:///./copy/blixard.db
 
@@ -449,12 +450,42 @@ def _create_private(path: Path) -> Any:
     return os.fdopen(fd, "wb")
 
 
+class _Output:
+    """The partial backup file: private, sealed frame by frame with --encrypt, fsync'd."""
+
+    def __init__(self, path: Path, seal: Cipher | None) -> None:
+        from blixard.store.snapshot_seal import SealingWriter
+
+        self._file = _create_private(path)
+        self._sealer = SealingWriter(self._file, seal) if seal is not None else None
+
+    def write(self, data: bytes) -> None:
+        if self._sealer is not None:
+            self._sealer.write(data)
+        else:
+            self._file.write(data)
+
+    def finish(self) -> None:
+        if self._sealer is not None:
+            self._sealer.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
 def _seal_file(partial: Path, file: Path) -> None:
     os.replace(partial, file)
     _fsync_dir(file.parent.resolve())
 
 
-def _backup_online(file: Path, partial: Path, url: str, api_key: str | None) -> SnapshotSummary:
+def _backup_online(
+    partial: Path, url: str, api_key: str | None, seal: Cipher | None
+) -> SnapshotSummary:
     """Download the snapshot into `partial`, verifying it on the fly."""
     import httpx
 
@@ -465,7 +496,7 @@ def _backup_online(file: Path, partial: Path, url: str, api_key: str | None) -> 
     try:
         with (
             client._http.stream("GET", BACKUP_PATH) as response,
-            _create_private(partial) as out,
+            _Output(partial, seal) as out,
             _Progress() as progress,
         ):
             if response.status_code >= 400:
@@ -486,8 +517,11 @@ def _backup_online(file: Path, partial: Path, url: str, api_key: str | None) -> 
             except SnapshotCorrupt as exc:
                 _fail(f"the server's snapshot is incomplete or damaged: {exc}")
             phase.finish()
-            out.flush()
-            os.fsync(out.fileno())
+            out.finish()
+            if seal is not None:
+                checked, _ = _verify_file(partial, progress, "verifying", seal)
+                if checked != reader.summary:
+                    _fail(f"{partial} does not read back as downloaded")
     except httpx.TransportError as exc:
         _fail(f"the backup download from {client.base} failed: {exc or type(exc).__name__}")
     finally:
@@ -496,17 +530,22 @@ def _backup_online(file: Path, partial: Path, url: str, api_key: str | None) -> 
     return reader.summary
 
 
-def _verify_file(file: Path, progress: _Progress, description: str) -> tuple[SnapshotSummary, Any]:
-    from blixard.store.snapshot import SnapshotCorrupt, SnapshotReader, file_chunks
+def _verify_file(
+    file: Path, progress: _Progress, description: str, cipher: Cipher | None
+) -> tuple[SnapshotSummary, Any]:
+    from blixard.store.snapshot import SnapshotCorrupt, SnapshotReader
+    from blixard.store.snapshot_seal import SealedSnapshotError, snapshot_chunks
 
     phase = progress.phase(description)
-    reader = SnapshotReader(file_chunks(file))
+    reader = SnapshotReader(snapshot_chunks(file, cipher))
     try:
         header = reader.read_header()
         assert reader.expected is not None
         phase.total(reader.expected.records)
         for record in reader:
             phase.record(record)
+    except SealedSnapshotError as exc:
+        _fail(f"cannot read {file}: {exc}")
     except SnapshotCorrupt as exc:
         _fail(f"{file} is not a usable Blixard snapshot: {exc}")
     except OSError as exc:
@@ -516,21 +555,18 @@ def _verify_file(file: Path, progress: _Progress, description: str) -> tuple[Sna
     return reader.summary, header
 
 
-def _backup_offline(file: Path, partial: Path, url: str) -> SnapshotSummary:
+def _backup_offline(partial: Path, url: str, cipher: Cipher | None, seal: bool) -> SnapshotSummary:
     from blixard.store.snapshot import SnapshotWriter
-
-    cipher = _cipher()
 
     async def run(progress: _Progress) -> SnapshotSummary:
         store = await _open_source(url, cipher)
         try:
             writer = SnapshotWriter()
             phase = progress.phase("exporting")
-            with _create_private(partial) as out:
+            with _Output(partial, cipher if seal else None) as out:
                 async for chunk in writer.stream(_counted(store.export_snapshot(), phase.record)):
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                out.finish()
             phase.finish()
         finally:
             await store.close()
@@ -539,7 +575,7 @@ def _backup_offline(file: Path, partial: Path, url: str) -> SnapshotSummary:
 
     with _Progress() as progress:
         written = asyncio.run(run(progress))
-        checked, _ = _verify_file(partial, progress, "verifying")
+        checked, _ = _verify_file(partial, progress, "verifying", cipher)
     if checked != written:
         _fail(f"{partial} does not read back as written: " + "; ".join(checked.mismatches(written)))
     return checked
@@ -559,6 +595,13 @@ def backup(
     ] = None,
     storage_url: StorageUrlOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+    encrypt: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt",
+            help="Encrypt FILE with BLIXARD_ENCRYPTION_KEY (AES-256-GCM); restore needs that key.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Back up everything to FILE: a consistent snapshot, verified, with counts and checksum.
@@ -566,7 +609,7 @@ def backup(
     The snapshot holds every workspace and version (exact bodies), the locks, API keys
     (hashes only), the audit trail and runs. From a live server (default; needs an admin key)
     through GET /api/tofu/admin/backup, or offline with --data-dir DIR / --storage-url URL.
-    The states are in plaintext in the snapshot: keep it safe.
+    The states are in plaintext in the snapshot unless --encrypt: keep it safe.
     """
     if file.exists() and not force:
         _fail(f"{file} exists; pass --force to overwrite it")
@@ -575,27 +618,44 @@ def backup(
     if not file.parent.is_dir():
         _fail(f"no directory {file.parent} to write {file.name} into")
     partial = _partial_for(file)
-    _warn(PLAINTEXT_WARNING)
+    online = data_dir is None and storage_url is None
+    cipher = _cipher() if encrypt or not online else None
+    if encrypt and cipher is None:
+        _fail(
+            "--encrypt needs a key: set BLIXARD_ENCRYPTION_KEY or BLIXARD_ENCRYPTION_KEY_FILE "
+            "(`blixard encryption generate-key` makes one)"
+        )
+    if cipher is not None and encrypt:
+        _warn(
+            f"note: {file} is encrypted with key id {cipher.current_id}; keep that key: "
+            "without it this backup cannot be restored"
+        )
+    else:
+        _warn(PLAINTEXT_WARNING)
     try:
-        if data_dir is None and storage_url is None:
-            summary = _backup_online(file, partial, url, api_key)
+        if online:
+            summary = _backup_online(partial, url, api_key, cipher if encrypt else None)
             source = url
         else:
             source = _data_dir_url(data_dir, storage_url, "to back up")
-            summary = _backup_offline(file, partial, source)
+            summary = _backup_offline(partial, source, cipher, encrypt)
         _seal_file(partial, file)
     finally:
         partial.unlink(missing_ok=True)
     size = file.stat().st_size
     if as_json:
-        _emit_json(_summary_json(summary, file=str(file), bytes=size, source=source))
+        key_id = cipher.current_id if cipher is not None and encrypt else None
+        _emit_json(
+            _summary_json(summary, file=str(file), bytes=size, source=source, encrypted=key_id)
+        )
         return
     from blixard.cli import human_size
 
+    sealed = f"yes, key id {cipher.current_id}" if cipher is not None and encrypt else "no"
     _print_summary(
         f"Backed up {source} to {file} ({human_size(size)}), verified.",
         summary,
-        [("Versions hash", f"sha256:{summary.versions_sha256}")],
+        [("Versions hash", f"sha256:{summary.versions_sha256}"), ("Encrypted", sealed)],
     )
 
 
@@ -652,9 +712,11 @@ def restore(
     Verifies the file (every version's SHA-256, the counts and the checksum), imports it, then
     checks the new store against the snapshot. Nothing is put in place unless every check
     passes, so a failed restore can simply be run again. Encryption at rest follows
-    BLIXARD_ENCRYPTION_KEY, as for `blixard serve`.
+    BLIXARD_ENCRYPTION_KEY, as for `blixard serve`; a backup made with --encrypt opens with
+    that key or one in BLIXARD_ENCRYPTION_OLD_KEYS.
     """
-    from blixard.store.snapshot import SnapshotReader, file_chunks, records_from
+    from blixard.store.snapshot import SnapshotReader, records_from
+    from blixard.store.snapshot_seal import snapshot_chunks
 
     url = _data_dir_url(data_dir, storage_url, "to restore to")
     if not file.is_file():
@@ -666,7 +728,7 @@ def restore(
         await target.open()
         try:
             phase = progress.phase("restoring", expected.counts.records)
-            reader = SnapshotReader(file_chunks(file))
+            reader = SnapshotReader(snapshot_chunks(file, cipher))
             await _import(target, _counted(records_from(reader), phase.record), "the restore")
             phase.finish()
             found = await _check_target(target, expected, progress)
@@ -677,7 +739,7 @@ def restore(
         return found, target
 
     with _Progress() as progress:
-        expected, header = _verify_file(file, progress, "verifying")
+        expected, header = _verify_file(file, progress, "verifying", cipher)
         found, target = asyncio.run(run(progress))
     where = target.describe()
     if as_json:

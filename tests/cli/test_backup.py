@@ -499,3 +499,69 @@ def test_a_restore_that_fails_part_way_leaves_nothing_behind(tmp_path: Path) -> 
     result = invoke("restore", str(file), "--data-dir", str(target))
     assert result.exit_code == 0, result.output
     assert (target / "blixard.db").exists()
+
+
+def test_an_encrypted_backup_restores_only_with_its_key(
+    source: ServerProcess, backup_file: Path, tmp_path: Path
+) -> None:
+    backup_key = base64.b64encode(os.urandom(32)).decode()
+    file = tmp_path / "sealed.bxs"
+    result = invoke(
+        "backup",
+        str(file),
+        "--url",
+        source.url,
+        "--encrypt",
+        "--json",
+        BLIXARD_API_KEY=ADMIN,
+        BLIXARD_ENCRYPTION_KEY=backup_key,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    key_id = report["encrypted"]
+    assert key_id and f"key id {key_id}" in result.stderr and "plaintext" not in result.stderr
+    assert not file.read_bytes().startswith(b"\x28\xb5\x2f\xfd")  # not a bare zstd stream
+
+    message = one_error(invoke("restore", str(file), "--data-dir", str(tmp_path / "a")))
+    assert "encrypted" in message and key_id in message
+    assert not (tmp_path / "a" / "blixard.db").exists()
+
+    # The backup's key as an old key, the target sealed with its own current key.
+    result = invoke(
+        "restore",
+        str(file),
+        "--data-dir",
+        str(tmp_path / "b"),
+        "--json",
+        BLIXARD_ENCRYPTION_KEY=KEY_TARGET,
+        BLIXARD_ENCRYPTION_OLD_KEYS=backup_key,
+    )
+    assert result.exit_code == 0, result.output
+    restored = json.loads(result.stdout)
+    assert restored["counts"]["versions"] == report["counts"]["versions"] > 0
+    assert restored["checksum"] == report["checksum"]
+
+    # Offline, from a data dir, the same way.
+    again = tmp_path / "again.bxs"
+    result = invoke(
+        "backup",
+        str(again),
+        "--data-dir",
+        str(tmp_path / "b"),
+        "--encrypt",
+        "--json",
+        BLIXARD_ENCRYPTION_KEY=KEY_TARGET,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checksum"] == report["checksum"]
+    message = one_error(
+        invoke(
+            "backup",
+            str(tmp_path / "x.bxs"),
+            "--url",
+            source.url,
+            "--encrypt",
+            BLIXARD_API_KEY=ADMIN,
+        )
+    )
+    assert "--encrypt needs a key" in message

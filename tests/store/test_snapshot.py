@@ -528,3 +528,52 @@ async def test_snapshot_moves_between_plaintext_and_encrypted_stores(
         await copy.close()
     raw = (tmp_path / "b.db").read_bytes()
     assert (b"me@host" in raw) == (target_key is None)  # lock payloads sealed iff encrypted
+
+
+# --------------------------------------------------------------------------- encrypted files
+
+
+def test_sealed_snapshot_files_open_only_whole_and_with_their_key(tmp_path: Path) -> None:
+    from blixard.store.snapshot_seal import (
+        MAGIC,
+        SealedSnapshotError,
+        SealingWriter,
+        sealed_key_id,
+        snapshot_chunks,
+    )
+
+    payload = random.Random(5).randbytes(2_500_000)  # three frames
+    key, other = Cipher(b"a" * 32), Cipher(b"b" * 32)
+    path = tmp_path / "sealed.bxs"
+    with path.open("wb") as out:
+        sealer = SealingWriter(out, key)
+        for i in range(0, len(payload), 100_000):
+            sealer.write(payload[i : i + 100_000])
+        sealer.finish()
+    data = path.read_bytes()
+    assert data.startswith(MAGIC) and payload[:64] not in data
+    assert sealed_key_id(path) == key.current_id
+    assert b"".join(snapshot_chunks(path, key)) == payload
+    assert b"".join(snapshot_chunks(path, Cipher(b"b" * 32, [b"a" * 32]))) == payload
+
+    with pytest.raises(SealedSnapshotError, match="encrypted"):
+        b"".join(snapshot_chunks(path, None))
+    with pytest.raises(SealedSnapshotError, match="key id"):
+        b"".join(snapshot_chunks(path, other))
+
+    def damaged(content: bytes) -> Path:
+        bad = tmp_path / "bad.bxs"
+        bad.write_bytes(content)
+        return bad
+
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 1
+    with pytest.raises(SealedSnapshotError, match="cannot be opened"):
+        b"".join(snapshot_chunks(damaged(bytes(flipped)), key))
+    # Cut at a frame boundary: the last frame (and its "final" mark) is missing.
+    header = len(MAGIC) + 16
+    first = header + 4 + int.from_bytes(data[header : header + 4], "big")
+    with pytest.raises(SnapshotCorrupt, match="truncated"):
+        b"".join(snapshot_chunks(damaged(data[:first]), key))
+    with pytest.raises(SnapshotCorrupt, match="after the end"):
+        b"".join(snapshot_chunks(damaged(data + b"x"), key))
