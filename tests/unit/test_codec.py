@@ -65,3 +65,14 @@ def test_any_bytes_round_trip(base: bytes, body: bytes) -> None:
     encoded = codec.encode("w", body, DeltaBase(1, base, max(len(full.blob), 1), 0))
     base_body = base if encoded.encoding == "zstd-delta" else None
     assert codec.decode("w", encoded, base_body) == body
+
+
+def test_dictionary_cache_is_bounded_by_memory_not_body_bytes() -> None:
+    codec = VersionCodec(dictionary_cache_bytes=8 * 1024 * 1024)
+    body = states(1, resources=300)[0]  # ~25 KB: its digested dictionary is ~1.4 MiB
+    for workspace in range(20):
+        base = DeltaBase(1, body, 1_000_000, 0)
+        codec.encode(f"w{workspace}", body + b" ", base)
+    cache = codec._dictionaries
+    assert cache._bytes <= 8 * 1024 * 1024
+    assert 2 <= len(cache._items) <= 6
