@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from blixard import cli
+from blixard.cli.client import human_size, relative_age
 from tests.harness import ServerProcess, free_port
 
 runner = CliRunner()
@@ -584,11 +585,11 @@ def test_python_dash_m_help() -> None:
 
 
 def test_human_size() -> None:
-    assert cli.human_size(None) == "-"
-    assert cli.human_size(512) == "512 B"
-    assert cli.human_size(2048) == "2.0 KiB"
-    assert cli.human_size(5 * 1024 * 1024) == "5.0 MiB"
-    assert cli.human_size(3 * 1024**3) == "3.0 GiB"
+    assert human_size(None) == "-"
+    assert human_size(512) == "512 B"
+    assert human_size(2048) == "2.0 KiB"
+    assert human_size(5 * 1024 * 1024) == "5.0 MiB"
+    assert human_size(3 * 1024**3) == "3.0 GiB"
 
 
 def test_relative_age() -> None:
@@ -597,9 +598,9 @@ def test_relative_age() -> None:
     def ago(**kw: float) -> str:
         return (now - timedelta(**kw)).isoformat().replace("+00:00", "Z")
 
-    assert cli.relative_age(ago(seconds=5), now) == "5s ago"
-    assert cli.relative_age(ago(minutes=3), now) == "3m ago"
-    assert cli.relative_age(ago(hours=2), now) == "2h ago"
-    assert cli.relative_age(ago(days=4), now) == "4d ago"
-    assert cli.relative_age(None, now) == "-"
-    assert cli.relative_age("garbage", now) == "garbage"
+    assert relative_age(ago(seconds=5), now) == "5s ago"
+    assert relative_age(ago(minutes=3), now) == "3m ago"
+    assert relative_age(ago(hours=2), now) == "2h ago"
+    assert relative_age(ago(days=4), now) == "4d ago"
+    assert relative_age(None, now) == "-"
+    assert relative_age("garbage", now) == "garbage"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 backup_app = typer.Typer()
 
-#: Same as blixard.cli.DEFAULT_URL (not imported: blixard.cli imports this module).
+#: Same as blixard.cli.client.DEFAULT_URL.
 DEFAULT_URL = "http://127.0.0.1:8080"
 BACKUP_PATH = "/api/tofu/admin/backup"
 
@@ -72,7 +72,7 @@ PLAINTEXT_WARNING = (
 
 
 def _fail(message: str) -> NoReturn:
-    from blixard.cli import _fail as fail
+    from blixard.cli.client import _fail as fail
 
     fail(message)
 
@@ -339,7 +339,7 @@ class _Progress:
             TimeElapsedColumn,
         )
 
-        from blixard.cli import _console
+        from blixard.cli.client import _console
 
         self._progress = Progress(
             TextColumn("{task.description:<11}"),
@@ -373,7 +373,7 @@ class _Phase:
         self._progress.update(self._task, total=total)
 
     def record(self, record: SnapshotRecord) -> None:
-        from blixard.cli import human_size
+        from blixard.cli.client import human_size
         from blixard.store.snapshot import SnapshotBegin, VersionRecord
 
         if isinstance(record, SnapshotBegin):
@@ -407,7 +407,7 @@ def _print_summary(title: str, summary: SnapshotSummary, extra: list[tuple[str, 
     from rich.table import Table
     from rich.text import Text
 
-    from blixard.cli import _console, human_size
+    from blixard.cli.client import _console, human_size
 
     counts: SnapshotCounts = summary.counts
     console = _console()
@@ -489,7 +489,7 @@ def _backup_online(
     """Download the snapshot into `partial`, verifying it on the fly."""
     import httpx
 
-    from blixard.cli import Client
+    from blixard.cli.client import Client
     from blixard.store.snapshot import SnapshotCorrupt, SnapshotReader
 
     client = Client(url, api_key)
@@ -649,7 +649,7 @@ def backup(
             _summary_json(summary, file=str(file), bytes=size, source=source, encrypted=key_id)
         )
         return
-    from blixard.cli import human_size
+    from blixard.cli.client import human_size
 
     sealed = f"yes, key id {cipher.current_id}" if cipher is not None and encrypt else "no"
     _print_summary(

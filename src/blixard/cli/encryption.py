@@ -31,7 +31,7 @@ encryption_app = typer.Typer(
 )
 
 _STATUS_PATH = "/admin/encryption"
-#: Same as blixard.cli.DEFAULT_URL (not imported: blixard.cli imports this module).
+#: Same as blixard.cli.client.DEFAULT_URL.
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 UrlOpt = Annotated[
@@ -77,7 +77,7 @@ def generate_key() -> None:
 @encryption_app.command("status")
 def status(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
     """Show the current key id, the key ids in use and how many blobs each one seals."""
-    from blixard.cli import _client, _console, _print_json
+    from blixard.cli.client import _client, _console, _print_json
 
     with _client(url, api_key) as client:
         raw, body = client.request("GET", _STATUS_PATH)
@@ -126,7 +126,7 @@ class _Bar:
             TimeElapsedColumn,
         )
 
-        from blixard.cli import _console
+        from blixard.cli.client import _console
 
         self._progress = Progress(
             TextColumn("re-encrypting"),
@@ -154,7 +154,7 @@ class _Bar:
 
 
 def _progress_from_json(body: Any) -> RotationProgress:
-    from blixard.cli import _fail
+    from blixard.cli.client import _fail
 
     try:
         return RotationProgress(
@@ -171,7 +171,7 @@ def _progress_from_json(body: Any) -> RotationProgress:
 
 
 def _rotate_online(url: str, api_key: str | None, as_json: bool) -> None:
-    from blixard.cli import _client, _console
+    from blixard.cli.client import _client, _console
 
     versions = locks = 0
     retired: list[str] = []
@@ -212,7 +212,7 @@ def _report(
 
 
 def _rotate_offline(data_dir: Path, as_json: bool) -> None:
-    from blixard.cli import _console, _fail
+    from blixard.cli.client import _console, _fail
     from blixard.config import Settings
     from blixard.store.crypto import Cipher, EncryptionError
     from blixard.store.sqlite import SQLiteStore, StoreInUse
