@@ -482,3 +482,25 @@ def test_runs_reach_an_https_server_through_its_own_certificate(tmp_path: Path, 
             assert [v["written_by"] for v in history] == [f"run:{plan_id}"]
     finally:
         srv.stop()
+
+
+def test_cli_speaks_mutual_tls_from_the_environment(mtls_server: ServerProcess, pki: Pki) -> None:
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BLIXARD_")}
+    command = [sys.executable, "-m", "blixard", "workspaces", "--url", mtls_server.url, "--json"]
+    with_cert = {
+        **base,
+        "BLIXARD_CA_CERT": str(pki.ca.cert_path),
+        "BLIXARD_CLIENT_CERT": str(pki.client.cert_path),
+        "BLIXARD_CLIENT_KEY": str(pki.client.key_path),
+    }
+    ok = subprocess.run(command, env=with_cert, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert '"workspaces"' in ok.stdout
+    no_cert = {**base, "BLIXARD_CA_CERT": str(pki.ca.cert_path)}
+    refused = subprocess.run(command, env=no_cert, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: cannot reach Blixard at https://127.0.0.1:")

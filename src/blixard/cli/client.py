@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,6 +91,23 @@ def _api_error_message(status: int, content: bytes) -> str:
 # --------------------------------------------------------------------------- HTTP client
 
 
+def _tls_context() -> ssl.SSLContext | bool:
+    """HTTPS trust and mutual TLS from the environment: BLIXARD_CA_CERT (a PEM CA bundle),
+    BLIXARD_CLIENT_CERT and BLIXARD_CLIENT_KEY (a client certificate for mTLS servers)."""
+    ca = os.environ.get("BLIXARD_CA_CERT")
+    cert = os.environ.get("BLIXARD_CLIENT_CERT")
+    key = os.environ.get("BLIXARD_CLIENT_KEY")
+    if not (ca or cert):
+        return True  # the system's trust store (or SSL_CERT_FILE)
+    context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    if cert:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            _fail(f"cannot load BLIXARD_CLIENT_CERT/BLIXARD_CLIENT_KEY: {exc}")
+    return context
+
+
 class Client:
     """A thin synchronous client for the Blixard API; exits with a message on any failure."""
 
@@ -104,6 +122,7 @@ class Client:
             base_url=self.base,
             headers=headers,
             timeout=httpx.Timeout(120.0, connect=5.0),
+            verify=_tls_context(),
         )
 
     def close(self) -> None:
