@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from blixard.cli.client import DEFAULT_URL, ApiKeyOpt, UrlOpt
+
 if TYPE_CHECKING:
     from blixard.store.crypto import Cipher
     from blixard.store.protocol import Store
@@ -39,23 +41,8 @@ if TYPE_CHECKING:
 
 backup_app = typer.Typer()
 
-#: Same as blixard.cli.client.DEFAULT_URL.
-DEFAULT_URL = "http://127.0.0.1:8080"
 BACKUP_PATH = "/api/tofu/admin/backup"
 
-UrlOpt = Annotated[
-    str,
-    typer.Option("--url", envvar="BLIXARD_URL", show_envvar=True, help="Base URL of the server."),
-]
-ApiKeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar="BLIXARD_API_KEY",
-        show_envvar=True,
-        help="An admin API key, sent as 'Authorization: Bearer <key>'.",
-    ),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 StorageUrlOpt = Annotated[
     str | None,

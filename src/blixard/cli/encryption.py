@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from blixard.cli.client import DEFAULT_URL, ApiKeyOpt, UrlOpt
 from blixard.store.encryption import RotationProgress
 
 encryption_app = typer.Typer(
@@ -31,22 +32,7 @@ encryption_app = typer.Typer(
 )
 
 _STATUS_PATH = "/admin/encryption"
-#: Same as blixard.cli.client.DEFAULT_URL.
-DEFAULT_URL = "http://127.0.0.1:8080"
 
-UrlOpt = Annotated[
-    str,
-    typer.Option("--url", envvar="BLIXARD_URL", show_envvar=True, help="Base URL of the server."),
-]
-ApiKeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar="BLIXARD_API_KEY",
-        show_envvar=True,
-        help="API key, sent as 'Authorization: Bearer <key>'.",
-    ),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 DataDirOpt = Annotated[
     Path | None,

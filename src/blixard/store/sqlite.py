@@ -36,6 +36,7 @@ from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCode
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
 from blixard.store.snapshot import ImportReport, SnapshotRecord
+from blixard.store.sqlite_rows import INSERT_KEY, INSERT_VERSION, KEY_COLUMNS, key_row, version_row
 
 T = TypeVar("T")
 
@@ -790,31 +791,7 @@ class SQLiteStore:
                 current = self._workspaces[name]
             number = current.head.version + 1 if current.head else 1
             meta = version.numbered(name, number)
-            conn.execute(
-                "INSERT INTO versions(workspace_id, version, serial, lineage, size, sha256, md5, "
-                "created_at, lock_id, terraform_version, resource_count, source, "
-                "rolled_back_from, encoding, base_version, blob, written_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ws_id,
-                    number,
-                    meta.serial,
-                    meta.lineage,
-                    meta.size,
-                    meta.sha256,
-                    meta.md5,
-                    meta.created_at,
-                    meta.lock_id,
-                    meta.terraform_version,
-                    meta.resource_count,
-                    meta.source,
-                    meta.rolled_back_from,
-                    encoded.encoding,
-                    encoded.base_version,
-                    encoded.blob,
-                    meta.written_by,
-                ),
-            )
+            conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded))
             base_info = self._next_base(name, number, len(body), encoded)
             _insert_audit(conn, replace(audit, version=number) if audit else None)
             revision = (expect_revision or 0) + 1
@@ -856,20 +833,7 @@ class SQLiteStore:
     async def create_key(self, key: ApiKey, *, audit: AuditEvent | None = None) -> bool:
         def operation(conn: sqlite3.Connection) -> bool:
             try:
-                conn.execute(
-                    f"INSERT INTO api_keys({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        key.id,
-                        key.name,
-                        key.role.name,
-                        orjson.dumps(list(key.scopes)),
-                        key.secret_hash,
-                        key.created_at,
-                        key.created_by,
-                        key.last_used_at,
-                        key.revoked_at,
-                    ),
-                )
+                conn.execute(INSERT_KEY, key_row(key))
             except sqlite3.IntegrityError:
                 return False  # an active key already has this name (or, vanishingly, this id)
             _insert_audit(conn, audit)
@@ -882,7 +846,7 @@ class SQLiteStore:
 
         def query(conn: sqlite3.Connection) -> list[ApiKey]:
             rows = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY name, created_at"
+                f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY name, created_at"
             ).fetchall()
             return [_api_key(row) for row in rows]
 
@@ -893,7 +857,7 @@ class SQLiteStore:
     ) -> ApiKey | None:
         def operation(conn: sqlite3.Connection) -> ApiKey | None:
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE name = ? AND revoked_at IS NULL",
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ? AND revoked_at IS NULL",
                 (name,),
             ).fetchone()
             if row is None:
@@ -1204,11 +1168,6 @@ def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
             event.detail,
         ),
     )
-
-
-_KEY_COLUMNS = (
-    "id, name, role, scopes, secret_hash, created_at, created_by, last_used_at, revoked_at"
-)
 
 
 def _api_key(row: tuple[Any, ...]) -> ApiKey:

@@ -50,6 +50,13 @@ from blixard.store.snapshot import (
     WorkspaceRecord,
     check_version,
 )
+from blixard.store.sqlite_rows import (
+    INSERT_KEY,
+    INSERT_VERSION,
+    KEY_COLUMNS,
+    key_row,
+    version_row,
+)
 
 if TYPE_CHECKING:
     from blixard.store.sqlite import SQLiteStore
@@ -98,7 +105,6 @@ def _counts(conn: sqlite3.Connection) -> SnapshotCounts:
 def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
     """Every record, in canonical order, from `conn`'s read transaction."""
     from blixard.store.sqlite import (
-        _KEY_COLUMNS,
         _VERSION_COLUMN_COUNT,
         _VERSION_COLUMNS,
         _api_key,
@@ -156,7 +162,7 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
             if encoded.encoding == "zstd":
                 last_full = (meta.version, body)
             yield VersionRecord(meta, body)
-    for row in conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"):
+    for row in conn.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"):
         yield KeyRecord(_api_key(row))
     for row in conn.execute(
         "SELECT at, action, outcome, key_name, role, source, workspace, version, lock_id, "
@@ -274,10 +280,7 @@ _INSERTS = (
     ),
     (
         "versions",
-        "INSERT INTO versions(workspace_id, version, serial, lineage, size, sha256, md5, "
-        "created_at, lock_id, terraform_version, resource_count, source, rolled_back_from, "
-        "encoding, base_version, blob, written_by) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        INSERT_VERSION,
     ),
     (
         "bases",
@@ -286,8 +289,7 @@ _INSERTS = (
     ),
     (
         "api_keys",
-        "INSERT INTO api_keys(id, name, role, scopes, secret_hash, created_at, created_by, "
-        "last_used_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        INSERT_KEY,
     ),
     (
         "audit",
@@ -371,20 +373,7 @@ class _Importer:
             self._workspace(record)
         elif isinstance(record, KeyRecord):
             key = record.key
-            self._add_row(
-                "api_keys",
-                (
-                    key.id,
-                    key.name,
-                    key.role.name,
-                    orjson.dumps(list(key.scopes)),
-                    key.secret_hash,
-                    key.created_at,
-                    key.created_by,
-                    key.last_used_at,
-                    key.revoked_at,
-                ),
-            )
+            self._add_row("api_keys", key_row(key))
         elif isinstance(record, AuditRecord):
             event = record.event
             if event.id is None or event.id <= self._last_audit_id:
@@ -507,25 +496,7 @@ class _Importer:
         self.report.stored_bytes += len(encoded.blob)
         self._add_row(
             "versions",
-            (
-                current.id,
-                meta.version,
-                meta.serial,
-                meta.lineage,
-                meta.size,
-                meta.sha256,
-                meta.md5,
-                meta.created_at,
-                meta.lock_id,
-                meta.terraform_version,
-                meta.resource_count,
-                meta.source,
-                meta.rolled_back_from,
-                encoded.encoding,
-                encoded.base_version,
-                encoded.blob,
-                meta.written_by,
-            ),
+            version_row(current.id, meta, encoded),
             len(encoded.blob),
         )
 
