@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import os
+import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -24,7 +29,52 @@ def _sqlite_encrypted_factory(tmp_path: Path) -> StoreFactory:
     return lambda: SQLiteStore(tmp_path / "engine.db", cipher=cipher)
 
 
-ENGINES = {"sqlite": _sqlite_factory, "sqlite-encrypted": _sqlite_encrypted_factory}
+_cluster_lock = threading.Lock()
+_cluster: object | None = None
+
+
+def etcd_endpoints() -> list[str]:
+    """One 3-member etcd cluster for the whole test session, started on first use."""
+    global _cluster
+    from tests.etcd_cluster import EtcdCluster
+
+    with _cluster_lock:
+        if _cluster is None:
+            base = Path(tempfile.mkdtemp(prefix="blixard-etcd-suite-"))
+            cluster = EtcdCluster(base, 3).start()
+            atexit.register(cluster.stop)
+            _cluster = cluster
+        assert isinstance(_cluster, EtcdCluster)
+        return _cluster.endpoints
+
+
+def _etcd_prefix(tmp_path: Path) -> str:
+    """A key prefix unique to the test (and to each store a test builds)."""
+    digest = hashlib.sha256(f"{tmp_path}:{os.getpid()}".encode()).hexdigest()[:16]
+    return f"/blixard-test/{digest}/"
+
+
+def _etcd_factory(tmp_path: Path) -> StoreFactory:
+    from blixard.store.etcd import EtcdStore
+
+    endpoints, prefix = etcd_endpoints(), _etcd_prefix(tmp_path)
+    return lambda: EtcdStore(endpoints, prefix)
+
+
+def _etcd_encrypted_factory(tmp_path: Path) -> StoreFactory:
+    from blixard.store.etcd import EtcdStore
+
+    cipher = Cipher(b"k" * 32)
+    endpoints, prefix = etcd_endpoints(), _etcd_prefix(tmp_path)
+    return lambda: EtcdStore(endpoints, prefix, cipher=cipher)
+
+
+ENGINES = {
+    "sqlite": _sqlite_factory,
+    "sqlite-encrypted": _sqlite_encrypted_factory,
+    "etcd": _etcd_factory,
+    "etcd-encrypted": _etcd_encrypted_factory,
+}
 
 
 @pytest.fixture
