@@ -40,7 +40,9 @@ from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImpor
 
 T = TypeVar("T")
 
-#: Encoded values up to this size go inline in the publishing Txn; larger ones are chunked.
+#: Encoded values up to this size go inline (base64) in the publishing Txn, which must stay
+#: below etcd's 1.5 MiB request limit; larger ones are written as chunks of CHUNK_BYTES.
+INLINE_BYTES = 512 * 1024
 CHUNK_BYTES = 1024 * 1024
 #: Chunk puts in one publishing Txn level (etcd allows 128 ops per level).
 _OPS_PER_LEVEL = 100
@@ -126,6 +128,8 @@ class _Record:
     base: dict[str, int] | None
     version_count: int
     stored_bytes: int
+    #: Sum of the plaintext sizes of the versions (snapshot counts).
+    body_bytes: int = 0
 
 
 class EtcdStore:
@@ -173,8 +177,9 @@ class EtcdStore:
             found = await self._get(self._k("meta/import"))
             if found is not None:
                 raise UnfinishedImport(
-                    f"An import into etcd prefix {self.prefix} did not finish: "
-                    "delete the prefix and import again."
+                    f"etcd prefix {self.prefix} holds an unfinished import (a restore or "
+                    "migration stopped part-way); it is incomplete and will not be served: "
+                    "delete the prefix and run the restore or migration again"
                 )
             schema = self._k("meta/schema")
             await self._call(
@@ -277,6 +282,7 @@ class EtcdStore:
         base: dict[str, int] | None,
         version_count: int,
         stored_bytes: int,
+        body_bytes: int = 0,
     ) -> bytes:
         lock = ws.lock
         return orjson.dumps(
@@ -298,6 +304,7 @@ class EtcdStore:
                 "base": base,
                 "version_count": version_count,
                 "stored_bytes": stored_bytes,
+                "body_bytes": body_bytes,
             }
         )
 
@@ -324,7 +331,9 @@ class EtcdStore:
             lock=lock,
             deleted_at=doc["deleted_at"],
         )
-        return _Record(ws, doc["base"], doc["version_count"], doc["stored_bytes"])
+        return _Record(
+            ws, doc["base"], doc["version_count"], doc["stored_bytes"], doc.get("body_bytes", 0)
+        )
 
     async def _record(self, name: str) -> _Record | None:
         kv = await self._get(self._ws_key(name))
@@ -542,7 +551,11 @@ class EtcdStore:
         assert current is not None
         updated, extra = build(current)
         value = self._encode_record(
-            updated.ws, updated.base, updated.version_count, updated.stored_bytes
+            updated.ws,
+            updated.base,
+            updated.version_count,
+            updated.stored_bytes,
+            updated.body_bytes,
         )
         resp = await self._txn(
             [self._cmp_ws(name, expect_revision)],
@@ -635,7 +648,7 @@ class EtcdStore:
         }
         lease_id = 0
         publish: list[Any] = []
-        if len(encoded.blob) <= CHUNK_BYTES:
+        if len(encoded.blob) <= INLINE_BYTES:
             ver_doc["inline"] = _b64(encoded.blob)
         else:
             chunks_at = self._blob_prefix(name, number, upload)
@@ -661,6 +674,7 @@ class EtcdStore:
             next_base,
             (record.version_count if record else 0) + 1,
             (record.stored_bytes if record else 0) + len(encoded.blob),
+            (record.body_bytes if record else 0) + len(body),
         )
         ops = [
             self._kv.txn_op_put(self._ver_key(name, number), orjson.dumps(ver_doc)),
@@ -695,11 +709,14 @@ class EtcdStore:
 
     @staticmethod
     def _used_value(at: float | None) -> bytes:
-        return f"{round((at or 0.0) * 1_000_000):020d}".encode()
+        """Fixed-width microseconds first (byte order is time order), then the exact float."""
+        if at is None:
+            return b"0" * 20
+        return f"{round(at * 1_000_000):020d}:{at!r}".encode()
 
     def _key_from(self, value: bytes, used: bytes | None) -> ApiKey:
         doc = orjson.loads(value)
-        last = int(used) / 1_000_000 if used is not None and int(used) else None
+        last = float(used.split(b":", 1)[1]) if used is not None and b":" in used else None
         return ApiKey(
             id=doc["id"],
             name=doc["name"],
@@ -917,12 +934,12 @@ class EtcdStore:
 
     async def _put_value(self, key: bytes, data: bytes) -> None:
         """A possibly large value at `key`: inline, or chunks published with their pointer."""
-        if len(data) <= CHUNK_BYTES:
+        if len(data) <= INLINE_BYTES:
             await self._txn(
                 [], [self._kv.txn_op_put(key, orjson.dumps({"inline": _b64(data)}))], []
             )
             return
-        chunks_at = key + b"/" + secrets.token_hex(8).encode() + b"/"
+        chunks_at = self._chunks_prefix(key)
         lease_id, publish = await self._upload_chunks(chunks_at, data)
         try:
             pointer = {"chunks_at": chunks_at[len(self._p) :].decode(), "chunks": len(publish)}
@@ -931,6 +948,12 @@ class EtcdStore:
             )
         finally:
             await self._revoke(lease_id)
+
+    def _chunks_prefix(self, key: bytes) -> bytes:
+        """Where the chunks of a large value at `key` go: outside the value's own range."""
+        return (
+            self._k("chunks/") + key[len(self._p) :] + b"/" + secrets.token_hex(8).encode() + b"/"
+        )
 
     async def _get_value(self, key: bytes) -> bytes | None:
         kv = await self._get(key)
