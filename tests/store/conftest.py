@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
-import tempfile
-import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 from blixard.store.sqlite import SQLiteStore
+from tests.etcd_cluster import shared_cluster_endpoints as etcd_endpoints
 
 StoreFactory = Callable[[], Store]
 
@@ -27,25 +25,6 @@ def _sqlite_encrypted_factory(tmp_path: Path) -> StoreFactory:
     """The same engine with encryption at rest on: the contract must not change."""
     cipher = Cipher(b"k" * 32)
     return lambda: SQLiteStore(tmp_path / "engine.db", cipher=cipher)
-
-
-_cluster_lock = threading.Lock()
-_cluster: object | None = None
-
-
-def etcd_endpoints() -> list[str]:
-    """One 3-member etcd cluster for the whole test session, started on first use."""
-    global _cluster
-    from tests.etcd_cluster import EtcdCluster
-
-    with _cluster_lock:
-        if _cluster is None:
-            base = Path(tempfile.mkdtemp(prefix="blixard-etcd-suite-"))
-            cluster = EtcdCluster(base, 3).start()
-            atexit.register(cluster.stop)
-            _cluster = cluster
-        assert isinstance(_cluster, EtcdCluster)
-        return _cluster.endpoints
 
 
 def _etcd_prefix(tmp_path: Path) -> str:
