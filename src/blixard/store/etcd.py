@@ -356,7 +356,8 @@ class EtcdStore:
     # -- reads ---------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"engine": self.engine, "prefix": self.prefix}
+        # Served unauthenticated: member ids and names only, no addresses or key prefix.
+        report: dict[str, Any] = {"engine": self.engine}
         try:
             assert self._client is not None
             members = await self._call(
@@ -370,10 +371,7 @@ class EtcdStore:
                 node_count=len(members.members),
                 has_leader=bool(status.leader),
                 leader=f"{status.leader:x}",
-                members=[
-                    {"id": f"{m.ID:x}", "name": m.name, "client_urls": list(m.clientURLs)}
-                    for m in members.members
-                ],
+                members=[{"id": f"{m.ID:x}", "name": m.name} for m in members.members],
                 raft_term=int(status.raftTerm),
                 db_size=int(status.dbSize),
                 version=status.version,
