@@ -52,6 +52,9 @@ _UPLOAD_LEASE_TTL = 60
 _CHUNKS_PER_READ = 4
 #: Bodies larger than this are encoded on a worker thread instead of the event loop.
 _INLINE_ENCODE_BYTES = 1024 * 1024
+#: Workspace records and version metadata kept (see EtcdStore._records).
+_RECORD_CACHE = 4096
+_META_CACHE = 16384
 _INV_WIDTH = 20
 _INV_MAX = 10**_INV_WIDTH - 1
 
@@ -156,6 +159,13 @@ class EtcdStore:
         self.cipher = cipher
         self.timeout = timeout
         self._bodies = _BodyCache(cache_bytes)
+        #: Workspace records by name as last seen. A record at a given mod_revision never
+        #: changes, so one is used only when its revision is the one a caller expects (and
+        #: the Txn compares that very revision): a stale entry costs a failed compare, never
+        #: a wrong write. Reads that answer clients always go to etcd.
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        #: Version metadata (immutable once published) by (workspace, number).
+        self._metas: OrderedDict[tuple[str, int], VersionMeta] = OrderedDict()
         self._client: Any = None
         self._kv: Any = None
         self._slot = secrets.randbelow(256)
@@ -337,7 +347,34 @@ class EtcdStore:
 
     async def _record(self, name: str) -> _Record | None:
         kv = await self._get(self._ws_key(name))
-        return self._decode_record(name, kv) if kv is not None else None
+        if kv is None:
+            return None
+        record = self._decode_record(name, kv)
+        self._remember(record)
+        return record
+
+    def _remember(self, record: _Record) -> None:
+        self._records[record.ws.name] = record
+        self._records.move_to_end(record.ws.name)
+        while len(self._records) > _RECORD_CACHE:
+            self._records.popitem(last=False)
+
+    async def _record_at(self, name: str, expect_revision: int) -> _Record | None:
+        """The record at `expect_revision` (cached if seen), or None if it is not current."""
+        cached = self._records.get(name)
+        if cached is not None and cached.ws.revision == expect_revision:
+            return cached
+        current = await self._record(name)
+        if current is None or current.ws.revision != expect_revision:
+            return None
+        return current
+
+    def _remember_meta(self, meta: VersionMeta) -> None:
+        key = (meta.workspace, meta.version)
+        self._metas[key] = meta
+        self._metas.move_to_end(key)
+        while len(self._metas) > _META_CACHE:
+            self._metas.popitem(last=False)
 
     # -- audit ---------------------------------------------------------------------------
 
@@ -431,11 +468,15 @@ class EtcdStore:
     async def read_version(self, name: str, version: int) -> tuple[VersionMeta, bytes] | None:
         if version < 1:
             return None
+        cached = self._bodies.get(name, version)
+        known = self._metas.get((name, version))
+        if cached is not None and known is not None:
+            return known, cached  # versions are immutable once published
         found = await self._read_encoded(name, version)
         if found is None:
             return None
         meta, encoded = found
-        cached = self._bodies.get(name, version)
+        self._remember_meta(meta)
         if cached is not None:
             return meta, cached
         base_body = None
@@ -445,8 +486,7 @@ class EtcdStore:
             body = await asyncio.to_thread(self.codec.decode, name, encoded, base_body)
         else:
             body = self.codec.decode(name, encoded, base_body)
-        if encoded.encoding == "zstd":
-            self._bodies.put(name, version, body)
+        self._bodies.put(name, version, body)
         return meta, body
 
     async def _body(self, name: str, version: int) -> bytes:
@@ -536,17 +576,13 @@ class EtcdStore:
     async def _write_record(
         self,
         name: str,
-        expect_revision: int | None,
+        expect_revision: int,
         build: Callable[[_Record], tuple[_Record, list[Any]]],
     ) -> Workspace | None:
         """Read the record, build the new one (+ extra ops), and CAS it on its revision."""
-        if expect_revision is None:
-            current = None
-        else:
-            current = await self._record(name)
-            if current is None or current.ws.revision != expect_revision:
-                return None
-        assert current is not None
+        current = await self._record_at(name, expect_revision)
+        if current is None:
+            return None
         updated, extra = build(current)
         value = self._encode_record(
             updated.ws,
@@ -561,8 +597,11 @@ class EtcdStore:
             [],
         )
         if not resp.succeeded:
+            self._records.pop(name, None)
             return None
-        return replace(updated.ws, revision=int(resp.header.revision))
+        ws = replace(updated.ws, revision=int(resp.header.revision))
+        self._remember(replace(updated, ws=ws))
+        return ws
 
     async def put_lock(
         self,
@@ -581,7 +620,11 @@ class EtcdStore:
                 [self._kv.txn_op_put(self._ws_key(name), value), *self._audit_ops(audit)],
                 [],
             )
-            return replace(ws, revision=int(resp.header.revision)) if resp.succeeded else None
+            if not resp.succeeded:
+                return None
+            created = replace(ws, revision=int(resp.header.revision))
+            self._remember(_Record(created, None, 0, 0))
+            return created
 
         def build(current: _Record) -> tuple[_Record, list[Any]]:
             ws = replace(current.ws, lock=lock, updated_at=now)
@@ -626,8 +669,8 @@ class EtcdStore:
         if expect_revision is None:
             record = None
         else:
-            record = await self._record(name)
-            if record is None or record.ws.revision != expect_revision:
+            record = await self._record_at(name, expect_revision)
+            if record is None:
                 return None
         base = await self._delta_base(record, len(body))
         if len(body) > _INLINE_ENCODE_BYTES:
@@ -667,12 +710,15 @@ class EtcdStore:
             if encoded.base_version == next_base["version"]:
                 next_base["deltas_since"] += 1
         ws = replace(current, head=meta, updated_at=now)
-        value = self._encode_record(
+        updated = _Record(
             ws,
             next_base,
             (record.version_count if record else 0) + 1,
             (record.stored_bytes if record else 0) + len(encoded.blob),
             (record.body_bytes if record else 0) + len(body),
+        )
+        value = self._encode_record(
+            ws, next_base, updated.version_count, updated.stored_bytes, updated.body_bytes
         )
         ops = [
             self._kv.txn_op_put(self._ver_key(name, number), orjson.dumps(ver_doc)),
@@ -690,10 +736,13 @@ class EtcdStore:
             # Published chunks no longer hold the lease; unpublished ones go with it.
             await self._revoke(lease_id)
         if not resp.succeeded:
+            self._records.pop(name, None)
             return None
-        if encoded.encoding == "zstd":
-            self._bodies.put(name, number, body)
-        return replace(ws, revision=int(resp.header.revision))
+        self._bodies.put(name, number, body)
+        self._remember_meta(meta)
+        ws = replace(ws, revision=int(resp.header.revision))
+        self._remember(replace(updated, ws=ws))
+        return ws
 
     # -- keys and audit ------------------------------------------------------------------
 
