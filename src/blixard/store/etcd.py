@@ -387,8 +387,16 @@ class EtcdStore:
         if event is None:
             return []
         event_id = event.id if event.id is not None else self._next_audit_id()
-        stored = replace(event, id=event_id)
-        return [self._kv.txn_op_put(self._k("audit/", inv(event_id)), orjson.dumps(asdict(stored)))]
+        value = orjson.dumps(asdict(replace(event, id=event_id)))
+        ops = [self._kv.txn_op_put(self._k("audit/", inv(event_id)), value)]
+        # Index copies (events are small) so a filtered listing reads only its own events.
+        if event.workspace is not None:
+            key = self._k("audit-ws/", event.workspace, "\x00", inv(event_id))
+            ops.append(self._kv.txn_op_put(key, value))
+        if event.key_name is not None:
+            key = self._k("audit-key/", event.key_name, "\x00", inv(event_id))
+            ops.append(self._kv.txn_op_put(key, value))
+        return ops
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -862,9 +870,11 @@ class EtcdStore:
             await self._txn([], ops[i : i + _OPS_PER_LEVEL], [])
 
     async def append_audit(self, events: list[AuditEvent]) -> None:
-        ops = [op for event in events for op in self._audit_ops(event)]
-        for i in range(0, len(ops), _OPS_PER_LEVEL):
-            await self._txn([], ops[i : i + _OPS_PER_LEVEL], [])
+        # An event and its index copies always go in the same Txn (at most 3 ops each).
+        per_txn = _OPS_PER_LEVEL // 3
+        for i in range(0, len(events), per_txn):
+            ops = [op for event in events[i : i + per_txn] for op in self._audit_ops(event)]
+            await self._txn([], ops, [])
 
     async def list_audit(
         self,
@@ -877,7 +887,12 @@ class EtcdStore:
         before_id: int | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        prefix = self._k("audit/")
+        if workspace is not None:
+            prefix = self._k("audit-ws/", workspace, "\x00")
+        elif key_name is not None:
+            prefix = self._k("audit-key/", key_name, "\x00")
+        else:
+            prefix = self._k("audit/")
         if before_id is not None and before_id <= 0:
             return []
         start = prefix + inv(before_id - 1).encode() if before_id is not None else prefix
@@ -912,9 +927,9 @@ class EtcdStore:
             self._kv.txn_op_put(self._k("runrev/", run.id), str(run.revision).encode()),
         ]
 
-    def _run_from(self, run_id: str, document: bytes, revision: bytes) -> Run:
+    def _run_from(self, run_id: str, document: bytes, revision: bytes | None) -> Run:
         run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
-        return replace(run, revision=int(revision))
+        return run if revision is None else replace(run, revision=int(revision))
 
     async def create_run(self, run: Run) -> Run:
         stored = replace(run, revision=1)
@@ -960,23 +975,36 @@ class EtcdStore:
         before: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
+        from etcd3aio import SortOrder
+
         prefix = self._k("runs/")
         end = self._k("runs/", before) if before is not None else _prefix_end(prefix)
-        rev_prefix = self._k("runrev/")
-        resp = await self._call(self._kv.get(prefix, end, timeout=self.timeout))
-        revs = await self._range(rev_prefix, _prefix_end(rev_prefix), revision=resp.header.revision)
-        revisions = {bytes(kv.key)[len(rev_prefix) :].decode(): bytes(kv.value) for kv in revs.kvs}
         runs: list[Run] = []
-        for kv in reversed(resp.kvs):
-            run_id = bytes(kv.key)[len(prefix) :].decode()
-            run = self._run_from(run_id, bytes(kv.value), revisions.get(run_id, b"1"))
-            if workspace is not None and run.workspace != workspace:
-                continue
-            if statuses and run.status.value not in statuses:
-                continue
-            runs.append(run)
-            if len(runs) >= limit:
+        # Newest first: pages of a descending range whose end moves down. (The document
+        # carries the revision it was written with, in the same Txn as runrev/<id>.)
+        while len(runs) < limit:
+            resp = await self._call(
+                self._kv.get(
+                    prefix,
+                    end,
+                    limit=200,
+                    sort_order=SortOrder.DESCEND,
+                    timeout=self.timeout,
+                )
+            )
+            for kv in resp.kvs:
+                run_id = bytes(kv.key)[len(prefix) :].decode()
+                run = self._run_from(run_id, bytes(kv.value), None)
+                if workspace is not None and run.workspace != workspace:
+                    continue
+                if statuses and run.status.value not in statuses:
+                    continue
+                runs.append(run)
+                if len(runs) >= limit:
+                    break
+            if not resp.more or not resp.kvs:
                 break
+            end = bytes(resp.kvs[-1].key)
         return runs
 
     async def _put_value(self, key: bytes, data: bytes) -> None:
