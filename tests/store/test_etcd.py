@@ -128,3 +128,32 @@ async def test_writes_resume_after_the_leader_dies(tmp_path: Path) -> None:
             assert health["is_healthy"] and health["node_count"] == 3
         finally:
             await store.close()
+
+
+async def test_keys_that_cannot_open_the_prefix_are_refused(tmp_path: Path) -> None:
+    from blixard.store.crypto import Cipher
+    from blixard.store.encryption import EncryptionRefused
+
+    endpoints = shared_cluster_endpoints()
+    key, other = Cipher(b"k" * 32), Cipher(b"o" * 32)
+    encrypted, plain = _prefix(tmp_path / "enc"), _prefix(tmp_path / "plain")
+    store = EtcdStore(endpoints, encrypted, cipher=key)
+    await store.open()
+    await append(store, "w", 1)
+    await store.close()
+    for refused in (EtcdStore(endpoints, encrypted), EtcdStore(endpoints, encrypted, cipher=other)):
+        with pytest.raises(EncryptionRefused):
+            await refused.open()
+    # The old key next to a new current one opens it (and the new key gets its canary).
+    rotated = EtcdStore(endpoints, encrypted, cipher=Cipher(b"o" * 32, [b"k" * 32]))
+    await rotated.open()
+    found = await rotated.read_version("w", 1)
+    assert found is not None and found[1] == state(1)
+    await rotated.close()
+
+    store = EtcdStore(endpoints, plain)
+    await store.open()
+    await append(store, "w", 1)
+    await store.close()
+    with pytest.raises(EncryptionRefused, match="unencrypted"):
+        await EtcdStore(endpoints, plain, cipher=key).open()

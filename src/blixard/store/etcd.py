@@ -200,9 +200,72 @@ class EtcdStore:
                     timeout=self.timeout,
                 )
             )
+            await self._check_encryption()
         except BaseException:
             await self.close()
             raise
+
+    async def _check_encryption(self) -> None:
+        """Refuse keys that cannot open this prefix (as the SQLite engine does at open).
+
+        `meta/encryption` holds, for every key id that may have sealed something, a canary
+        sealed with it; the current key gets its canary before it seals anything."""
+        from blixard.store.encryption import EncryptionRefused
+
+        key = self._k("meta/encryption")
+        while True:
+            kv = await self._get(key)
+            doc = orjson.loads(kv.value) if kv is not None else {"canaries": {}}
+            canaries = {k: _unb64(v) for k, v in doc["canaries"].items()}
+            cipher = self.cipher
+            if cipher is None:
+                if canaries:
+                    raise EncryptionRefused(
+                        f"etcd prefix {self.prefix} is encrypted (key ids "
+                        f"{', '.join(sorted(canaries))}) but no key is configured: set "
+                        "BLIXARD_ENCRYPTION_KEY or BLIXARD_ENCRYPTION_KEY_FILE"
+                    )
+                return
+            if not canaries:
+                ws = self._k("ws/")
+                found = await self._call(
+                    self._kv.get(ws, _prefix_end(ws), count_only=True, timeout=self.timeout)
+                )
+                if found.count:
+                    raise EncryptionRefused(
+                        f"etcd prefix {self.prefix} holds unencrypted data and an encryption "
+                        "key is now configured: migrate it into an encrypted prefix with a "
+                        "backup and restore, or unset BLIXARD_ENCRYPTION_KEY"
+                    )
+            missing = sorted(k for k in canaries if not cipher.has(k))
+            if missing:
+                raise EncryptionRefused(
+                    f"the configured keys do not open etcd prefix {self.prefix}: data is sealed "
+                    f"with key ids {', '.join(missing)}; add them to BLIXARD_ENCRYPTION_OLD_KEYS"
+                )
+            for key_id, canary in canaries.items():
+                if not cipher.opens_canary(key_id, canary):
+                    raise EncryptionRefused(
+                        f"the configured key with id {key_id} fails to open the check value of "
+                        f"etcd prefix {self.prefix}: the key or the data is damaged"
+                    )
+            if cipher.current_id in canaries:
+                return
+            canaries[cipher.current_id] = cipher.canary()
+            value = orjson.dumps({"canaries": {k: _b64(v) for k, v in canaries.items()}})
+            compare = (
+                self._kv.txn_compare_create_revision(key, 0)
+                if kv is None
+                else self._cmp_mod(key, int(kv.mod_revision))
+            )
+            resp = await self._txn([compare], [self._kv.txn_op_put(key, value)], [])
+            if resp.succeeded:
+                return
+
+    def _cmp_mod(self, key: bytes, revision: int) -> Any:
+        from etcd3aio._protobuf import Compare
+
+        return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
 
     async def close(self) -> None:
         if self._client is not None:
