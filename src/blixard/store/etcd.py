@@ -292,13 +292,15 @@ class EtcdStore:
         return self._k("blob/", name, "\x00", inv(number), "/", upload, "/")
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
+        import grpc
         from etcd3aio.errors import EtcdError
 
         if self._kv is None:
             raise StorageUnavailable("The store is not open.")
         try:
             return await awaitable
-        except (TimeoutError, EtcdError) as exc:
+        except (TimeoutError, EtcdError, grpc.aio.AioRpcError) as exc:
+            # etcd3aio re-raises the gRPC codes it does not map (e.g. a request too large).
             raise StorageUnavailable(
                 f"etcd did not answer ({type(exc).__name__}: {exc})."
             ) from None
