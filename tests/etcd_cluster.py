@@ -18,6 +18,7 @@ with httpx, enough for health checks and tests.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import ctypes
@@ -25,6 +26,8 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -409,3 +412,20 @@ class EtcdCluster:
     def etcdctl_env(self) -> dict[str, str]:
         """Environment for running etcdctl against this cluster."""
         return {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": ",".join(self.endpoints)}
+
+
+_shared_lock = threading.Lock()
+_shared: EtcdCluster | None = None
+
+
+def shared_cluster_endpoints() -> list[str]:
+    """One 3-member cluster for the whole test session, started on first use (the engine
+    suite and the API suite on etcd give each test its own key prefix)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            base = Path(tempfile.mkdtemp(prefix="blixard-etcd-shared-"))
+            cluster = EtcdCluster(base, 3).start()
+            atexit.register(cluster.stop)
+            _shared = cluster
+        return _shared.endpoints

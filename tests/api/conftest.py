@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,15 @@ def make_client(tmp_path: Path) -> Iterator[ClientFactory]:
     opened: list[TestClient] = []
 
     def factory(*, framework_only: bool = False, **overrides: Any) -> TestClient:
-        settings = Settings.load({"data_dir": tmp_path / f"data{len(opened)}", **overrides})
+        data_dir = tmp_path / f"data{len(opened)}"
+        if os.environ.get("BLIXARD_TEST_ENGINE") == "etcd" and "storage_url" not in overrides:
+            # BLIXARD_TEST_ENGINE=etcd: the same suite on a shared 3-member etcd cluster.
+            from tests.etcd_cluster import shared_cluster_endpoints
+
+            hosts = ",".join(e.removeprefix("http://") for e in shared_cluster_endpoints())
+            prefix = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+            overrides["storage_url"] = f"etcd://{hosts}/blixard-api-test/{prefix}"
+        settings = Settings.load({"data_dir": data_dir, **overrides})
         app = create_app(settings)
         client = TestClient(asgi_app(app, fast_path=not framework_only))
         client.__enter__()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 from blixard.store.sqlite import SQLiteStore
+from tests.etcd_cluster import shared_cluster_endpoints as etcd_endpoints
 
 StoreFactory = Callable[[], Store]
 
@@ -24,7 +27,33 @@ def _sqlite_encrypted_factory(tmp_path: Path) -> StoreFactory:
     return lambda: SQLiteStore(tmp_path / "engine.db", cipher=cipher)
 
 
-ENGINES = {"sqlite": _sqlite_factory, "sqlite-encrypted": _sqlite_encrypted_factory}
+def _etcd_prefix(tmp_path: Path) -> str:
+    """A key prefix unique to the test (and to each store a test builds)."""
+    digest = hashlib.sha256(f"{tmp_path}:{os.getpid()}".encode()).hexdigest()[:16]
+    return f"/blixard-test/{digest}/"
+
+
+def _etcd_factory(tmp_path: Path) -> StoreFactory:
+    from blixard.store.etcd import EtcdStore
+
+    endpoints, prefix = etcd_endpoints(), _etcd_prefix(tmp_path)
+    return lambda: EtcdStore(endpoints, prefix)
+
+
+def _etcd_encrypted_factory(tmp_path: Path) -> StoreFactory:
+    from blixard.store.etcd import EtcdStore
+
+    cipher = Cipher(b"k" * 32)
+    endpoints, prefix = etcd_endpoints(), _etcd_prefix(tmp_path)
+    return lambda: EtcdStore(endpoints, prefix, cipher=cipher)
+
+
+ENGINES = {
+    "sqlite": _sqlite_factory,
+    "sqlite-encrypted": _sqlite_encrypted_factory,
+    "etcd": _etcd_factory,
+    "etcd-encrypted": _etcd_encrypted_factory,
+}
 
 
 @pytest.fixture

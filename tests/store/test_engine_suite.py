@@ -271,3 +271,66 @@ async def test_runs_are_stored_compared_and_listed(store: Store) -> None:
     await store.append_run_log("run-001", b"world")
     assert await store.read_run_log("run-001") == b"hello world"
     assert await store.read_run_log("run-002") == b""
+
+
+async def test_keys_are_unique_by_active_name_revoked_and_touched(store: Store) -> None:
+    from blixard.domain.access import ApiKey, Role
+
+    first = ApiKey("id-1", "ci", Role.writer, ("team-*",), "hash-1", 10.0, created_by="admin")
+    assert await store.create_key(first)
+    assert not await store.create_key(replace(first, id="id-2", secret_hash="hash-2"))
+    assert await store.create_key(ApiKey("id-3", "ops", Role.admin, ("*",), "hash-3", 11.0))
+    assert [k.name for k in await store.list_keys()] == ["ci", "ops"]
+    await store.touch_keys({"id-1": 50.5, "id-3": 60.25, "id-unknown": 1.0})
+    await store.touch_keys({"id-1": 40.0})  # never moves backwards
+    keys = {k.id: k for k in await store.list_keys()}
+    assert keys["id-1"].last_used_at == 50.5 and keys["id-3"].last_used_at == 60.25
+    assert keys["id-1"].scopes == ("team-*",) and keys["id-1"].role == Role.writer
+    revoked = await store.revoke_key("ci", 70.0)
+    assert revoked is not None and revoked.id == "id-1" and revoked.revoked_at == 70.0
+    assert await store.revoke_key("ci", 71.0) is None
+    assert [k.name for k in await store.list_keys()] == ["ops"]
+    assert [k.id for k in await store.list_keys(include_revoked=True)] == ["id-1", "id-3"]
+    # The name is free again once its key is revoked.
+    assert await store.create_key(replace(first, id="id-4", created_at=80.0))
+
+
+async def test_audit_is_listed_newest_first_filtered_and_paged(store: Store) -> None:
+    from blixard.domain.access import AuditEvent
+
+    events = [
+        AuditEvent(
+            at=100.0 + i,
+            action="state.write" if i % 2 else "lock.acquire",
+            outcome="ok",
+            key_name=f"k{i % 3}",
+            workspace=f"w{i % 2}",
+        )
+        for i in range(12)
+    ]
+    await store.append_audit(events[:6])
+    await append(store, "w9", 1)
+    ws = await store.get_workspace("w9")
+    assert ws is not None
+    audited = AuditEvent(at=200.0, action="lock.acquire", outcome="ok", workspace="w9")
+    assert await store.put_lock(
+        "w9", a_lock(), expect_revision=ws.revision, now=200.0, audit=audited
+    )
+    await store.append_audit(events[6:])
+    everything = await store.list_audit(limit=1000)
+    assert len(everything) == 13
+    ids = [e.id for e in everything]
+    assert all(i is not None for i in ids) and ids == sorted(ids, reverse=True)  # type: ignore[type-var]
+    assert [e.at for e in everything if e.workspace != "w9"] == [111.0 - i for i in range(12)]
+    assert [e.workspace for e in await store.list_audit(workspace="w9")] == ["w9"]
+    assert [e.at for e in await store.list_audit(workspace="w1", limit=2)] == [111.0, 109.0]
+    assert [e.at for e in await store.list_audit(key_name="k0")] == [109.0, 106.0, 103.0, 100.0]
+    assert [e.at for e in await store.list_audit(key_name="k0", action="lock.acquire")] == [
+        106.0,
+        100.0,
+    ]
+    assert [e.at for e in await store.list_audit(since=105.0, until=108.0)] == [107.0, 106.0, 105.0]
+    page = await store.list_audit(limit=5)
+    assert page == everything[:5]
+    assert page[-1].id is not None
+    assert await store.list_audit(before_id=page[-1].id, limit=5) == everything[5:10]

@@ -24,4 +24,10 @@ def open_store_from_url(
                 "sqlite storage URL needs a file path, e.g. sqlite:///./data/blixard.db"
             )
         return SQLiteStore(Path(path), cache_bytes=cache_bytes, cipher=cipher)
-    raise ValueError(f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite).")
+    if parsed.scheme == "etcd":
+        from blixard.store.etcd import EtcdStore, parse_etcd_url
+
+        # etcd://host:2379,host:2379/prefix: the endpoints of one cluster and a key prefix.
+        endpoints, prefix = parse_etcd_url(url)
+        return EtcdStore(endpoints, prefix, cipher=cipher, cache_bytes=cache_bytes)
+    raise ValueError(f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite, etcd).")

@@ -1,0 +1,1166 @@
+"""The replicated engine: an etcd v3 cluster, every mutation one Txn compared on revisions.
+
+Several Blixard nodes may share one cluster and prefix, so nothing in this process is an
+authority: `Workspace.revision` is the `mod_revision` of the workspace's record key, every
+compare-and-set is an etcd Txn on it, and the only caches hold immutable data (decoded delta
+bases by workspace and version number). Key layout and the mapping of each method to one Txn:
+docs/etcd-notes.md §5-§7. Bodies go through the shared VersionCodec exactly as in the SQLite
+engine, so they come back byte-identical.
+
+Large encoded values (> CHUNK_BYTES) are written first as chunks attached to a short lease,
+then published by the single Txn that records the version, which re-puts each chunk without
+the lease (`ignore_value`): a lost race or a dead writer leaves only leased chunks, which etcd
+deletes when the lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import orjson
+
+from blixard.domain.access import ApiKey, AuditEvent, Role
+from blixard.domain.errors import StorageUnavailable
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
+from blixard.domain.runs import Run
+from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
+from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
+from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
+
+T = TypeVar("T")
+
+#: Encoded values up to this size go inline (base64) in the publishing Txn, which must stay
+#: below etcd's 1.5 MiB request limit; larger ones are written as chunks of CHUNK_BYTES.
+INLINE_BYTES = 512 * 1024
+CHUNK_BYTES = 1024 * 1024
+#: Chunk puts in one publishing Txn level (etcd allows 128 ops per level).
+_OPS_PER_LEVEL = 100
+#: Lease on unpublished chunks: expired, etcd deletes what a lost race or dead node left.
+_UPLOAD_LEASE_TTL = 60
+#: Chunks read per range (responses stay far below the gRPC receive limit).
+_CHUNKS_PER_READ = 4
+#: Bodies larger than this are encoded on a worker thread instead of the event loop.
+_INLINE_ENCODE_BYTES = 1024 * 1024
+#: Workspace records and version metadata kept (see EtcdStore._records).
+_RECORD_CACHE = 4096
+_META_CACHE = 16384
+_INV_WIDTH = 20
+_INV_MAX = 10**_INV_WIDTH - 1
+
+
+def inv(number: int) -> str:
+    """A fixed-width decimal that sorts in reverse numeric order (newest first)."""
+    return f"{_INV_MAX - number:0{_INV_WIDTH}d}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The range end covering every key starting with `prefix`."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\x00"
+
+
+def parse_etcd_url(url: str) -> tuple[list[str], str]:
+    """`etcd://h1:2379,h2:2379/prefix` → (["h1:2379", "h2:2379"], "/prefix/")."""
+    parsed = urlparse(url)
+    if parsed.scheme != "etcd" or not parsed.netloc:
+        raise ValueError("etcd storage URL looks like etcd://host:2379,host:2379/prefix")
+    endpoints = [e.strip() for e in parsed.netloc.split(",") if e.strip()]
+    path = parsed.path.strip("/") or "blixard"
+    return endpoints, f"/{path}/"
+
+
+class _BodyCache:
+    """A bytes-bounded LRU of immutable bodies keyed by (workspace, version)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._size = 0
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: int) -> bytes | None:
+        with self._lock:
+            body = self._items.get((name, version))
+            if body is not None:
+                self._items.move_to_end((name, version))
+            return body
+
+    def put(self, name: str, version: int, body: Body) -> None:
+        if len(body) > min(DELTA_MAX_BYTES, self.max_bytes):
+            return
+        data = bytes(body)
+        with self._lock:
+            old = self._items.pop((name, version), None)
+            if old is not None:
+                self._size -= len(old)
+            self._items[(name, version)] = data
+            self._size += len(data)
+            while self._size > self.max_bytes and self._items:
+                _, evicted = self._items.popitem(last=False)
+                self._size -= len(evicted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """A workspace record as stored at `ws/<name>`, with its mod_revision."""
+
+    ws: Workspace
+    base: dict[str, int] | None
+    version_count: int
+    stored_bytes: int
+    #: Sum of the plaintext sizes of the versions (snapshot counts).
+    body_bytes: int = 0
+
+
+class EtcdStore:
+    engine = "etcd"
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/blixard/",
+        *,
+        codec: VersionCodec | None = None,
+        cipher: Cipher | None = None,
+        cache_bytes: int = 256 * 1024 * 1024,
+        timeout: float = 5.0,
+    ) -> None:
+        if codec is not None and codec.cipher is not cipher:
+            raise ValueError("the codec must use the store's cipher")
+        self.endpoints = [e.removeprefix("http://").removeprefix("https://") for e in endpoints]
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.prefix = prefix
+        self._p = prefix.encode()
+        self.codec = codec or VersionCodec(cipher=cipher)
+        self.cipher = cipher
+        self.timeout = timeout
+        self._bodies = _BodyCache(cache_bytes)
+        #: Workspace records by name as last seen. A record at a given mod_revision never
+        #: changes, so one is used only when its revision is the one a caller expects (and
+        #: the Txn compares that very revision): a stale entry costs a failed compare, never
+        #: a wrong write. Reads that answer clients always go to etcd.
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        #: Version metadata (immutable once published) by (workspace, number).
+        self._metas: OrderedDict[tuple[str, int], VersionMeta] = OrderedDict()
+        self._client: Any = None
+        self._kv: Any = None
+        self._slot = secrets.randbelow(256)
+        self._last_audit_us = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        from etcd3aio import Etcd3Client
+
+        # No library retries: a Txn whose answer was lost may have committed (notes §3).
+        client = Etcd3Client(self.endpoints, rpc_max_attempts=1)
+        client._manager.grpc_options.append(("grpc.max_receive_message_length", 64 * 2**20))
+        client._manager.grpc_options.append(("grpc.max_send_message_length", 64 * 2**20))
+        await client.connect()
+        self._client = client
+        self._kv = client.kv
+        try:
+            found = await self._get(self._k("meta/import"))
+            if found is not None:
+                raise UnfinishedImport(
+                    f"etcd prefix {self.prefix} holds an unfinished import (a restore or "
+                    "migration stopped part-way); it is incomplete and will not be served: "
+                    "delete the prefix and run the restore or migration again"
+                )
+            schema = self._k("meta/schema")
+            await self._call(
+                self._kv.txn(
+                    [self._kv.txn_compare_create_revision(schema, 0)],
+                    [self._kv.txn_op_put(schema, orjson.dumps({"schema": 1}))],
+                    [],
+                    timeout=self.timeout,
+                )
+            )
+            await self._check_encryption()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check_encryption(self) -> None:
+        """Refuse keys that cannot open this prefix (as the SQLite engine does at open).
+
+        `meta/encryption` holds, for every key id that may have sealed something, a canary
+        sealed with it; the current key gets its canary before it seals anything."""
+        from blixard.store.encryption import EncryptionRefused
+
+        key = self._k("meta/encryption")
+        while True:
+            kv = await self._get(key)
+            doc = orjson.loads(kv.value) if kv is not None else {"canaries": {}}
+            canaries = {k: _unb64(v) for k, v in doc["canaries"].items()}
+            cipher = self.cipher
+            if cipher is None:
+                if canaries:
+                    raise EncryptionRefused(
+                        f"etcd prefix {self.prefix} is encrypted (key ids "
+                        f"{', '.join(sorted(canaries))}) but no key is configured: set "
+                        "BLIXARD_ENCRYPTION_KEY or BLIXARD_ENCRYPTION_KEY_FILE"
+                    )
+                return
+            if not canaries:
+                ws = self._k("ws/")
+                found = await self._call(
+                    self._kv.get(ws, _prefix_end(ws), count_only=True, timeout=self.timeout)
+                )
+                if found.count:
+                    raise EncryptionRefused(
+                        f"etcd prefix {self.prefix} holds unencrypted data and an encryption "
+                        "key is now configured: migrate it into an encrypted prefix with a "
+                        "backup and restore, or unset BLIXARD_ENCRYPTION_KEY"
+                    )
+            missing = sorted(k for k in canaries if not cipher.has(k))
+            if missing:
+                raise EncryptionRefused(
+                    f"the configured keys do not open etcd prefix {self.prefix}: data is sealed "
+                    f"with key ids {', '.join(missing)}; add them to BLIXARD_ENCRYPTION_OLD_KEYS"
+                )
+            for key_id, canary in canaries.items():
+                if not cipher.opens_canary(key_id, canary):
+                    raise EncryptionRefused(
+                        f"the configured key with id {key_id} fails to open the check value of "
+                        f"etcd prefix {self.prefix}: the key or the data is damaged"
+                    )
+            if cipher.current_id in canaries:
+                return
+            canaries[cipher.current_id] = cipher.canary()
+            value = orjson.dumps({"canaries": {k: _b64(v) for k, v in canaries.items()}})
+            compare = (
+                self._kv.txn_compare_create_revision(key, 0)
+                if kv is None
+                else self._cmp_mod(key, int(kv.mod_revision))
+            )
+            resp = await self._txn([compare], [self._kv.txn_op_put(key, value)], [])
+            if resp.succeeded:
+                return
+
+    def _cmp_mod(self, key: bytes, revision: int) -> Any:
+        from etcd3aio._protobuf import Compare
+
+        return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+        self._client = None
+        self._kv = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> bytes:
+        return self._p + "".join(parts).encode()
+
+    def _ws_key(self, name: str) -> bytes:
+        return self._k("ws/", name)
+
+    def _ver_prefix(self, name: str) -> bytes:
+        return self._k("ver/", name, "\x00")
+
+    def _ver_key(self, name: str, number: int) -> bytes:
+        return self._ver_prefix(name) + inv(number).encode()
+
+    def _blob_prefix(self, name: str, number: int, upload: str) -> bytes:
+        return self._k("blob/", name, "\x00", inv(number), "/", upload, "/")
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        import grpc
+        from etcd3aio.errors import EtcdError
+
+        if self._kv is None:
+            raise StorageUnavailable("The store is not open.")
+        try:
+            return await awaitable
+        except (TimeoutError, EtcdError, grpc.aio.AioRpcError) as exc:
+            # etcd3aio re-raises the gRPC codes it does not map (e.g. a request too large).
+            raise StorageUnavailable(
+                f"etcd did not answer ({type(exc).__name__}: {exc})."
+            ) from None
+
+    async def _get(self, key: bytes) -> Any | None:
+        resp = await self._call(self._kv.get(key, timeout=self.timeout))
+        return resp.kvs[0] if resp.kvs else None
+
+    async def _range(self, start: bytes, end: bytes, *, limit: int = 0, revision: int = 0) -> Any:
+        return await self._call(
+            self._kv.get(start, end, revision=revision, limit=limit, timeout=self.timeout)
+        )
+
+    async def _scan(
+        self, start: bytes, end: bytes, *, page: int = 500, revision: int = 0
+    ) -> AsyncIterator[Any]:
+        """Every key-value in [start, end), ascending, paged."""
+        while True:
+            resp = await self._range(start, end, limit=page, revision=revision)
+            for kv in resp.kvs:
+                yield kv
+            if not resp.more or not resp.kvs:
+                return
+            start = bytes(resp.kvs[-1].key) + b"\x00"
+
+    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
+        return await self._call(self._kv.txn(compare, success, failure, timeout=self.timeout))
+
+    def _cmp_ws(self, name: str, expect_revision: int | None) -> Any:
+        from etcd3aio._protobuf import Compare
+
+        key = self._ws_key(name)
+        if expect_revision is None:
+            return self._kv.txn_compare_create_revision(key, 0)
+        return Compare(
+            result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=expect_revision
+        )
+
+    # -- workspace records ---------------------------------------------------------------
+
+    def _seal_lock(self, name: str, payload: bytes) -> bytes:
+        return payload if self.cipher is None else self.cipher.seal(payload, lock_aad(name))
+
+    def _open_lock(self, name: str, payload: bytes) -> bytes:
+        if self.cipher is None:
+            if is_sealed(payload):
+                raise DecryptionError("found an encrypted lock but no encryption key is configured")
+            return payload
+        return self.cipher.open(payload, lock_aad(name))
+
+    def _encode_record(
+        self,
+        ws: Workspace,
+        base: dict[str, int] | None,
+        version_count: int,
+        stored_bytes: int,
+        body_bytes: int = 0,
+    ) -> bytes:
+        lock = ws.lock
+        return orjson.dumps(
+            {
+                "created_at": ws.created_at,
+                "updated_at": ws.updated_at,
+                "deleted_at": ws.deleted_at,
+                "head": asdict(ws.head) if ws.head else None,
+                "lock": (
+                    {
+                        "id": lock.id,
+                        "info": _b64(self._seal_lock(ws.name, orjson.dumps(lock.info))),
+                        "locked_at": lock.locked_at,
+                        "owner": lock.owner,
+                    }
+                    if lock
+                    else None
+                ),
+                "base": base,
+                "version_count": version_count,
+                "stored_bytes": stored_bytes,
+                "body_bytes": body_bytes,
+            }
+        )
+
+    def _decode_record(self, name: str, kv: Any) -> _Record:
+        doc = orjson.loads(kv.value)
+        lock_doc = doc["lock"]
+        lock = (
+            Lock(
+                lock_doc["id"],
+                orjson.loads(self._open_lock(name, _unb64(lock_doc["info"]))),
+                lock_doc["locked_at"],
+                lock_doc["owner"],
+            )
+            if lock_doc
+            else None
+        )
+        head = VersionMeta(**doc["head"]) if doc["head"] else None
+        ws = Workspace(
+            name,
+            int(kv.mod_revision),
+            doc["created_at"],
+            doc["updated_at"],
+            head=head,
+            lock=lock,
+            deleted_at=doc["deleted_at"],
+        )
+        return _Record(
+            ws, doc["base"], doc["version_count"], doc["stored_bytes"], doc.get("body_bytes", 0)
+        )
+
+    async def _record(self, name: str) -> _Record | None:
+        kv = await self._get(self._ws_key(name))
+        if kv is None:
+            return None
+        record = self._decode_record(name, kv)
+        self._remember(record)
+        return record
+
+    def _remember(self, record: _Record) -> None:
+        self._records[record.ws.name] = record
+        self._records.move_to_end(record.ws.name)
+        while len(self._records) > _RECORD_CACHE:
+            self._records.popitem(last=False)
+
+    async def _record_at(self, name: str, expect_revision: int) -> _Record | None:
+        """The record at `expect_revision` (cached if seen), or None if it is not current."""
+        cached = self._records.get(name)
+        if cached is not None and cached.ws.revision == expect_revision:
+            return cached
+        current = await self._record(name)
+        if current is None or current.ws.revision != expect_revision:
+            return None
+        return current
+
+    def _remember_meta(self, meta: VersionMeta) -> None:
+        key = (meta.workspace, meta.version)
+        self._metas[key] = meta
+        self._metas.move_to_end(key)
+        while len(self._metas) > _META_CACHE:
+            self._metas.popitem(last=False)
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def _next_audit_id(self) -> int:
+        now_us = int(time.time() * 1_000_000)
+        self._last_audit_us = max(now_us, self._last_audit_us + 1)
+        return (self._last_audit_us << 8) | self._slot
+
+    def _audit_ops(self, event: AuditEvent | None) -> list[Any]:
+        if event is None:
+            return []
+        event_id = event.id if event.id is not None else self._next_audit_id()
+        value = orjson.dumps(asdict(replace(event, id=event_id)))
+        ops = [self._kv.txn_op_put(self._k("audit/", inv(event_id)), value)]
+        # Index copies (events are small) so a filtered listing reads only its own events.
+        if event.workspace is not None:
+            key = self._k("audit-ws/", event.workspace, "\x00", inv(event_id))
+            ops.append(self._kv.txn_op_put(key, value))
+        if event.key_name is not None:
+            key = self._k("audit-key/", event.key_name, "\x00", inv(event_id))
+            ops.append(self._kv.txn_op_put(key, value))
+        return ops
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        # Served unauthenticated: member ids and names only, no addresses or key prefix.
+        report: dict[str, Any] = {"engine": self.engine}
+        try:
+            assert self._client is not None
+            members = await self._call(
+                self._client.cluster.member_list(timeout=min(self.timeout, 2.0))
+            )
+            status = await self._call(self._client.maintenance.status(timeout=2.0))
+            # Quorum: a linearizable read answers.
+            await self._call(self._kv.get(self._k("meta/schema"), timeout=2.0))
+            report.update(
+                is_healthy=bool(status.leader),
+                node_count=len(members.members),
+                has_leader=bool(status.leader),
+                leader=f"{status.leader:x}",
+                members=[{"id": f"{m.ID:x}", "name": m.name} for m in members.members],
+                raft_term=int(status.raftTerm),
+                db_size=int(status.dbSize),
+                version=status.version,
+                quorum=True,
+            )
+        except (StorageUnavailable, AssertionError, AttributeError) as exc:
+            report.update(
+                is_healthy=False, node_count=0, has_leader=False, quorum=False, error=str(exc)
+            )
+        return report
+
+    async def get_workspace(self, name: str) -> Workspace | None:
+        record = await self._record(name)
+        return record.ws if record else None
+
+    async def list_workspaces(
+        self, *, after: str | None = None, limit: int = 1000, include_deleted: bool = False
+    ) -> list[Workspace]:
+        start = self._ws_key(after) + b"\x00" if after is not None else self._k("ws/")
+        end = _prefix_end(self._k("ws/"))
+        found: list[Workspace] = []
+        async for kv in self._scan(start, end, page=max(1, min(limit, 500))):
+            name = bytes(kv.key)[len(self._k("ws/")) :].decode()
+            record = self._decode_record(name, kv)
+            if include_deleted or not record.ws.deleted:
+                found.append(record.ws)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def stats(self) -> dict[str, int]:
+        workspaces = versions = stored = 0
+        prefix = self._k("ws/")
+        async for kv in self._scan(prefix, _prefix_end(prefix)):
+            doc = orjson.loads(kv.value)
+            workspaces += 1
+            versions += doc["version_count"]
+            stored += doc["stored_bytes"]
+        return {"workspaces": workspaces, "versions": versions, "stored_bytes": stored}
+
+    async def list_versions(
+        self, name: str, *, before: int | None = None, limit: int = 50
+    ) -> list[VersionMeta]:
+        prefix = self._ver_prefix(name)
+        start = self._ver_key(name, before - 1) if before is not None else prefix
+        if before is not None and before <= 1:
+            return []
+        resp = await self._range(start, _prefix_end(prefix), limit=limit)
+        return [VersionMeta(**orjson.loads(kv.value)["meta"]) for kv in resp.kvs]
+
+    async def read_head(self, name: str) -> tuple[VersionMeta, bytes] | None:
+        record = await self._record(name)
+        if record is None or record.ws.head is None:
+            return None
+        return await self.read_version(name, record.ws.head.version)
+
+    async def read_version(self, name: str, version: int) -> tuple[VersionMeta, bytes] | None:
+        if version < 1:
+            return None
+        cached = self._bodies.get(name, version)
+        known = self._metas.get((name, version))
+        if cached is not None and known is not None:
+            return known, cached  # versions are immutable once published
+        found = await self._read_encoded(name, version)
+        if found is None:
+            return None
+        meta, encoded = found
+        self._remember_meta(meta)
+        if cached is not None:
+            return meta, cached
+        base_body = None
+        if encoded.base_version is not None:
+            base_body = await self._body(name, encoded.base_version)
+        if len(encoded.blob) > _INLINE_ENCODE_BYTES:
+            body = await asyncio.to_thread(self.codec.decode, name, encoded, base_body)
+        else:
+            body = self.codec.decode(name, encoded, base_body)
+        self._bodies.put(name, version, body)
+        return meta, body
+
+    async def _body(self, name: str, version: int) -> bytes:
+        cached = self._bodies.get(name, version)
+        if cached is not None:
+            return cached
+        found = await self.read_version(name, version)
+        if found is None:
+            raise StorageUnavailable(f"version {version} of {name} is missing (a delta base)")
+        return found[1]
+
+    async def _read_encoded(self, name: str, version: int) -> tuple[VersionMeta, Encoded] | None:
+        kv = await self._get(self._ver_key(name, version))
+        if kv is None:
+            return None
+        doc = orjson.loads(kv.value)
+        meta = VersionMeta(**doc["meta"])
+        if "inline" in doc:
+            blob = _unb64(doc["inline"])
+        else:
+            blob = await self._read_chunks(self._k(doc["chunks_at"]), doc["chunks"])
+        return meta, Encoded(doc["encoding"], doc["base_version"], blob)
+
+    async def _read_chunks(self, prefix: bytes, count: int, revision: int = 0) -> bytes:
+        parts: list[bytes] = []
+        async for kv in self._scan(
+            prefix, _prefix_end(prefix), page=_CHUNKS_PER_READ, revision=revision
+        ):
+            parts.append(bytes(kv.value))
+        if len(parts) != count:
+            raise StorageUnavailable(
+                f"expected {count} chunks under {prefix!r}, found {len(parts)}"
+            )
+        return b"".join(parts)
+
+    # -- large values --------------------------------------------------------------------
+
+    async def _upload_chunks(self, prefix: bytes, blob: bytes) -> tuple[int, list[Any]]:
+        """Write `blob` as leased chunks under `prefix`; returns the lease and the ops that
+        publish them (re-put without the lease, values untouched)."""
+        from etcd3aio._protobuf import PutRequest, RequestOp
+
+        lease_api = self._client.lease
+        grant = await self._call(lease_api.grant(_UPLOAD_LEASE_TTL, timeout=self.timeout))
+        lease_id = int(grant.ID)
+        keys = [
+            prefix + f"{i:05d}".encode()
+            for i in range((len(blob) + CHUNK_BYTES - 1) // CHUNK_BYTES)
+        ]
+        semaphore = asyncio.Semaphore(4)
+
+        async def put(i: int, key: bytes) -> None:
+            async with semaphore:
+                chunk = blob[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
+                await self._call(
+                    self._kv.put(key, chunk, lease=lease_id, timeout=max(self.timeout, 30))
+                )
+
+        try:
+            await asyncio.gather(*(put(i, key) for i, key in enumerate(keys)))
+        except BaseException:
+            await self._revoke(lease_id)
+            raise
+        publish = [
+            RequestOp(request_put=PutRequest(key=key, ignore_value=True, lease=0)) for key in keys
+        ]
+        return lease_id, publish
+
+    async def _revoke(self, lease_id: int) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.lease.revoke(lease_id, timeout=self.timeout)
+
+    @staticmethod
+    def _nest(ops: list[Any]) -> list[Any]:
+        """Ops for one Txn level: beyond _OPS_PER_LEVEL, grouped into nested Txns."""
+        from etcd3aio._protobuf import RequestOp, TxnRequest
+
+        if len(ops) <= _OPS_PER_LEVEL:
+            return ops
+        return [
+            RequestOp(request_txn=TxnRequest(compare=[], success=ops[i : i + _OPS_PER_LEVEL]))
+            for i in range(0, len(ops), _OPS_PER_LEVEL)
+        ]
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def _write_record(
+        self,
+        name: str,
+        expect_revision: int,
+        build: Callable[[_Record], tuple[_Record, list[Any]]],
+    ) -> Workspace | None:
+        """Read the record, build the new one (+ extra ops), and CAS it on its revision."""
+        current = await self._record_at(name, expect_revision)
+        if current is None:
+            return None
+        updated, extra = build(current)
+        value = self._encode_record(
+            updated.ws,
+            updated.base,
+            updated.version_count,
+            updated.stored_bytes,
+            updated.body_bytes,
+        )
+        resp = await self._txn(
+            [self._cmp_ws(name, expect_revision)],
+            [self._kv.txn_op_put(self._ws_key(name), value), *extra],
+            [],
+        )
+        if not resp.succeeded:
+            self._records.pop(name, None)
+            return None
+        ws = replace(updated.ws, revision=int(resp.header.revision))
+        self._remember(replace(updated, ws=ws))
+        return ws
+
+    async def put_lock(
+        self,
+        name: str,
+        lock: Lock | None,
+        *,
+        expect_revision: int | None,
+        now: float,
+        audit: AuditEvent | None = None,
+    ) -> Workspace | None:
+        if expect_revision is None:
+            ws = Workspace(name, 0, now, now, lock=lock)
+            value = self._encode_record(ws, None, 0, 0)
+            resp = await self._txn(
+                [self._cmp_ws(name, None)],
+                [self._kv.txn_op_put(self._ws_key(name), value), *self._audit_ops(audit)],
+                [],
+            )
+            if not resp.succeeded:
+                return None
+            created = replace(ws, revision=int(resp.header.revision))
+            self._remember(_Record(created, None, 0, 0))
+            return created
+
+        def build(current: _Record) -> tuple[_Record, list[Any]]:
+            ws = replace(current.ws, lock=lock, updated_at=now)
+            return replace(current, ws=ws), self._audit_ops(audit)
+
+        return await self._write_record(name, expect_revision, build)
+
+    async def set_deleted(
+        self,
+        name: str,
+        deleted_at: float | None,
+        *,
+        expect_revision: int,
+        now: float,
+        audit: AuditEvent | None = None,
+    ) -> Workspace | None:
+        def build(current: _Record) -> tuple[_Record, list[Any]]:
+            ws = replace(current.ws, deleted_at=deleted_at, updated_at=now)
+            return replace(current, ws=ws), self._audit_ops(audit)
+
+        return await self._write_record(name, expect_revision, build)
+
+    async def _delta_base(self, record: _Record | None, body_size: int) -> DeltaBase | None:
+        if record is None or record.base is None:
+            return None
+        info = record.base
+        if self.codec.wants_full(body_size, info["size"], info["deltas_since"]):
+            return None
+        body = await self._body(record.ws.name, info["version"])
+        return DeltaBase(info["version"], body, info["stored_size"], info["deltas_since"])
+
+    async def append_version(
+        self,
+        name: str,
+        body: Body,
+        version: NewVersion,
+        *,
+        expect_revision: int | None,
+        audit: AuditEvent | None = None,
+    ) -> Workspace | None:
+        now = version.created_at
+        if expect_revision is None:
+            record = None
+        else:
+            record = await self._record_at(name, expect_revision)
+            if record is None:
+                return None
+        base = await self._delta_base(record, len(body))
+        if len(body) > _INLINE_ENCODE_BYTES:
+            encoded = await asyncio.to_thread(self.codec.encode, name, body, base)
+        else:
+            encoded = self.codec.encode(name, body, base)
+        current = record.ws if record else Workspace(name, 0, now, now)
+        number = current.head.version + 1 if current.head else 1
+        meta = version.numbered(name, number)
+        upload = secrets.token_hex(8)
+        ver_doc: dict[str, Any] = {
+            "meta": asdict(meta),
+            "encoding": encoded.encoding,
+            "base_version": encoded.base_version,
+            "stored": len(encoded.blob),
+        }
+        lease_id = 0
+        publish: list[Any] = []
+        if len(encoded.blob) <= INLINE_BYTES:
+            ver_doc["inline"] = _b64(encoded.blob)
+        else:
+            chunks_at = self._blob_prefix(name, number, upload)
+            lease_id, publish = await self._upload_chunks(chunks_at, encoded.blob)
+            ver_doc["chunks_at"] = chunks_at[len(self._p) :].decode()
+            ver_doc["chunks"] = len(publish)
+        # The delta base the next version will use.
+        if encoded.encoding == "zstd":
+            next_base: dict[str, int] | None = {
+                "version": number,
+                "size": len(body),
+                "stored_size": len(encoded.blob),
+                "deltas_since": 0,
+            }
+        else:
+            assert record is not None and record.base is not None
+            next_base = dict(record.base)
+            if encoded.base_version == next_base["version"]:
+                next_base["deltas_since"] += 1
+        ws = replace(current, head=meta, updated_at=now)
+        updated = _Record(
+            ws,
+            next_base,
+            (record.version_count if record else 0) + 1,
+            (record.stored_bytes if record else 0) + len(encoded.blob),
+            (record.body_bytes if record else 0) + len(body),
+        )
+        value = self._encode_record(
+            ws, next_base, updated.version_count, updated.stored_bytes, updated.body_bytes
+        )
+        ops = [
+            self._kv.txn_op_put(self._ver_key(name, number), orjson.dumps(ver_doc)),
+            self._kv.txn_op_put(self._ws_key(name), value),
+            *self._audit_ops(replace(audit, version=number) if audit else None),
+            *self._nest(publish),
+        ]
+        try:
+            resp = await self._txn([self._cmp_ws(name, expect_revision)], ops, [])
+        except BaseException:
+            if lease_id:
+                await self._revoke(lease_id)
+            raise
+        if lease_id:
+            # Published chunks no longer hold the lease; unpublished ones go with it.
+            await self._revoke(lease_id)
+        if not resp.succeeded:
+            self._records.pop(name, None)
+            return None
+        self._bodies.put(name, number, body)
+        self._remember_meta(meta)
+        ws = replace(ws, revision=int(resp.header.revision))
+        self._remember(replace(updated, ws=ws))
+        return ws
+
+    # -- keys and audit ------------------------------------------------------------------
+
+    @staticmethod
+    def _key_doc(key: ApiKey) -> bytes:
+        doc = asdict(key)
+        doc["role"] = key.role.name
+        doc["scopes"] = list(key.scopes)
+        doc.pop("last_used_at")
+        return orjson.dumps(doc)
+
+    @staticmethod
+    def _used_value(at: float | None) -> bytes:
+        """Fixed-width microseconds first (byte order is time order), then the exact float."""
+        if at is None:
+            return b"0" * 20
+        return f"{round(at * 1_000_000):020d}:{at!r}".encode()
+
+    def _key_from(self, value: bytes, used: bytes | None) -> ApiKey:
+        doc = orjson.loads(value)
+        last = float(used.split(b":", 1)[1]) if used is not None and b":" in used else None
+        return ApiKey(
+            id=doc["id"],
+            name=doc["name"],
+            role=Role[doc["role"]],
+            scopes=tuple(doc["scopes"]),
+            secret_hash=doc["secret_hash"],
+            created_at=doc["created_at"],
+            created_by=doc["created_by"],
+            last_used_at=last,
+            revoked_at=doc["revoked_at"],
+        )
+
+    def _key_ops(self, key: ApiKey) -> list[Any]:
+        ops = [
+            self._kv.txn_op_put(self._k("keys/id/", key.id), self._key_doc(key)),
+            self._kv.txn_op_put(self._k("keys/used/", key.id), self._used_value(key.last_used_at)),
+        ]
+        if key.revoked_at is None:
+            ops.append(self._kv.txn_op_put(self._k("keys/name/", key.name), key.id.encode()))
+        return ops
+
+    async def create_key(self, key: ApiKey, *, audit: AuditEvent | None = None) -> bool:
+        compare = [self._kv.txn_compare_create_revision(self._k("keys/id/", key.id), 0)]
+        if key.revoked_at is None:
+            compare.append(self._kv.txn_compare_create_revision(self._k("keys/name/", key.name), 0))
+        resp = await self._txn(compare, [*self._key_ops(key), *self._audit_ops(audit)], [])
+        return bool(resp.succeeded)
+
+    async def list_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        used: dict[str, bytes] = {}
+        prefix = self._k("keys/used/")
+        async for kv in self._scan(prefix, _prefix_end(prefix)):
+            used[bytes(kv.key)[len(prefix) :].decode()] = bytes(kv.value)
+        keys: list[ApiKey] = []
+        prefix = self._k("keys/id/")
+        async for kv in self._scan(prefix, _prefix_end(prefix)):
+            key_id = bytes(kv.key)[len(prefix) :].decode()
+            key = self._key_from(bytes(kv.value), used.get(key_id))
+            if include_revoked or key.revoked_at is None:
+                keys.append(key)
+        keys.sort(key=lambda k: (k.name, k.created_at))
+        return keys
+
+    async def revoke_key(
+        self, name: str, at: float, *, audit: AuditEvent | None = None
+    ) -> ApiKey | None:
+        from etcd3aio._protobuf import Compare
+
+        name_key = self._k("keys/name/", name)
+        while True:
+            pointer = await self._get(name_key)
+            if pointer is None:
+                return None
+            key_id = bytes(pointer.value).decode()
+            kv = await self._get(self._k("keys/id/", key_id))
+            used = await self._get(self._k("keys/used/", key_id))
+            if kv is None:
+                return None
+            key = self._key_from(bytes(kv.value), bytes(used.value) if used else None)
+            revoked = replace(key, revoked_at=at)
+            resp = await self._txn(
+                [
+                    Compare(
+                        result=Compare.EQUAL,
+                        target=Compare.MOD,
+                        key=name_key,
+                        mod_revision=int(pointer.mod_revision),
+                    )
+                ],
+                [
+                    self._kv.txn_op_put(self._k("keys/id/", key_id), self._key_doc(revoked)),
+                    self._kv.txn_op_delete(name_key),
+                    *self._audit_ops(audit),
+                ],
+                [],
+            )
+            if resp.succeeded:
+                return revoked
+
+    async def touch_keys(self, last_used: dict[str, float]) -> None:
+        from etcd3aio._protobuf import Compare, RequestOp, TxnRequest
+
+        ops = []
+        for key_id, at in last_used.items():
+            key = self._k("keys/used/", key_id)
+            value = self._used_value(at)
+            ops.append(
+                RequestOp(
+                    request_txn=TxnRequest(
+                        compare=[self._kv.txn_compare_value(key, value, result=Compare.LESS)],
+                        success=[self._kv.txn_op_put(key, value)],
+                    )
+                )
+            )
+        for i in range(0, len(ops), _OPS_PER_LEVEL):
+            await self._txn([], ops[i : i + _OPS_PER_LEVEL], [])
+
+    async def append_audit(self, events: list[AuditEvent]) -> None:
+        # An event and its index copies always go in the same Txn (at most 3 ops each).
+        per_txn = _OPS_PER_LEVEL // 3
+        for i in range(0, len(events), per_txn):
+            ops = [op for event in events[i : i + per_txn] for op in self._audit_ops(event)]
+            await self._txn([], ops, [])
+
+    async def list_audit(
+        self,
+        *,
+        workspace: str | None = None,
+        key_name: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        if workspace is not None:
+            prefix = self._k("audit-ws/", workspace, "\x00")
+        elif key_name is not None:
+            prefix = self._k("audit-key/", key_name, "\x00")
+        else:
+            prefix = self._k("audit/")
+        if before_id is not None and before_id <= 0:
+            return []
+        start = prefix + inv(before_id - 1).encode() if before_id is not None else prefix
+        found: list[AuditEvent] = []
+        async for kv in self._scan(start, _prefix_end(prefix), page=max(limit, 100)):
+            event = AuditEvent(**orjson.loads(kv.value))
+            if (
+                (workspace is not None and event.workspace != workspace)
+                or (key_name is not None and event.key_name != key_name)
+                or (action is not None and event.action != action)
+                or (since is not None and event.at < since)
+                or (until is not None and event.at >= until)
+            ):
+                continue
+            found.append(event)
+            if len(found) >= limit:
+                break
+        return found
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def _seal_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+        return payload if self.cipher is None else self.cipher.seal(payload, run_aad(run_id, kind))
+
+    def _open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+        return payload if self.cipher is None else self.cipher.open(payload, run_aad(run_id, kind))
+
+    def _run_ops(self, run: Run) -> list[Any]:
+        document = self._seal_run(run.id, "document", orjson.dumps(run.to_document()))
+        return [
+            self._kv.txn_op_put(self._k("runs/", run.id), document),
+            self._kv.txn_op_put(self._k("runrev/", run.id), str(run.revision).encode()),
+        ]
+
+    def _run_from(self, run_id: str, document: bytes, revision: bytes | None) -> Run:
+        run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
+        return run if revision is None else replace(run, revision=int(revision))
+
+    async def create_run(self, run: Run) -> Run:
+        stored = replace(run, revision=1)
+        resp = await self._txn(
+            [self._kv.txn_compare_create_revision(self._k("runrev/", run.id), 0)],
+            self._run_ops(stored),
+            [],
+        )
+        if not resp.succeeded:
+            raise StorageUnavailable(f"run {run.id} already exists")
+        return stored
+
+    async def update_run(
+        self, run: Run, *, expect_revision: int, audit: AuditEvent | None = None
+    ) -> Run | None:
+        stored = replace(run, revision=expect_revision + 1)
+        resp = await self._txn(
+            [self._kv.txn_compare_value(self._k("runrev/", run.id), str(expect_revision))],
+            [*self._run_ops(stored), *self._audit_ops(audit)],
+            [],
+        )
+        return stored if resp.succeeded else None
+
+    async def get_run(self, run_id: str) -> Run | None:
+        resp = await self._txn(
+            [],
+            [
+                self._kv.txn_op_get(self._k("runs/", run_id)),
+                self._kv.txn_op_get(self._k("runrev/", run_id)),
+            ],
+            [],
+        )
+        doc, rev = (r.response_range.kvs for r in resp.responses)
+        if not doc or not rev:
+            return None
+        return self._run_from(run_id, bytes(doc[0].value), bytes(rev[0].value))
+
+    async def list_runs(
+        self,
+        *,
+        workspace: str | None = None,
+        statuses: tuple[str, ...] = (),
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        from etcd3aio import SortOrder
+
+        prefix = self._k("runs/")
+        end = self._k("runs/", before) if before is not None else _prefix_end(prefix)
+        runs: list[Run] = []
+        # Newest first: pages of a descending range whose end moves down. (The document
+        # carries the revision it was written with, in the same Txn as runrev/<id>.)
+        while len(runs) < limit:
+            resp = await self._call(
+                self._kv.get(
+                    prefix,
+                    end,
+                    limit=200,
+                    sort_order=SortOrder.DESCEND,
+                    timeout=self.timeout,
+                )
+            )
+            for kv in resp.kvs:
+                run_id = bytes(kv.key)[len(prefix) :].decode()
+                run = self._run_from(run_id, bytes(kv.value), None)
+                if workspace is not None and run.workspace != workspace:
+                    continue
+                if statuses and run.status.value not in statuses:
+                    continue
+                runs.append(run)
+                if len(runs) >= limit:
+                    break
+            if not resp.more or not resp.kvs:
+                break
+            end = bytes(resp.kvs[-1].key)
+        return runs
+
+    async def _put_value(self, key: bytes, data: bytes) -> None:
+        """A possibly large value at `key`: inline, or chunks published with their pointer."""
+        if len(data) <= INLINE_BYTES:
+            await self._txn(
+                [], [self._kv.txn_op_put(key, orjson.dumps({"inline": _b64(data)}))], []
+            )
+            return
+        chunks_at = self._chunks_prefix(key)
+        lease_id, publish = await self._upload_chunks(chunks_at, data)
+        try:
+            pointer = {"chunks_at": chunks_at[len(self._p) :].decode(), "chunks": len(publish)}
+            await self._txn(
+                [], [self._kv.txn_op_put(key, orjson.dumps(pointer)), *self._nest(publish)], []
+            )
+        finally:
+            await self._revoke(lease_id)
+
+    def _chunks_prefix(self, key: bytes) -> bytes:
+        """Where the chunks of a large value at `key` go: outside the value's own range."""
+        return (
+            self._k("chunks/") + key[len(self._p) :] + b"/" + secrets.token_hex(8).encode() + b"/"
+        )
+
+    async def _get_value(self, key: bytes) -> bytes | None:
+        kv = await self._get(key)
+        if kv is None:
+            return None
+        doc = orjson.loads(kv.value)
+        if "inline" in doc:
+            return _unb64(doc["inline"])
+        return await self._read_chunks(self._k(doc["chunks_at"]), doc["chunks"])
+
+    async def put_run_blob(self, run_id: str, kind: str, data: bytes) -> None:
+        await self._put_value(
+            self._k("runblob/", run_id, "\x00", kind), self._seal_run(run_id, kind, data)
+        )
+
+    async def get_run_blob(self, run_id: str, kind: str) -> bytes | None:
+        data = await self._get_value(self._k("runblob/", run_id, "\x00", kind))
+        return self._open_run(run_id, kind, data) if data is not None else None
+
+    def _log_prefix(self, run_id: str) -> bytes:
+        return self._k("runlog/", run_id, "\x00")
+
+    async def append_run_log(self, run_id: str, chunk: bytes) -> None:
+        from etcd3aio import SortOrder
+
+        prefix = self._log_prefix(run_id)
+        while True:
+            last = await self._call(
+                self._kv.get(
+                    prefix,
+                    _prefix_end(prefix),
+                    limit=1,
+                    sort_order=SortOrder.DESCEND,
+                    keys_only=True,
+                    timeout=self.timeout,
+                )
+            )
+            seq = int(bytes(last.kvs[0].key)[len(prefix) :]) + 1 if last.kvs else 1
+            key = prefix + f"{seq:08d}".encode()
+            resp = await self._txn(
+                [self._kv.txn_compare_create_revision(key, 0)],
+                [self._kv.txn_op_put(key, self._seal_run(run_id, f"log{seq}", chunk))],
+                [],
+            )
+            if resp.succeeded:
+                return
+
+    async def read_run_log(self, run_id: str) -> bytes:
+        prefix = self._log_prefix(run_id)
+        parts = []
+        async for kv in self._scan(prefix, _prefix_end(prefix)):
+            seq = int(bytes(kv.key)[len(prefix) :])
+            parts.append(self._open_run(run_id, f"log{seq}", bytes(kv.value)))
+        return b"".join(parts)
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
+        from blixard.store import etcd_snapshot
+
+        return etcd_snapshot.export(self)
+
+    async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+        from blixard.store import etcd_snapshot
+
+        return await etcd_snapshot.import_records(self, records)
+
+
+def unique_prefix(base: str = "blixard") -> str:
+    return f"/{base}/{os.getpid()}-{secrets.token_hex(4)}/"

@@ -1,0 +1,159 @@
+"""What only the etcd engine has to prove: several nodes on one prefix, chunked bodies that
+never leave orphans, storage URLs, a leader failure."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from blixard.domain.errors import StorageUnavailable
+from blixard.store import open_store_from_url
+from blixard.store.etcd import EtcdStore, _prefix_end, parse_etcd_url
+from tests.etcd_cluster import EtcdCluster, shared_cluster_endpoints
+from tests.store.test_engine_suite import a_lock, append, new_version, state
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _prefix(tmp_path: Path) -> str:
+    return f"/blixard-etcd-test/{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]}/"
+
+
+def test_storage_url() -> None:
+    assert parse_etcd_url("etcd://h1:2379,h2:2379/team/blixard") == (
+        ["h1:2379", "h2:2379"],
+        "/team/blixard/",
+    )
+    assert parse_etcd_url("etcd://h1:2379") == (["h1:2379"], "/blixard/")
+    store = open_store_from_url("etcd://127.0.0.1:2379/x")
+    assert isinstance(store, EtcdStore) and store.prefix == "/x/"
+    with pytest.raises(ValueError):
+        parse_etcd_url("etcd:///nohost")
+
+
+async def test_two_nodes_share_one_prefix(tmp_path: Path) -> None:
+    endpoints, prefix = shared_cluster_endpoints(), _prefix(tmp_path)
+    a, b = EtcdStore(endpoints, prefix), EtcdStore(endpoints, prefix)
+    await a.open()
+    await b.open()
+    try:
+        await append(a, "w", 1)
+        seen_by_b = await b.get_workspace("w")
+        assert seen_by_b is not None and seen_by_b.head is not None
+        # A writes again: B's remembered record is stale and its CAS must fail.
+        await append(a, "w", 2, state(2, salt="a"))
+        body = state(2, salt="b")
+        lost = await b.append_version(
+            "w", body, new_version(body, 2), expect_revision=seen_by_b.revision
+        )
+        assert lost is None
+        assert await b.put_lock("w", a_lock(), expect_revision=seen_by_b.revision, now=3) is None
+        head = await b.read_head("w")
+        assert head is not None and head[1] == state(2, salt="a") and head[0].version == 2
+        # B continues from what it reads now, and A sees B's write.
+        assert await append(b, "w", 3) == 3
+        found = await a.read_version("w", 3)
+        assert found is not None and found[1] == state(3)
+        assert (await a.stats())["versions"] == (await b.stats())["versions"] == 3
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_large_bodies_racing_leave_no_orphan_chunks(tmp_path: Path) -> None:
+    endpoints, prefix = shared_cluster_endpoints(), _prefix(tmp_path)
+    store = EtcdStore(endpoints, prefix)
+    await store.open()
+    try:
+        await append(store, "big", 1)
+        ws = await store.get_workspace("big")
+        assert ws is not None
+        # Random hex packs to ~1.5 MiB: every contender uploads two leased chunks.
+        bodies = [
+            b'{"serial": 2, "x": "' + os.urandom(1536 * 1024).hex().encode() + b'"}'
+            for _ in range(4)
+        ]
+        results = await asyncio.gather(
+            *(
+                store.append_version("big", b, new_version(b, 2), expect_revision=ws.revision)
+                for b in bodies
+            )
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        head = await store.read_head("big")
+        assert head is not None and head[1] in bodies
+        # Only the winner's chunks remain (the losers revoked their leases).
+        blob_prefix = store._k("blob/")
+        resp = await store._kv.get(blob_prefix, _prefix_end(blob_prefix), keys_only=True)
+        uploads = {bytes(kv.key).rsplit(b"/", 1)[0] for kv in resp.kvs}
+        assert len(uploads) == 1 and len(resp.kvs) == 2
+        # ... and they hold no lease any more: the version outlives its upload lease.
+        resp = await store._kv.get(blob_prefix, _prefix_end(blob_prefix))
+        assert all(kv.lease == 0 for kv in resp.kvs)
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_writes_resume_after_the_leader_dies(tmp_path: Path) -> None:
+    with EtcdCluster(tmp_path / "etcd", 3) as cluster:
+        store = EtcdStore(cluster.endpoints, "/failover/", timeout=1.0)
+        await store.open()
+        try:
+            await append(store, "w", 1)
+            cluster.kill(cluster.leader())
+            started, failures, serial = time.monotonic(), 0, 2
+            while serial < 6:
+                assert time.monotonic() - started < 20, "writes did not resume"
+                try:
+                    await append(store, "w", serial)
+                    serial += 1
+                except (StorageUnavailable, AssertionError):
+                    failures += 1  # 503 during the election; a lost answer looks like a CAS
+                    await asyncio.sleep(0.2)
+            versions = await store.list_versions("w", limit=100)
+            assert versions[0].serial == 5
+            health = await store.health()
+            assert health["is_healthy"] and health["node_count"] == 3
+        finally:
+            await store.close()
+
+
+async def test_keys_that_cannot_open_the_prefix_are_refused(tmp_path: Path) -> None:
+    from blixard.store.crypto import Cipher
+    from blixard.store.encryption import EncryptionRefused
+
+    endpoints = shared_cluster_endpoints()
+    key, other = Cipher(b"k" * 32), Cipher(b"o" * 32)
+    encrypted, plain = _prefix(tmp_path / "enc"), _prefix(tmp_path / "plain")
+    store = EtcdStore(endpoints, encrypted, cipher=key)
+    await store.open()
+    await append(store, "w", 1)
+    await store.close()
+    for refused in (EtcdStore(endpoints, encrypted), EtcdStore(endpoints, encrypted, cipher=other)):
+        with pytest.raises(EncryptionRefused):
+            await refused.open()
+    # The old key next to a new current one opens it (and the new key gets its canary).
+    rotated = EtcdStore(endpoints, encrypted, cipher=Cipher(b"o" * 32, [b"k" * 32]))
+    await rotated.open()
+    found = await rotated.read_version("w", 1)
+    assert found is not None and found[1] == state(1)
+    await rotated.close()
+
+    store = EtcdStore(endpoints, plain)
+    await store.open()
+    await append(store, "w", 1)
+    await store.close()
+    with pytest.raises(EncryptionRefused, match="unencrypted"):
+        await EtcdStore(endpoints, plain, cipher=key).open()
