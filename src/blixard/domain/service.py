@@ -97,11 +97,13 @@ class StateService:
 
     async def read_state(self, name: str, version: int | None = None) -> tuple[VersionMeta, bytes]:
         ws = await self._existing(name)
-        found = (
-            await self.store.read_head(name)
-            if version is None
-            else await self.store.read_version(name, version)
-        )
+        if version is None:
+            if ws.head is None:
+                raise NotFound(f"Workspace '{name}' has no state yet.")
+            # The head as of the workspace just read: no second look-up of the workspace.
+            found = await self.store.read_version(name, ws.head.version)
+        else:
+            found = await self.store.read_version(name, version)
         if found is None:
             if version is None or ws.head is None:
                 raise NotFound(f"Workspace '{name}' has no state yet.")

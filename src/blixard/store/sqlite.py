@@ -621,6 +621,11 @@ class SQLiteStore:
         ws_id = self._ids.get(name)
         if ws_id is None:
             return None
+        ws = self._workspaces.get(name)
+        if ws is not None and ws.head is not None and ws.head.version == version:
+            cached = self._heads.get(name, version)
+            if cached is not None:
+                return ws.head, cached
         return await self._read(lambda conn: self._read_version(conn, name, ws_id, version))
 
     def _read_version(
