@@ -1,0 +1,463 @@
+"""High availability on a real 3-member etcd cluster with two Blixard nodes (A and B) on the
+same prefix: Terraform through either node, one lock across nodes, a killed etcd leader under
+write load, and backup / restore / migrate round trips that keep every version's bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.tfkit import STYLES, Api, TfProject, lock_info, resource_config, unique_name
+from tests.etcd_cluster import EtcdCluster
+from tests.harness import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+CONTENDERS = 32
+LOCK_ROUNDS = 5
+#: The leader-kill test: each writer stops after this many writes or seconds.
+MAX_WRITES = 1000
+WRITE_SECONDS = 25.0
+#: Pause between two writes of one writer (keeps the load steady and the history short).
+WRITE_PAUSE = 0.02
+#: Generous bound on the write outage after the etcd leader dies (correctness, not speed).
+RESUME_BOUND = 15.0
+AUDIT_RETRY = "could not write audit events; will retry"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hosts(cluster: EtcdCluster) -> str:
+    return ",".join(e.removeprefix("http://") for e in cluster.endpoints)
+
+
+@dataclass
+class Nodes:
+    cluster: EtcdCluster
+    prefix: str
+    a: ServerProcess
+    b: ServerProcess
+    api_a: Api = field(init=False)
+    api_b: Api = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.api_a = Api(self.a.url)
+        self.api_b = Api(self.b.url)
+
+    @property
+    def storage_url(self) -> str:
+        return f"etcd://{hosts(self.cluster)}/{self.prefix}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with EtcdCluster(tmp_path_factory.mktemp("etcd"), 3) as etcd:
+        yield etcd
+
+
+def node(root: Path, name: str, storage_url: str) -> ServerProcess:
+    return ServerProcess(
+        root / name,
+        env={"BLIXARD_STORAGE_URL": storage_url, "BLIXARD_TOFU_BIN": "embedded"},
+        log_path=root / f"{name}.log",
+    )
+
+
+@pytest.fixture(scope="module")
+def nodes(cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    root = tmp_path_factory.mktemp("ha")
+    prefix = f"blixard-ha-{uuid.uuid4().hex[:8]}"
+    url = f"etcd://{hosts(cluster)}/{prefix}"
+    a = node(root, "node-a", url).start()
+    try:
+        b = node(root, "node-b", url).start()
+    except BaseException:
+        a.stop()
+        raise
+    pair = Nodes(cluster, prefix, a, b)
+    try:
+        yield pair
+    finally:
+        pair.api_a.close()
+        pair.api_b.close()
+        a.stop()
+        b.stop()
+    for srv in (a, b):
+        log = srv.log_path.read_text(errors="replace")
+        # The one traceback the etcd leader's death may cause: the audit writer's retried
+        # flush (a warning logged with exc_info). Any other traceback is a failure.
+        unexpected = log.count("Traceback") - log.count(AUDIT_RETRY + "\nTraceback")
+        assert unexpected == 0, f"{srv.log_path} logged a traceback:\n{log[-4000:]}"
+
+
+@pytest.fixture
+def projects() -> Iterator[list[TfProject]]:
+    made: list[TfProject] = []
+    yield made
+    for proj in made:
+        proj.cleanup()
+
+
+def project(
+    made: list[TfProject], tmp_path: Path, env: dict[str, str], name: str, url: str, ws: str
+) -> TfProject:
+    proj = TfProject(tmp_path / name, env, url, ws, STYLES[0])
+    made.append(proj)
+    return proj
+
+
+def versions(api: Api, ws: str) -> list[tuple[int, int, str]]:
+    """(version, serial, sha256) of every version of ws, oldest first."""
+    return sorted((v["version"], v["serial"], v["sha256"]) for v in api.history(ws))
+
+
+# --------------------------------------------------------------------------- Terraform
+
+
+def test_terraform_apply_through_a_then_b(
+    nodes: Nodes, tmp_path: Path, tf_env: dict[str, str], projects: list[TfProject]
+) -> None:
+    ws = unique_name("ha-tf")
+    first = project(projects, tmp_path, tf_env, "a", nodes.a.url, ws)
+    first.write(resource_config("one"))
+    first.run("init", "-input=false")
+    first.run("apply", "-auto-approve", "-input=false")
+
+    second = project(projects, tmp_path, tf_env, "b", nodes.b.url, ws)
+    second.write(resource_config("two"))
+    second.run("init", "-input=false")
+    plan = second.run("apply", "-auto-approve", "-input=false")
+    # B read A's state: the resource is updated in place, not created again.
+    assert "Resources: 0 added, 1 changed, 0 destroyed" in plan.flat, plan.describe()
+
+    seen_a, seen_b = versions(nodes.api_a, ws), versions(nodes.api_b, ws)
+    assert seen_a == seen_b
+    assert [v for v, _, _ in seen_a] == [1, 2], seen_a
+    head_a, head_b = nodes.api_a.state_bytes(ws), nodes.api_b.state_bytes(ws)
+    assert head_a == head_b
+    assert sha(head_a) == seen_a[-1][2]
+    assert json.loads(head_a)["outputs"]["value"]["value"] == "two"
+    for number, _, digest in seen_a:
+        body_a = nodes.api_a.state_bytes(ws, number)
+        assert body_a == nodes.api_b.state_bytes(ws, number)
+        assert sha(body_a) == digest
+
+
+def test_lock_through_a_blocks_terraform_through_b(
+    nodes: Nodes, tmp_path: Path, tf_env: dict[str, str], projects: list[TfProject]
+) -> None:
+    ws = unique_name("ha-lock")
+    proj = project(projects, tmp_path, tf_env, "b", nodes.b.url, ws)
+    proj.write(resource_config("first"))
+    proj.run("init", "-input=false")
+    proj.run("apply", "-auto-approve", "-input=false")
+
+    holder = lock_info(f"held-{uuid.uuid4()}", who="ops@node-a")
+    taken = nodes.api_a.send_lock("LOCK", "lock", ws, holder)
+    assert taken.status_code == 200, (taken.status_code, taken.text)
+    assert nodes.api_b.wait_locked(ws, timeout=5)["ID"] == holder["ID"]
+
+    proj.write(resource_config("second"))
+    blocked = proj.run("apply", "-auto-approve", "-input=false", ok=False)
+    assert blocked.returncode != 0, blocked.describe()
+    assert f"HTTP remote state already locked: ID={holder['ID']}" in blocked.flat
+    assert f"Who: {holder['Who']}" in blocked.flat, blocked.describe()
+    assert len(nodes.api_a.history(ws)) == 1  # nothing written while blocked
+
+    released = nodes.api_b.send_lock("UNLOCK", "unlock", ws, holder)
+    assert released.status_code == 200, (released.status_code, released.text)
+    assert not nodes.api_a.is_locked(ws)
+    proj.run("apply", "-auto-approve", "-input=false")
+    seen = versions(nodes.api_a, ws)
+    assert [v for v, _, _ in seen] == [1, 2], seen
+    assert json.loads(nodes.api_a.state_bytes(ws))["outputs"]["value"]["value"] == "second"
+    assert not nodes.api_b.is_locked(ws)
+
+
+# --------------------------------------------------------------------------- lock race
+
+
+#: Every lock route of the contract; contenders spread over them and over both nodes.
+LOCK_ROUTES = [("LOCK", "lock"), ("POST", "lock"), ("LOCK", "state")]
+
+
+def race(
+    clients: list[httpx.Client], ws: str, round_no: int
+) -> list[tuple[dict[str, str], httpx.Response]]:
+    """CONTENDERS LOCKs with distinct IDs, released together by a barrier."""
+    infos = [
+        lock_info(f"r{round_no}-c{i}-{uuid.uuid4()}", who=f"racer-{i}@node-{'ab'[i % 2]}")
+        for i in range(CONTENDERS)
+    ]
+    barrier = threading.Barrier(CONTENDERS)
+    results: list[httpx.Response | BaseException | None] = [None] * CONTENDERS
+
+    def contend(i: int) -> None:
+        method, route = LOCK_ROUTES[(i // 2 + round_no) % len(LOCK_ROUTES)]
+        try:
+            barrier.wait(10)
+            results[i] = clients[i].request(
+                method,
+                f"/{route}/{ws}",
+                content=json.dumps(infos[i]),
+                headers={"Content-Type": "application/json"},
+            )
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(CONTENDERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    out = []
+    for info, res in zip(infos, results, strict=True):
+        assert isinstance(res, httpx.Response), res
+        out.append((info, res))
+    return out
+
+
+def test_32_concurrent_locks_over_both_nodes(nodes: Nodes) -> None:
+    urls = [nodes.a.url, nodes.b.url]
+    clients = [
+        httpx.Client(base_url=urls[i % 2] + "/api/tofu", timeout=30.0) for i in range(CONTENDERS)
+    ]
+    try:
+        for client in clients:  # connected before the race starts
+            assert client.get("/workspaces").status_code == 200
+        ws = unique_name("ha-race")
+        for round_no in range(LOCK_ROUNDS):
+            outcome = race(clients, ws, round_no)
+            statuses = sorted(resp.status_code for _, resp in outcome)
+            assert statuses == [200] + [423] * (CONTENDERS - 1), (round_no, statuses)
+            (winner,) = [info for info, resp in outcome if resp.status_code == 200]
+            for info, resp in outcome:
+                body: dict[str, Any] = resp.json()
+                if resp.status_code == 200:
+                    assert body["ID"] == info["ID"], body
+                    continue
+                assert body["error"] == "locked", body
+                assert body["ID"] == winner["ID"], (body, winner)
+                assert body["Who"] == winner["Who"], (body, winner)
+            for api in (nodes.api_a, nodes.api_b):
+                status = api.lock_status(ws).json()
+                assert status["locked"] is True and status["lock"]["ID"] == winner["ID"]
+            released = nodes.api_b.send_lock("UNLOCK", "unlock", ws, winner)
+            assert released.status_code == 200, (released.status_code, released.text)
+            assert not nodes.api_a.is_locked(ws)
+    finally:
+        for client in clients:
+            client.close()
+
+
+# --------------------------------------------------------------------------- etcd leader kill
+
+
+def state_body(serial: int, lineage: str) -> bytes:
+    doc = {
+        "version": 4,
+        "terraform_version": "1.15.5",
+        "serial": serial,
+        "lineage": lineage,
+        "outputs": {"n": {"value": serial, "type": "number"}},
+        "resources": [{"type": "terraform_data", "name": f"r{serial}", "pad": "x" * serial}],
+        "check_results": None,
+    }
+    return json.dumps(doc, indent=2).encode()
+
+
+@dataclass
+class Writer:
+    """POSTs increasing serials to one workspace through one node until told to stop."""
+
+    url: str
+    ws: str
+    acked: dict[int, str] = field(default_factory=dict)  # serial -> sha256 of the body
+    outcomes: list[tuple[float, float, int | str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        lineage = str(uuid.uuid4())
+        deadline = time.monotonic() + WRITE_SECONDS
+        with httpx.Client(base_url=self.url + "/api/tofu", timeout=10.0) as http:
+            for serial in range(1, MAX_WRITES + 1):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                body = state_body(serial, lineage)
+                started = time.monotonic()
+                try:
+                    status: int | str = http.post(f"/state/{self.ws}", content=body).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                self.outcomes.append((started, time.monotonic(), status))
+                if isinstance(status, int) and 200 <= status < 300:
+                    self.acked[serial] = sha(body)
+                time.sleep(WRITE_PAUSE)
+
+    def resumed_after(self, moment: float) -> float | None:
+        """Seconds from `moment` to the end of the first 2xx write started after it."""
+        for started, ended, status in self.outcomes:
+            if started >= moment and isinstance(status, int) and 200 <= status < 300:
+                return ended - moment
+        return None
+
+
+def test_etcd_leader_killed_under_write_load(nodes: Nodes) -> None:
+    writers = [
+        Writer(nodes.a.url, unique_name("ha-load-a")),
+        Writer(nodes.b.url, unique_name("ha-load-b")),
+    ]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in writers]
+    leader = nodes.cluster.leader()
+    killed = False
+    try:
+        try:
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            assert all(w.acked for w in writers), [w.outcomes[:5] for w in writers]
+            assert all(t.is_alive() for t in threads), "a writer stopped before the kill"
+            nodes.cluster.kill(leader)
+            killed = True
+            killed_at = time.monotonic()
+            # Keep writing until both writers have come back (bounded), then a little more.
+            deadline = killed_at + RESUME_BOUND + 2
+            while time.monotonic() < deadline and not all(
+                w.resumed_after(killed_at) is not None for w in writers
+            ):
+                time.sleep(0.1)
+            time.sleep(1.0)
+            assert all(t.is_alive() for t in threads), "a writer stopped before the end"
+        finally:
+            for w in writers:
+                w.stop.set()
+            for t in threads:
+                t.join(15)
+        assert not any(t.is_alive() for t in threads)
+        resumed = [w.resumed_after(killed_at) for w in writers]
+        for w, took in zip(writers, resumed, strict=True):
+            failures = [o for o in w.outcomes if not (isinstance(o[2], int) and o[2] < 300)]
+            assert took is not None, (w.url, failures[-10:])
+            assert took < RESUME_BOUND, (w.url, took, failures[-10:])
+            print(
+                f"{w.ws}: {len(w.acked)} acknowledged, failed {[o[2] for o in failures]}, "
+                f"resumed {took:.2f} s after the leader was killed"
+            )
+
+        for w in writers:
+            assert len(w.acked) >= 10, w.outcomes
+            for api in (nodes.api_a, nodes.api_b):
+                history = api.history(w.ws)
+                by_serial = {v["serial"]: v for v in history}
+                for serial, digest in w.acked.items():
+                    assert serial in by_serial, (w.ws, serial, sorted(by_serial))
+                    meta = by_serial[serial]
+                    assert meta["sha256"] == digest, (w.ws, serial, meta)
+                    body = api.state_bytes(w.ws, meta["version"])
+                    assert sha(body) == digest, (w.ws, serial)
+    finally:
+        if killed:
+            nodes.cluster.restart(leader)
+            nodes.cluster.wait_healthy()
+
+
+# --------------------------------------------------------------------------- backup/migrate
+
+
+def blixard(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "blixard", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def everything(url: str, *, bodies: bool) -> dict[str, Any]:
+    """Every workspace's versions (number, serial, sha256), head bytes and whether it is locked,
+    through the API;
+    with `bodies`, every version's bytes checked against its sha256."""
+    api = Api(url)
+    try:
+        resp = api.http.get("/workspaces")
+        assert resp.status_code == 200, resp.text
+        names = sorted(w["name"] for w in resp.json()["workspaces"])
+        seen: dict[str, Any] = {}
+        for name in names:
+            listed = versions(api, name)
+            if bodies:
+                for number, _, digest in listed:
+                    assert sha(api.state_bytes(name, number)) == digest, (url, name, number)
+            head = api.get_state(name)
+            assert head.status_code in (200, 404), (url, name, head.status_code, head.text)
+            seen[name] = {
+                "versions": listed,
+                "head": sha(head.content) if head.status_code == 200 else None,
+                "locked": api.is_locked(name),
+            }
+        return seen
+    finally:
+        api.close()
+
+
+def test_backup_restore_and_migrate_round_trip(nodes: Nodes, tmp_path: Path) -> None:
+    ws = unique_name("ha-backup")
+    with httpx.Client(base_url=nodes.a.url + "/api/tofu", timeout=15.0) as http:
+        lineage = str(uuid.uuid4())
+        for serial in range(1, 4):
+            resp = http.post(f"/state/{ws}", content=state_body(serial, lineage))
+            assert resp.status_code == 200, resp.text
+    original = everything(nodes.b.url, bodies=False)
+    assert ws in original and len(original[ws]["versions"]) == 3
+
+    file = tmp_path / "ha.bxs"
+    blixard("backup", str(file), "--url", nodes.a.url)
+    restored_dir = tmp_path / "restored"
+    blixard("restore", str(file), "--data-dir", str(restored_dir))
+    with ServerProcess(restored_dir, log_path=tmp_path / "restored.log") as restored:
+        from_restore = everything(restored.url, bodies=True)
+    assert from_restore == original
+
+    other_prefix = f"blixard-ha-other-{uuid.uuid4().hex[:8]}"
+    etcd_url = f"etcd://{hosts(nodes.cluster)}/{other_prefix}"
+    blixard(
+        "migrate",
+        "--from",
+        f"sqlite:///{restored_dir / 'blixard.db'}",
+        "--to",
+        etcd_url,
+        "--to-unencrypted",
+    )
+    back_dir = tmp_path / "back"
+    back_dir.mkdir()
+    blixard(
+        "migrate",
+        "--from",
+        etcd_url,
+        "--to",
+        f"sqlite:///{back_dir / 'blixard.db'}",
+        "--to-unencrypted",
+    )
+    with node(tmp_path, "node-other", etcd_url) as on_etcd:
+        from_etcd = everything(on_etcd.url, bodies=False)
+    with ServerProcess(back_dir, log_path=tmp_path / "back.log") as back:
+        from_back = everything(back.url, bodies=True)
+    assert from_etcd == original
+    assert from_back == original
