@@ -355,3 +355,25 @@ def test_no_keys_means_open_and_first_key_closes_it(make_client: ClientFactory) 
     assert client.get(f"{API}/state/w").status_code == 401
     secret = created.json()["secret"]
     assert client.get(f"{API}/state/w", headers={"X-API-Key": secret}).status_code == 200
+
+
+def test_refusal_audit_survives_a_failed_flush(secured: tuple[TestClient, Keys]) -> None:
+    """Events queued while the store refuses writes are kept and written later, in order."""
+    client, keys = secured
+    sink = client.app_state.audit  # type: ignore[attr-defined]
+    store = client.app_state.service.store  # type: ignore[attr-defined]
+    assert client.get(f"{API}/state/x", headers={"Authorization": "Bearer nope"}).status_code == 401
+    original = store.append_audit
+
+    async def refuse(events: list[Any]) -> None:
+        raise RuntimeError("store down")
+
+    store.append_audit = refuse
+    with pytest.raises(RuntimeError):
+        client.portal.call(sink.flush)  # type: ignore[union-attr]
+    store.append_audit = original
+    client.portal.call(sink.flush)  # type: ignore[union-attr]
+    events = client.get(
+        f"{API}/audit", params={"workspace": "x"}, headers=keys.headers("admin")
+    ).json()["events"]
+    assert [(e["action"], e["status"]) for e in events] == [("state.read", 401)]

@@ -49,7 +49,11 @@ class AuditSink:
     async def flush(self) -> None:
         if self._pending:
             events, self._pending = self._pending, []
-            await self.store.append_audit(events)
+            try:
+                await self.store.append_audit(events)
+            except Exception:
+                self._pending[:0] = events  # keep them, in order, for the next attempt
+                raise
 
     async def _run(self) -> None:
         while True:
@@ -58,5 +62,7 @@ class AuditSink:
             await asyncio.sleep(FLUSH_SECONDS)  # let a burst gather into one commit
             try:
                 await self.flush()
-            except Exception:
-                log.warning("could not write audit events; will retry", exc_info=True)
+            except Exception as exc:
+                log.warning("could not write audit events (%s); will retry", exc)
+                await asyncio.sleep(1.0)
+                self._wake.set()
