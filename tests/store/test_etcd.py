@@ -1,5 +1,5 @@
 """What only the etcd engine has to prove: several nodes on one prefix, chunked bodies that
-never leave orphans, storage URLs, a leader failure."""
+never leave orphans, storage URLs, a leader failure, health and 503s as members die."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from blixard.domain.errors import StorageUnavailable
+from blixard.domain.models import Workspace
 from blixard.store import open_store_from_url
 from blixard.store.etcd import EtcdStore, _prefix_end, parse_etcd_url
 from tests.etcd_cluster import EtcdCluster, shared_cluster_endpoints
@@ -157,3 +160,113 @@ async def test_keys_that_cannot_open_the_prefix_are_refused(tmp_path: Path) -> N
     await store.close()
     with pytest.raises(EncryptionRefused, match="unencrypted"):
         await EtcdStore(endpoints, plain, cipher=key).open()
+
+
+async def _health_until(
+    store: EtcdStore, check: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
+    """Poll health until `check` holds (a just-killed member may still be picked once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        started = time.monotonic()
+        report = await store.health()
+        assert time.monotonic() - started < 3.0, "health must answer within its deadline"
+        if check(report) or time.monotonic() > deadline:
+            return report
+        await asyncio.sleep(0.2)
+
+
+def _member(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(m for m in report["members"] if m["name"] == name)
+
+
+@pytest.mark.slow
+async def test_health_and_unavailability_as_members_die(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from tests import etcd_cluster
+
+    # This process runs gRPC threads: a Python preexec_fn (dlopen in the forked child)
+    # sometimes dies with SIGSEGV before etcd starts. The cluster still stops its members.
+    monkeypatch.setattr(etcd_cluster, "_die_with_parent", None)
+
+    from blixard.api.app import asgi_app, create_app
+    from blixard.config import Settings
+
+    with EtcdCluster(tmp_path / "etcd", 3) as cluster:
+        store = EtcdStore(cluster.endpoints, "/ha/")  # the default deadlines, as served
+        app = create_app(Settings.load({"data_dir": tmp_path / "data"}), store)
+        transport = httpx.ASGITransport(app=asgi_app(app))
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://blixard") as http,
+        ):
+            # All members up: quorum, a leader, three healthy members.
+            report = await _health_until(
+                store, lambda r: r["is_healthy"] and r["healthy_members"] == 3
+            )
+            assert report["engine"] == "etcd" and report["quorum"] is True
+            assert report["stale_reads"] is False and report["node_count"] == 3
+            assert report["has_leader"] and report["raft_term"] >= 1
+            leader = cluster.leader()
+            assert report["leader"]["name"] == leader.name
+            assert {m["name"] for m in report["members"]} == {"m0", "m1", "m2"}
+            assert _member(report, leader.name)["is_leader"]
+            assert all(m["client_urls"] for m in report["members"])
+            assert (await http.get("/health/hiqlite")).status_code == 200
+            assert (await http.post("/api/tofu/state/w", content=state(1))).status_code == 200
+
+            # One follower dies: still quorum (2 of 3), that member reported unhealthy.
+            first, second = [m for m in cluster.members if m is not leader]
+            cluster.kill(first)
+            report = await _health_until(
+                store, lambda r: r["is_healthy"] and not _member(r, first.name)["healthy"]
+            )
+            assert report["is_healthy"] and report["quorum"] and not report["stale_reads"]
+            assert report["node_count"] == 3 and report["healthy_members"] == 2
+            assert not _member(report, first.name)["healthy"]
+            assert (await http.post("/api/tofu/state/w", content=state(2))).status_code == 200
+
+            # A second dies: no quorum. Health says so quickly; writes fail fast with 503.
+            cluster.kill(second)
+            report = await _health_until(store, lambda r: not r["is_healthy"])
+            assert not report["is_healthy"] and not report["quorum"]
+            assert report["stale_reads"] is True and report["node_count"] == 3
+            assert report["healthy_members"] <= 1
+            response = await http.get("/health/hiqlite")
+            assert response.status_code == 503 and response.json()["quorum"] is False
+
+            ws = _cached_workspace(store, "w")
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable):
+                await store.put_lock("w", a_lock(), expect_revision=ws.revision, now=3)
+            assert time.monotonic() - started < 10
+            started = time.monotonic()
+            response = await http.post("/api/tofu/state/w", content=state(3))
+            assert time.monotonic() - started < 10
+            assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+            assert response.json()["error"] == "storage_unavailable"
+            # Reads fail rather than serve stale data.
+            response = await http.get("/api/tofu/state/w")
+            assert response.status_code == 503 and "Retry-After" in response.headers
+
+            # Both come back: healthy again, writes work.
+            cluster.restart(first)
+            cluster.restart(second)
+            report = await _health_until(
+                store, lambda r: r["is_healthy"] and r["healthy_members"] == 3, timeout=15
+            )
+            assert report["is_healthy"] and report["healthy_members"] == 3
+            assert report["has_leader"] and not report["stale_reads"]
+            assert (await http.post("/api/tofu/state/w", content=state(3))).status_code == 200
+            head = await store.read_head("w")
+            assert head is not None and head[0].serial == 3
+
+
+def _cached_workspace(store: EtcdStore, name: str) -> Workspace:
+    """The workspace as this store last saw it (no etcd read: there is no quorum)."""
+    record = store._records.get(name)
+    assert record is not None
+    return record.ws

@@ -48,10 +48,15 @@ CHUNK_BYTES = 1024 * 1024
 _OPS_PER_LEVEL = 100
 #: Lease on unpublished chunks: expired, etcd deletes what a lost race or dead node left.
 _UPLOAD_LEASE_TTL = 60
+#: Deadline of one chunk put (1 MiB): long enough for a slow link, short enough that a write
+#: without quorum answers 503 in seconds rather than hanging.
+_CHUNK_PUT_TIMEOUT = 10.0
 #: Chunks read per range (responses stay far below the gRPC receive limit).
 _CHUNKS_PER_READ = 4
 #: Bodies larger than this are encoded on a worker thread instead of the event loop.
 _INLINE_ENCODE_BYTES = 1024 * 1024
+#: Seconds /health/hiqlite waits for the quorum read and each member's status (in parallel).
+HEALTH_DEADLINE = 1.5
 #: Workspace records and version metadata kept (see EtcdStore._records).
 _RECORD_CACHE = 4096
 _META_CACHE = 16384
@@ -466,32 +471,128 @@ class EtcdStore:
     # -- reads ---------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        # Served unauthenticated: member ids and names only, no addresses or key prefix.
+        """Quorum, leader and every member's state, answered within HEALTH_DEADLINE seconds.
+
+        Quorum is a linearizable read answering in time; each member is probed on its own
+        client URL (maintenance status: does it answer, and does it know a leader). Without
+        quorum reads fail rather than serve stale data, so `stale_reads` is false only when
+        there is quorum. Served unauthenticated: no key prefix, no data.
+        """
         report: dict[str, Any] = {"engine": self.engine}
+        if self._client is None:
+            report.update(
+                is_healthy=False,
+                quorum=False,
+                stale_reads=True,
+                node_count=0,
+                has_leader=False,
+                members=[],
+                error="The store is not open.",
+            )
+            return report
         try:
-            assert self._client is not None
-            members = await self._call(
-                self._client.cluster.member_list(timeout=min(self.timeout, 2.0))
-            )
-            status = await self._call(self._client.maintenance.status(timeout=2.0))
-            # Quorum: a linearizable read answers.
-            await self._call(self._kv.get(self._k("meta/schema"), timeout=2.0))
+            return await asyncio.wait_for(self._health(report), HEALTH_DEADLINE + 0.5)
+        except TimeoutError:
             report.update(
-                is_healthy=bool(status.leader),
-                node_count=len(members.members),
-                has_leader=bool(status.leader),
-                leader=f"{status.leader:x}",
-                members=[{"id": f"{m.ID:x}", "name": m.name} for m in members.members],
-                raft_term=int(status.raftTerm),
-                db_size=int(status.dbSize),
-                version=status.version,
-                quorum=True,
+                is_healthy=False,
+                quorum=False,
+                stale_reads=True,
+                has_leader=False,
+                error=f"etcd health did not answer within {HEALTH_DEADLINE:g} s",
             )
-        except (StorageUnavailable, AssertionError, AttributeError) as exc:
-            report.update(
-                is_healthy=False, node_count=0, has_leader=False, quorum=False, error=str(exc)
+            report.setdefault("node_count", 0)
+            report.setdefault("members", [])
+            return report
+
+    async def _health(self, report: dict[str, Any]) -> dict[str, Any]:
+        deadline = HEALTH_DEADLINE
+
+        async def quorum() -> str | None:
+            try:
+                await self._call(self._kv.get(self._k("meta/schema"), timeout=deadline))
+            except StorageUnavailable as exc:
+                return exc.message
+            return None
+
+        async def member_list() -> Any:
+            try:
+                # Served from the answering member's copy: works without quorum too.
+                return await self._call(
+                    self._client.cluster.member_list(linearizable=False, timeout=deadline)
+                )
+            except StorageUnavailable:
+                return None
+
+        no_quorum, listed = await asyncio.gather(quorum(), member_list())
+        members: list[dict[str, Any]] = []
+        if listed is not None:
+            probes = await asyncio.gather(
+                *(self._probe_member(list(m.clientURLs), deadline) for m in listed.members)
+            )
+            for m, status in zip(listed.members, probes, strict=True):
+                members.append(
+                    {
+                        "id": f"{m.ID:x}",
+                        "name": m.name,
+                        "client_urls": list(m.clientURLs),
+                        "healthy": status is not None and bool(status.leader),
+                        "is_learner": bool(m.isLearner),
+                        "_status": status,
+                    }
+                )
+        answered = [m["_status"] for m in members if m["_status"] is not None]
+        # The leader as a majority of the members see it.
+        votes: dict[int, int] = {}
+        for status in answered:
+            if status.leader:
+                votes[int(status.leader)] = votes.get(int(status.leader), 0) + 1
+        leader_id = next((lid for lid, n in votes.items() if n > len(members) // 2), 0)
+        leader = next((m for m in members if m["id"] == f"{leader_id:x}"), None)
+        for m in members:
+            m["is_leader"] = leader is not None and m is leader
+        quorum_ok = no_quorum is None
+        report.update(
+            is_healthy=quorum_ok,
+            quorum=quorum_ok,
+            stale_reads=not quorum_ok,
+            node_count=len(members),
+            healthy_members=sum(1 for m in members if m["healthy"]),
+            has_leader=leader is not None,
+            leader={"id": leader["id"], "name": leader["name"]} if leader else None,
+            raft_term=max((int(s.raftTerm) for s in answered), default=0),
+            members=[{k: v for k, v in m.items() if k != "_status"} for m in members],
+        )
+        if answered:
+            newest = max(answered, key=lambda s: int(s.raftTerm))
+            report.update(db_size=int(newest.dbSize), version=newest.version)
+        if not quorum_ok:
+            report["error"] = (
+                "no quorum: writes answer 503 and reads fail rather than serve stale data"
+                f" ({no_quorum})"
             )
         return report
+
+    async def _probe_member(self, client_urls: list[str], deadline: float) -> Any | None:
+        """One member's maintenance status on its own client URL, or None if it does not
+        answer within `deadline`."""
+        import grpc
+        from etcd3aio.errors import EtcdError
+        from etcd3aio.maintenance import MaintenanceService
+
+        for url in client_urls:
+            parsed = urlparse(url if "://" in url else f"http://{url}")
+            if parsed.scheme != "http" or not parsed.netloc:
+                continue  # the engine speaks plaintext gRPC only (no TLS options yet)
+            channel = grpc.aio.insecure_channel(parsed.netloc)
+            try:
+                service = MaintenanceService(channel, max_attempts=1)
+                return await service.status(timeout=deadline)
+            except (TimeoutError, EtcdError, grpc.aio.AioRpcError):
+                continue
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return None
 
     async def get_workspace(self, name: str) -> Workspace | None:
         record = await self._record(name)
@@ -615,7 +716,9 @@ class EtcdStore:
             async with semaphore:
                 chunk = blob[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
                 await self._call(
-                    self._kv.put(key, chunk, lease=lease_id, timeout=max(self.timeout, 30))
+                    self._kv.put(
+                        key, chunk, lease=lease_id, timeout=max(self.timeout, _CHUNK_PUT_TIMEOUT)
+                    )
                 )
 
         try:
