@@ -74,12 +74,16 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+_PRCTL: Any = None
+# Loaded once at import: dlopen in a child forked from a threaded process (gRPC) can crash.
+with contextlib.suppress(OSError, AttributeError):
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL the child when the process that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def b64(data: bytes | str) -> str:

@@ -215,7 +215,10 @@ async def test_health_and_unavailability_as_members_die(
             assert {m["name"] for m in report["members"]} == {"m0", "m1", "m2"}
             assert _member(report, leader.name)["is_leader"]
             assert all(m["client_urls"] for m in report["members"])
-            assert (await http.get("/health/hiqlite")).status_code == 200
+            public = await http.get("/health/hiqlite")
+            assert public.status_code == 200
+            # The endpoint needs no credentials: it does not publish how to reach etcd.
+            assert all("client_urls" not in m for m in public.json()["members"])
             assert (await http.post("/api/tofu/state/w", content=state(1))).status_code == 200
 
             # One follower dies: still quorum (2 of 3), that member reported unhealthy.

@@ -34,7 +34,11 @@ async def health(request: Request) -> Response:
 )
 async def storage_health(request: Request) -> Response:
     report = await service_of(request).health()
-    report.pop("path", None)  # where the data lives is nobody's business but the operator's
+    # Where data lives and how to reach the store is nobody's business but the operator's:
+    # this endpoint needs no credentials.
+    report.pop("path", None)
+    for member in report.get("members") or []:
+        member.pop("client_urls", None)
     return json_response(report, status_code=200 if report.get("is_healthy") else 503)
 
 

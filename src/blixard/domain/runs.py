@@ -116,6 +116,7 @@ class Run:
     cancelled_by: str | None = None
     cancel_requested: bool = False
     process_group: str | None = None  # "<boot id>:<pgid>" of the step executing now
+    executor: str | None = None  # the node executing (or last executing) the run
 
     @property
     def credential_name(self) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -59,6 +59,10 @@ class RunFailed(Exception):
     """A phase failed; the message is the run's error."""
 
 
+class ClaimedElsewhere(Exception):
+    """Another worker (or node) started this phase first: leave the run alone."""
+
+
 class RunExecutor:
     def __init__(
         self, store: Store, service: StateService, keyring: KeyRing, settings: Settings
@@ -75,6 +79,8 @@ class RunExecutor:
         self._cancelling: set[str] = set()
         self.live: dict[str, LiveLog] = {}
         self.work_root = settings.data_dir / "runs"
+        #: Stable across restarts of this node, distinct between nodes sharing a store.
+        self.node_id = f"{socket.gethostname()}:{settings.data_dir.resolve()}"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -103,6 +109,8 @@ class RunExecutor:
         """After a restart: executing runs were interrupted; queued and approved ones go on."""
         executing = tuple(status.value for status in EXECUTING)
         for run in await self.store.list_runs(statuses=executing, limit=10_000):
+            if run.executor not in (None, self.node_id):
+                continue  # another node's run; claims with leases will cover dead nodes
             _kill_leftovers(run)
             await self._save(run, lambda r: r.failed("interrupted"))
             await self._release_lock(run)
@@ -173,6 +181,7 @@ class RunExecutor:
         live = LiveLog(lambda chunk: self.store.append_run_log(job.run_id, chunk))
         self.live[job.run_id] = live
         flusher = asyncio.create_task(self._flush_periodically(live))
+        claimed = True
         try:
             if job.phase == "plan":
                 run = await self._plan(run, live)
@@ -183,6 +192,8 @@ class RunExecutor:
                     run = await self._apply(run, live)
             else:
                 run = await self._apply(run, live)
+        except ClaimedElsewhere:
+            claimed = False
         except RunFailed as failure:
             await self._finish_failed(job.run_id, str(failure), live)
         except Exception as exc:
@@ -196,7 +207,8 @@ class RunExecutor:
             self.live.pop(job.run_id, None)
             self._cancelling.discard(job.run_id)
             self.keyring.drop_ephemeral(run.credential_name)
-            await self._release_lock(run)
+            if claimed:  # never touch the lock of a run someone else is executing
+                await self._release_lock(run)
 
     async def _finish_failed(self, run_id: str, reason: str, live: LiveLog) -> None:
         run = await self.store.get_run(run_id)
@@ -217,7 +229,7 @@ class RunExecutor:
         binary = await self._binary()
         ws = await self.store.get_workspace(run.workspace)
         head = ws.head if ws else None
-        run = await self._save(
+        run = await self._claim(
             run,
             lambda r: r.start_planning(
                 binary.version, head.serial if head else None, head.lineage if head else None
@@ -252,7 +264,7 @@ class RunExecutor:
                 f"serial {serial}"
             )
         binary = await self._binary()
-        run = await self._save(run, lambda r: r.start_applying())
+        run = await self._claim(run, lambda r: r.start_applying())
         await live.write(f"[blixard] applying {run.workspace} with {binary.version}\n".encode())
         plan = await self.store.get_run_blob(run.id, "plan")
         if plan is None:
@@ -278,6 +290,14 @@ class RunExecutor:
             return await asyncio.to_thread(resolve_binary, self.settings.tofu_bin)
         except BinaryNotFound as exc:
             raise RunFailed(str(exc)) from None
+
+    async def _claim(self, run: Run, start: Callable[[Run], Run]) -> Run:
+        """Start a phase, recording this node as its executor; a conflict means the run was
+        already started elsewhere (several nodes, or a restart re-queueing it)."""
+        try:
+            return await self._save(run, lambda r: replace(start(r), executor=self.node_id))
+        except RunConflict:
+            raise ClaimedElsewhere(run.id) from None
 
     async def _save(self, run: Run, change: Callable[[Run], Run]) -> Run:
         """Apply a transition to the freshest copy of the run (others may have touched it)."""
@@ -340,6 +360,7 @@ class RunExecutor:
         self, binary: TerraformBinary, args: list[str], cwd: Path, env: dict[str, str]
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
+            *_DIE_WITH_PARENT,
             *binary.argv,
             *args,
             cwd=cwd,
@@ -348,7 +369,6 @@ class RunExecutor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: signals reach the whole tree
-            preexec_fn=_die_with_parent,
         )
 
     async def _step(
@@ -416,14 +436,12 @@ class RunExecutor:
             log.info("run %s: released the state lock it left behind", run.id)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: if the server dies (kill -9), so does Terraform; its own
-    children (provisioners) are killed by process group when the server starts again."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
+#: If the server dies (kill -9), so does Terraform: util-linux's setpriv sets the parent-death
+#: signal and execs (no Python preexec_fn, which is unsafe in a threaded server). Terraform's
+#: own children (provisioners) are killed by process group when the server starts again.
+_DIE_WITH_PARENT: tuple[str, ...] = (
+    (setpriv, "--pdeathsig", "KILL", "--") if (setpriv := shutil.which("setpriv")) else ()
+)
 
 
 def boot_id() -> str:
