@@ -36,9 +36,12 @@ async def storage_health(request: Request) -> Response:
     report = await service_of(request).health()
     # Where data lives and how to reach the store is nobody's business but the operator's:
     # this endpoint needs no credentials.
-    report.pop("path", None)
-    for member in report.get("members") or []:
-        member.pop("client_urls", None)
+    report = {key: value for key, value in report.items() if key != "path"}
+    if "members" in report:  # copies: the engine may keep these dicts
+        report["members"] = [
+            {key: value for key, value in member.items() if key != "client_urls"}
+            for member in report["members"]
+        ]
     return json_response(report, status_code=200 if report.get("is_healthy") else 503)
 
 
