@@ -12,7 +12,6 @@ points at them), and deletes the marker last. A prefix with the marker refuses t
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from blixard.store.snapshot import (
     VersionRecord,
     WorkspaceRecord,
     check_version,
+    encode_imported,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 _VERSIONS_PER_TXN = 16
 _BATCH_OPS = 100
 _BATCH_BYTES = 1024 * 1024
-_THREAD_BYTES = 1024 * 1024
 
 
 # --------------------------------------------------------------------------- export
@@ -365,19 +364,9 @@ class _Importer:
                 f"{current.last.version} (versions must increase)"
             )
         check_version(record)
-        codec = store.codec
-        base = current.base
-        if base is not None and codec.wants_full(len(body), len(base.body), base.deltas_since):
-            base = None
-        if len(body) > _THREAD_BYTES:
-            encoded = await asyncio.to_thread(codec.encode, meta.workspace, body, base)
-        else:
-            encoded = codec.encode(meta.workspace, body, base)
-        if encoded.encoding == "zstd":
-            current.base = DeltaBase(meta.version, body, len(encoded.blob), 0)
-        elif current.base is not None and encoded.base_version == current.base.version:
-            b = current.base
-            current.base = DeltaBase(b.version, b.body, b.stored_size, b.deltas_since + 1)
+        encoded, current.base = await encode_imported(
+            store.codec, meta.workspace, meta.version, body, current.base
+        )
         current.last = meta
         current.version_count += 1
         current.stored_bytes += len(encoded.blob)

@@ -45,6 +45,7 @@ import zstandard
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.models import Lock, VersionMeta, VersionSource
 from blixard.domain.runs import Run
+from blixard.store.codec import DeltaBase, Encoded, VersionCodec
 
 if TYPE_CHECKING:
     from blixard.store.protocol import Store
@@ -815,3 +816,25 @@ async def digest_store(
             check_version(record)
         digest.add(record)
     return digest.summary()
+
+
+async def encode_imported(
+    codec: VersionCodec, workspace: str, version: int, body: bytes, base: DeltaBase | None
+) -> tuple[Encoded, DeltaBase | None]:
+    """Pack one imported version as a live write would, and the delta base to use next.
+
+    Every engine's import goes through here, so a restored store holds the same full/delta
+    layout (and history size) whatever engine it lands in.
+    """
+    usable = base
+    if usable is not None and codec.wants_full(len(body), len(usable.body), usable.deltas_since):
+        usable = None
+    if len(body) > _THREAD_BYTES:
+        encoded = await asyncio.to_thread(codec.encode, workspace, body, usable)
+    else:
+        encoded = codec.encode(workspace, body, usable)
+    if encoded.encoding == "zstd":
+        return encoded, DeltaBase(version, body, len(encoded.blob), 0)
+    if base is not None and encoded.base_version == base.version:
+        return encoded, DeltaBase(base.version, base.body, base.stored_size, base.deltas_since + 1)
+    return encoded, base

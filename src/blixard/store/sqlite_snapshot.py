@@ -49,6 +49,7 @@ from blixard.store.snapshot import (
     VersionRecord,
     WorkspaceRecord,
     check_version,
+    encode_imported,
 )
 from blixard.store.sqlite_rows import (
     INSERT_KEY,
@@ -72,8 +73,6 @@ _EXPORT_QUEUE = 4
 #: Rows, and blob bytes, per import batch (one writer operation).
 _IMPORT_BATCH_ROWS = 512
 _IMPORT_BATCH_BYTES = 8 * 1024 * 1024
-#: Bodies larger than this are compressed on a worker thread.
-_THREAD_BYTES = 1024 * 1024
 _POLL = 0.1
 
 
@@ -479,19 +478,9 @@ class _Importer:
                 f"{current.last_version} (versions must increase)"
             )
         check_version(record)
-        codec = self.store.codec
-        base = current.base
-        if base is not None and codec.wants_full(len(body), len(base.body), base.deltas_since):
-            base = None
-        if len(body) > _THREAD_BYTES:
-            encoded = await asyncio.to_thread(codec.encode, meta.workspace, body, base)
-        else:
-            encoded = codec.encode(meta.workspace, body, base)
-        if encoded.encoding == "zstd":
-            current.base = DeltaBase(meta.version, body, len(encoded.blob), 0)
-        elif current.base is not None and encoded.base_version == current.base.version:
-            b = current.base
-            current.base = DeltaBase(b.version, b.body, b.stored_size, b.deltas_since + 1)
+        encoded, current.base = await encode_imported(
+            self.store.codec, meta.workspace, meta.version, body, current.base
+        )
         current.last_version = meta.version
         self.report.stored_bytes += len(encoded.blob)
         self._add_row(
