@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(
         10.0, ge=0, description="After SIGINT, how long a cancelled run may take before SIGKILL."
     )
+    node_ttl: int = Field(
+        10,
+        ge=2,
+        le=600,
+        description="Seconds without a heartbeat after which other nodes take a node's runs over.",
+    )
 
     @property
     def plan_root_paths(self) -> list[Path]:

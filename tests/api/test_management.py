@@ -129,6 +129,10 @@ def test_health_endpoints(client: TestClient) -> None:
     assert storage["is_healthy"] is True and storage["engine"] == "sqlite"
     assert storage["node_count"] == 1 and storage["has_leader"] is True
     assert "path" not in storage  # nothing about where data lives
+    (node,) = storage["blixard_nodes"]  # this server, holding its node lease
+    assert node["id"] == client.app_state.runs.executor.node_id  # type: ignore[attr-defined]
+    assert str(client.app_state.settings.data_dir) not in node["id"]  # type: ignore[attr-defined]
+    assert node["version"] and node["started_at"].endswith("Z")
 
 
 def test_metrics_count_requests_conflicts_and_bytes(client: TestClient) -> None:

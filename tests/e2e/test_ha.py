@@ -1,11 +1,15 @@
 """High availability on a real 3-member etcd cluster with two Blixard nodes (A and B) on the
 same prefix: Terraform through either node, one lock across nodes, a killed etcd leader under
-write load, and backup / restore / migrate round trips that keep every version's bytes."""
+write load, server-side runs taken over when the node executing them is killed, and backup /
+restore / migrate round trips that keep every version's bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.test_runs import Runs, config_dir, orphans_under
 from tests.e2e.tfkit import STYLES, Api, TfProject, lock_info, resource_config, unique_name
-from tests.etcd_cluster import EtcdCluster
+from tests.etcd_cluster import EtcdCluster, b64
 from tests.harness import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +39,10 @@ WRITE_SECONDS = 25.0
 WRITE_PAUSE = 0.02
 #: Generous bound on the write outage after the etcd leader dies (correctness, not speed).
 RESUME_BOUND = 15.0
+#: The nodes' lease TTL: a killed node's runs are taken over after about this long.
+NODE_TTL = 3
+#: After SIGINT, how long a run the nodes stop may take before SIGKILL.
+GRACE_SECONDS = 2
 
 
 def sha(data: bytes) -> str:
@@ -50,6 +59,7 @@ class Nodes:
     prefix: str
     a: ServerProcess
     b: ServerProcess
+    plan_root: Path
     api_a: Api = field(init=False)
     api_b: Api = field(init=False)
 
@@ -69,9 +79,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 def node(root: Path, name: str, storage_url: str) -> ServerProcess:
+    (root / "plans").mkdir(exist_ok=True)
     return ServerProcess(
         root / name,
-        env={"BLIXARD_STORAGE_URL": storage_url, "BLIXARD_TOFU_BIN": "embedded"},
+        env={
+            "BLIXARD_STORAGE_URL": storage_url,
+            "BLIXARD_TOFU_BIN": "embedded",
+            "BLIXARD_PLAN_ROOTS": str(root / "plans"),
+            "BLIXARD_NODE_TTL": str(NODE_TTL),
+            "BLIXARD_CANCEL_GRACE_SECONDS": str(GRACE_SECONDS),
+        },
         log_path=root / f"{name}.log",
     )
 
@@ -87,7 +104,7 @@ def nodes(cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     except BaseException:
         a.stop()
         raise
-    pair = Nodes(cluster, prefix, a, b)
+    pair = Nodes(cluster, prefix, a, b, root / "plans")
     try:
         yield pair
     finally:
@@ -457,3 +474,144 @@ def test_backup_restore_and_migrate_round_trip(nodes: Nodes, tmp_path: Path) -> 
         from_back = everything(back.url, bodies=True)
     assert from_etcd == original
     assert from_back == original
+
+
+# --------------------------------------------------------------------------- runs across nodes
+
+
+def executing_on(srv: ServerProcess, plan_id: str) -> bool:
+    """Whether the run has a work directory under this node's data directory."""
+    return any((srv.data_dir / "runs").glob(f"{plan_id}-*"))
+
+
+def test_killed_node_run_is_interrupted_by_the_other_which_runs_the_queue(nodes: Nodes) -> None:
+    """SIGKILL the node executing an apply: the other node marks it interrupted once the
+    dead node's lease expires, releases the state lock it held, executes the run that was
+    queued behind it on the dead node, and plans as usual."""
+    ws = unique_name("ha-run")
+    slow = config_dir(nodes.plan_root, "slow")
+    clients = {"a": Runs(nodes.a.url, None), "b": Runs(nodes.b.url, None)}
+    doomed: ServerProcess | None = None
+    try:
+        first = clients["a"].create(ws, slow, auto_approve=True, variables={"sleep": "60"})
+        clients["a"].wait_log(first["plan_id"], "Provisioning with 'local-exec'")
+        held = nodes.api_a.wait_locked(ws, timeout=5)
+        queued = clients["a"].create(ws, slow, auto_approve=True, variables={"value": "two"})
+        # Node A took the run (unless B's sweep won the claim by a hair): kill the one running it.
+        on_a = executing_on(nodes.a, first["plan_id"])
+        doomed, survivor = (nodes.a, clients["b"]) if on_a else (nodes.b, clients["a"])
+        survivor_api = nodes.api_b if on_a else nodes.api_a
+        assert executing_on(doomed, first["plan_id"])
+        executor = survivor.get(first["plan_id"])["executor"]
+        assert executor and survivor.get(queued["plan_id"])["status"] == "queued"
+
+        doomed.kill()
+        killed_at = time.monotonic()
+        interrupted = survivor.wait(first["plan_id"], "errored", timeout=NODE_TTL + 12)
+        took = time.monotonic() - killed_at
+        print(f"run interrupted {took:.1f} s after its node was killed (TTL {NODE_TTL} s)")
+        assert took < NODE_TTL + 7, took
+        assert interrupted["error"] == f"interrupted: node {executor} is gone (its lease expired)"
+        assert interrupted["executor"] == executor and interrupted["finished_at"]
+        # Its lock was released by Blixard (audited), and only that lock.
+        events = survivor.http.get("/audit", params={"workspace": ws}).json()["events"]
+        forced = [e for e in events if e["action"] == "lock.force_unlock"]
+        assert [(e["lock_id"], e["key"]) for e in forced] == [(held["ID"], "blixard")], events
+        assert any(first["plan_id"] in (e["detail"] or "") for e in events), events
+        # The orphaned `sleep` of the killed node's Terraform was killed with it.
+        deadline = time.monotonic() + 10
+        while orphans_under(doomed.data_dir):
+            assert time.monotonic() < deadline, orphans_under(doomed.data_dir)
+            time.sleep(0.1)
+
+        # The run queued on the dead node runs on the live one, with a lock of its own.
+        done = survivor.wait(queued["plan_id"], "applied", timeout=60)
+        health = httpx.get(f"{survivor_api.base_url}/health/hiqlite", timeout=10)
+        assert [n["id"] for n in health.json()["blixard_nodes"]] == [done["executor"]], health.text
+        assert survivor.state(ws)["outputs"]["value"]["value"] == "two"
+        assert not survivor.locked(ws)
+        holder = lock_info(f"after-{uuid.uuid4()}", who="ops@survivor")
+        assert survivor_api.send_lock("LOCK", "lock", ws, holder).status_code == 200
+        assert survivor_api.send_lock("UNLOCK", "unlock", ws, holder).status_code == 200
+        again = survivor.create(ws, slow, variables={"value": "three"})
+        assert survivor.wait(again["plan_id"], "planned")["summary"]["change"] == 1
+        assert survivor.http.post(f"/plans/{again['plan_id']}/discard").status_code == 200
+    finally:
+        for client in clients.values():
+            client.close()
+        if doomed is not None:
+            for pid in orphans_under(doomed.data_dir):  # only if the test failed early
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            doomed.start()  # the module's other tests and teardown expect both nodes
+
+
+def test_node_that_loses_its_lease_stops_its_run_and_comes_back(nodes: Nodes) -> None:
+    """Revoke the lease of the node executing an apply (as etcd does after a partition longer
+    than the TTL) while the other node is frozen (SIGSTOP), so that only the node itself
+    reacts: it stops its run, marks it interrupted, releases its lock, logs the loss and
+    takes a new lease."""
+    ws = unique_name("ha-lease")
+    clients = {"a": Runs(nodes.a.url, None), "b": Runs(nodes.b.url, None)}
+    frozen: ServerProcess | None = None
+    try:
+        run = clients["a"].create(
+            ws, config_dir(nodes.plan_root, "lease"), auto_approve=True, variables={"sleep": "60"}
+        )
+        clients["a"].wait_log(run["plan_id"], "Provisioning with 'local-exec'")
+        on_a = executing_on(nodes.a, run["plan_id"])
+        owner, client = (nodes.a, clients["a"]) if on_a else (nodes.b, clients["b"])
+        executor = client.get(run["plan_id"])["executor"]
+        log_start = owner.log_path.stat().st_size
+        frozen = nodes.b if on_a else nodes.a
+        assert frozen.proc is not None
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        with nodes.cluster.gateway(nodes.cluster.running_members()[0]) as etcd:
+            key = f"/{nodes.prefix}/nodes/{executor}"
+            (record,) = etcd.call("kv/range", {"key": b64(key)})["kvs"]
+            etcd.call("lease/revoke", {"ID": record["lease"]})
+
+        ended = client.wait(run["plan_id"], "errored", timeout=NODE_TTL + GRACE_SECONDS + 10)
+        assert ended["error"] == f"interrupted: node {executor} lost its lease", ended
+        client.wait_unlocked(ws, timeout=10)
+        assert not orphans_under(owner.data_dir)
+    finally:
+        if frozen is not None and frozen.proc is not None:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+        for client in clients.values():
+            client.close()
+    # Both nodes hold a lease again (the frozen one lost its own too, and takes a new one).
+    deadline = time.monotonic() + 15
+    while len(live_node_ids(nodes.a)) < 2:
+        assert time.monotonic() < deadline, live_node_ids(nodes.a)
+        time.sleep(0.1)
+    assert executor in live_node_ids(nodes.b)
+    logged = owner.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert f"node {executor} lost its lease" in logged, logged
+    assert f"node {executor} holds a new lease" in logged, logged
+
+
+def test_cancel_through_the_node_not_executing_the_run(nodes: Nodes) -> None:
+    """The executing node picks the cancel request up at its next sweep (TTL/3)."""
+    ws = unique_name("ha-cancel")
+    clients = [Runs(nodes.a.url, None), Runs(nodes.b.url, None)]
+    try:
+        run = clients[0].create(
+            ws, config_dir(nodes.plan_root, "cancel"), auto_approve=True, variables={"sleep": "60"}
+        )
+        clients[0].wait_log(run["plan_id"], "Provisioning with 'local-exec'")
+        other = clients[1] if executing_on(nodes.a, run["plan_id"]) else clients[0]
+        started = time.monotonic()
+        resp = other.http.post(f"/plans/{run['plan_id']}/cancel")
+        assert resp.status_code == 200, resp.text
+        other.wait(run["plan_id"], "cancelled", timeout=NODE_TTL + 10)
+        assert time.monotonic() - started < NODE_TTL + 10
+        other.wait_unlocked(ws, timeout=10)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def live_node_ids(srv: ServerProcess) -> list[str]:
+    health = httpx.get(f"{srv.url}/health/hiqlite", timeout=10)
+    return [n["id"] for n in health.json()["blixard_nodes"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from dataclasses import replace
 
 import orjson
@@ -334,3 +335,27 @@ async def test_audit_is_listed_newest_first_filtered_and_paged(store: Store) -> 
     assert page == everything[:5]
     assert page[-1].id is not None
     assert await store.list_audit(before_id=page[-1].id, limit=5) == everything[5:10]
+
+
+async def test_node_leases_expire_unless_renewed(store: Store) -> None:
+    """A node is listed while it renews its lease; one that stops renewing drops out."""
+    kept = await store.grant_node_lease("node-kept", {"version": "1"}, ttl=1)
+    dropped = await store.grant_node_lease("node-dropped", {"version": "1"}, ttl=1)
+    assert await store.live_nodes() == {
+        "node-kept": {"version": "1"},
+        "node-dropped": {"version": "1"},
+    }
+    deadline = time.monotonic() + 15  # etcd rounds a TTL up to its minimum (~2 s)
+    while "node-dropped" in await store.live_nodes():
+        assert time.monotonic() < deadline, "a lease nobody renews never expired"
+        assert await store.renew_node_lease(kept) is True
+        await asyncio.sleep(0.2)
+    assert await store.renew_node_lease(dropped) is False
+    assert await store.live_nodes() == {"node-kept": {"version": "1"}}
+
+    # A restarted node's new lease replaces its old one; revoking it drops the node at once.
+    again = await store.grant_node_lease("node-kept", {"version": "2"}, ttl=30)
+    assert await store.live_nodes() == {"node-kept": {"version": "2"}}
+    await store.revoke_node_lease(again)
+    assert await store.live_nodes() == {}
+    await store.revoke_node_lease(kept)

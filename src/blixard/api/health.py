@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from blixard import __version__
-from blixard.api.views import json_response, service_of
+from blixard.api.views import iso, json_response, service_of
+from blixard.domain.errors import StorageUnavailable
 from blixard.runs.binary import BinaryNotFound, resolve_binary
+from blixard.store.protocol import Store
 
 router = APIRouter(tags=["health"])
 
@@ -33,7 +36,10 @@ async def health(request: Request) -> Response:
     "engine is configured. 503 when the store cannot serve.",
 )
 async def storage_health(request: Request) -> Response:
-    report = await service_of(request).health()
+    service = service_of(request)
+    report, nodes = await asyncio.gather(service.health(), _live_nodes(service.store))
+    if nodes is not None:
+        report["blixard_nodes"] = nodes
     # Where data lives and how to reach the store is nobody's business but the operator's:
     # this endpoint needs no credentials.
     report = {key: value for key, value in report.items() if key != "path"}
@@ -43,6 +49,19 @@ async def storage_health(request: Request) -> Response:
             for member in report["members"]
         ]
     return json_response(report, status_code=200 if report.get("is_healthy") else 503)
+
+
+async def _live_nodes(store: Store) -> list[dict[str, Any]] | None:
+    """The Blixard nodes holding a lease (that execute runs), or None if the store cannot say
+    within a second: the storage report is what a load balancer needs."""
+    try:
+        nodes = await asyncio.wait_for(store.live_nodes(), 1.0)
+    except (StorageUnavailable, TimeoutError):
+        return None
+    return [
+        {"id": node_id, "version": info.get("version"), "started_at": iso(info.get("started_at"))}
+        for node_id, info in sorted(nodes.items())
+    ]
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

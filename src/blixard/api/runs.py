@@ -57,6 +57,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "source": run.source,
         "config_dir": run.config_dir,
         "binary": run.binary,
+        "executor": run.executor,  # the node that executes (or last executed) it
         "plan_serial": run.plan_serial,
         "summary": None
         if summary is None

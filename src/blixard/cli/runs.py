@@ -460,7 +460,7 @@ def plans(
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("PLAN", "STATUS", "CHANGES", "CREATED", "BY", "APPROVED BY", "NOTE"):
+    for col in ("PLAN", "STATUS", "CHANGES", "CREATED", "BY", "APPROVED BY", "NODE", "NOTE"):
         table.add_column(col)
     for run in runs:
         status = str(run.get("status") or "-")
@@ -478,6 +478,7 @@ def plans(
             relative_age(run.get("created_at")),
             _text(run.get("created_by")),
             _text(run.get("approved_by")),
+            _text(run.get("executor")),
             _text(note),
         )
     console.print(table)

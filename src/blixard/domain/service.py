@@ -356,6 +356,20 @@ class StateService:
     async def health(self) -> dict[str, Any]:
         return await self.store.health()
 
+    async def release_lock_of(
+        self, name: str, owner: str, *, actor: Actor | None = None
+    ) -> Lock | None:
+        """Break the lock only while the key `owner` holds it (a run's lock once its process
+        is gone), never a lock someone took since; answers with the lock removed."""
+        check_workspace_name(name)
+
+        async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
+            if ws is None or ws.lock is None or ws.lock.owner != owner:
+                return (None,)
+            return await self._release(ws, Action.lock_force, actor)
+
+        return (await self._cas(name, attempt))[0]
+
 
 def verify_content_md5(digest: bytes, header: str) -> None:
     """Check a Content-MD5 header (base64 of the body's MD5, RFC 1864)."""

@@ -4,27 +4,38 @@ Each phase (plan, apply) gets its own temporary work directory holding a copy of
 configuration, pointed at this very server through the http backend with a short-lived key
 that may only write the run's workspace. So a run locks and writes state through the normal
 protocol, and history and audit name the run that wrote each version.
+
+Several nodes may share one store: any node executes any queued run, a phase is claimed by a
+compare-and-set on the run's revision that records the node, and every node holds a lease in
+the store (nodes.py). A periodic sweep on every node interrupts the runs of nodes whose lease
+expired (releasing the state lock they held) and adopts queued and approved runs that no
+node is executing, so a node that dies loses no run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from blixard import __version__
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
-from blixard.domain.access import Actor, Role
+from blixard.domain.access import Action, Actor, Role, audit_event
+from blixard.domain.errors import StorageUnavailable
 from blixard.domain.runs import (
     EXECUTING,
     FINISHED,
@@ -37,6 +48,7 @@ from blixard.domain.service import StateService
 from blixard.runs.archive import extract_archive
 from blixard.runs.binary import BinaryNotFound, TerraformBinary, resolve_binary
 from blixard.runs.logs import LiveLog
+from blixard.runs.nodes import NodePresence
 from blixard.runs.workdir import backend_env, prepare_workdir
 from blixard.store.protocol import Store
 
@@ -79,8 +91,23 @@ class RunExecutor:
         self._cancelling: set[str] = set()
         self.live: dict[str, LiveLog] = {}
         self.work_root = settings.data_dir / "runs"
-        #: Stable across restarts of this node, distinct between nodes sharing a store.
-        self.node_id = f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+        #: Stable across restarts of this node, distinct between nodes sharing a store (the
+        #: data directory as a digest: the id is shown on unauthenticated /health/hiqlite).
+        digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:6]
+        self.node_id = f"{socket.gethostname()}-{digest}"
+        self.presence = NodePresence(
+            store,
+            self.node_id,
+            settings.node_ttl,
+            {"version": __version__, "started_at": time.time()},
+            self._lease_lost,
+        )
+        #: Runs whose phase this process claimed (added just before the claim's CAS).
+        self._claimed: set[str] = set()
+        #: Why a claimed run is being stopped when it is not a user's cancel.
+        self._interrupted: dict[str, str] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -88,33 +115,36 @@ class RunExecutor:
         self.work_root.mkdir(parents=True, exist_ok=True)
         for leftover in self.work_root.iterdir():  # work dirs of runs a crash interrupted
             shutil.rmtree(leftover, ignore_errors=True)
+        await self.presence.start()
         await self.recover()
         self._workers = [
             asyncio.create_task(self._worker(), name=f"blixard-run-worker-{index}")
             for index in range(self.settings.run_workers)
         ]
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="blixard-run-sweep")
 
     async def stop(self) -> None:
+        tasks = [*self._workers, *self._background, *([self._sweeper] if self._sweeper else [])]
         for process in list(self._processes.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-        for task in self._workers:
+        for task in tasks:
             task.cancel()
-        for task in self._workers:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._workers = []
+        self._workers, self._sweeper = [], None
+        # Last, once its processes are dead: the other nodes take its runs over at once.
+        await self.presence.stop()
 
     async def recover(self) -> None:
         """After a restart: executing runs were interrupted; queued and approved ones go on."""
         executing = tuple(status.value for status in EXECUTING)
         for run in await self.store.list_runs(statuses=executing, limit=10_000):
             if run.executor not in (None, self.node_id):
-                continue  # another node's run; claims with leases will cover dead nodes
+                continue  # another node's: the sweep interrupts it if that node is gone
             _kill_leftovers(run)
-            await self._save(run, lambda r: r.failed("interrupted"))
-            await self._release_lock(run)
-            log.warning("run %s was interrupted by a restart", run.id)
+            await self._interrupt(run, "interrupted")
         for run in reversed(await self.store.list_runs(statuses=("queued",), limit=10_000)):
             self.enqueue(run, "plan")
         for run in reversed(await self.store.list_runs(statuses=("planned",), limit=10_000)):
@@ -140,6 +170,7 @@ class RunExecutor:
 
     async def _worker(self) -> None:
         while True:
+            await self.presence.held.wait()  # without a lease, other nodes may take the run
             async with self._changed:
                 job = self._take_runnable()
                 while job is None:
@@ -157,6 +188,8 @@ class RunExecutor:
 
     async def cancel(self, run_id: str) -> None:
         """Interrupt the run's process: SIGINT, then SIGKILL after the grace period."""
+        if run_id not in self._claimed:
+            return  # executing on another node: its sweep sees the cancel request
         self._cancelling.add(run_id)
         process = self._processes.get(run_id)
         if process is None:
@@ -169,19 +202,105 @@ class RunExecutor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    # -- across nodes --------------------------------------------------------------------
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_ttl / 3)
+            try:
+                await self.sweep()
+            except StorageUnavailable as exc:
+                log.warning("run sweep skipped: %s", exc)
+            except Exception:
+                log.exception("run sweep failed")
+
+    async def sweep(self) -> None:
+        """Interrupt the runs of dead nodes, queue runs no node is executing, and pass cancel
+        requests made through other nodes to this node's processes."""
+        if not self.presence.held.is_set():
+            return  # this node may be the one cut off: judge nobody
+        statuses = ("queued", "planned", *(status.value for status in EXECUTING))
+        # Runs first, then the nodes: a run claimed by a node that was live when the runs
+        # were read is still listed with it, unless that node's lease really expired.
+        runs = await self.store.list_runs(statuses=statuses, limit=10_000)
+        live = await self.store.live_nodes()
+        busy: set[str] = set()
+        for run in runs:
+            if run.status not in EXECUTING:
+                continue
+            mine = run.executor == self.node_id and run.id in self._claimed
+            if mine and run.cancel_requested and run.id not in self._cancelling:
+                self._in_background(self.cancel(run.id))
+            # Not live, or this node's but no job of this process executes it.
+            gone = not mine and (run.executor not in live or run.executor == self.node_id)
+            if not (gone and await self._interrupt(run, self._gone(run))):
+                busy.add(run.workspace)
+        known = {job.run_id for job in self._pending} | set(self.live)
+        for run in reversed(runs):  # oldest first: one runnable run per workspace
+            if run.status == RunStatus.queued:
+                phase = "plan"
+            elif run.status == RunStatus.planned and run.approved_at is not None:
+                phase = "apply"
+            else:
+                continue
+            if run.workspace in busy or run.cancel_requested:
+                continue
+            busy.add(run.workspace)
+            if run.id not in known:
+                self.enqueue(run, phase)
+
+    def _gone(self, run: Run) -> str:
+        if run.executor == self.node_id:
+            return f"interrupted: node {run.executor} lost track of it"
+        if run.executor is None:
+            return "interrupted: its node is gone"
+        return f"interrupted: node {run.executor} is gone (its lease expired)"
+
+    async def _interrupt(self, run: Run, reason: str) -> bool:
+        """End a run whose process is gone (a compare-and-set on the revision it was read
+        with: one node does it) and release the state lock it held; False if the run
+        changed meanwhile."""
+        audit = audit_event(
+            SYSTEM,
+            Action.plan_apply,
+            time.time(),
+            workspace=run.workspace,
+            detail=f"{run.id} {reason}",
+        )
+        ended = await self.store.update_run(
+            run.failed(reason), expect_revision=run.revision, audit=audit
+        )
+        if ended is None:
+            return False
+        _kill_leftovers(run)
+        await self._release_lock(run)
+        log.warning("run %s %s", run.id, reason)
+        return True
+
+    async def _lease_lost(self) -> None:
+        """The other nodes may already treat this node's runs as interrupted: stop them."""
+        for run_id in list(self._claimed):
+            self._interrupted[run_id] = f"interrupted: node {self.node_id} lost its lease"
+            self._in_background(self.cancel(run_id))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- phases --------------------------------------------------------------------------
 
     async def _run_job(self, job: _Job) -> None:
         run = await self.store.get_run(job.run_id)
-        if run is None or run.status in (RunStatus.cancelled, RunStatus.discarded):
-            return
+        wanted = RunStatus.queued if job.phase == "plan" else RunStatus.planned
+        if run is None or run.status != wanted:
+            return  # done already, or another node took it first
         if job.run_id in self._cancelling or run.cancel_requested:
             await self._save(run, lambda r: r.request_cancel(r.cancelled_by))
             return
         live = LiveLog(lambda chunk: self.store.append_run_log(job.run_id, chunk))
         self.live[job.run_id] = live
         flusher = asyncio.create_task(self._flush_periodically(live))
-        claimed = True
         try:
             if job.phase == "plan":
                 run = await self._plan(run, live)
@@ -193,7 +312,7 @@ class RunExecutor:
             else:
                 run = await self._apply(run, live)
         except ClaimedElsewhere:
-            claimed = False
+            pass
         except RunFailed as failure:
             await self._finish_failed(job.run_id, str(failure), live)
         except Exception as exc:
@@ -206,24 +325,35 @@ class RunExecutor:
             await live.close()
             self.live.pop(job.run_id, None)
             self._cancelling.discard(job.run_id)
+            self._interrupted.pop(job.run_id, None)
             self.keyring.drop_ephemeral(run.credential_name)
-            if claimed:  # never touch the lock of a run someone else is executing
+            if job.run_id in self._claimed:  # never touch the lock of another node's run
+                self._claimed.discard(job.run_id)
                 await self._release_lock(run)
 
     async def _finish_failed(self, run_id: str, reason: str, live: LiveLog) -> None:
         run = await self.store.get_run(run_id)
-        if run is None or run.status in FINISHED:
+        if run is None or run.status in FINISHED or not self._ours(run):
             return
-        cancelled = run_id in self._cancelling or run.cancel_requested
+        interrupted = self._interrupted.get(run_id)
+        cancelled = interrupted is None and (run_id in self._cancelling or run.cancel_requested)
+        reason = interrupted or reason
         outcome = "cancelled" if cancelled else f"failed: {reason}"
         await live.write(f"\n[blixard] run {outcome}\n".encode())
 
         def finish(current: Run) -> Run:
+            if not self._ours(current):
+                raise ClaimedElsewhere(run_id)
             if cancelled and current.status in EXECUTING:
                 return current.cancelled()
             return current.failed(reason)
 
-        await self._save(run, finish)
+        with contextlib.suppress(ClaimedElsewhere):
+            await self._save(run, finish)
+
+    def _ours(self, run: Run) -> bool:
+        """A failure before this job's claim must not end a phase another node executes."""
+        return run.status not in EXECUTING or run.executor == self.node_id
 
     async def _plan(self, run: Run, live: LiveLog) -> Run:
         binary = await self._binary()
@@ -293,10 +423,25 @@ class RunExecutor:
 
     async def _claim(self, run: Run, start: Callable[[Run], Run]) -> Run:
         """Start a phase, recording this node as its executor; a conflict means the run was
-        already started elsewhere (several nodes, or a restart re-queueing it)."""
+        already started elsewhere (several nodes, or a restart re-queueing it).
+
+        One run per workspace at a time across nodes too: while another run of the
+        workspace executes, this one stays where it is and a later sweep queues it again."""
+        # An auto-approved run's plan phase ended here: if another node takes the apply,
+        # the lock its Terraform holds (with the run's key) is not this node's to release.
+        self._claimed.discard(run.id)
+        if not self.presence.held.is_set():
+            raise ClaimedElsewhere(run.id)  # without a lease, another node may take it
+        executing = tuple(status.value for status in EXECUTING)
+        others = await self.store.list_runs(workspace=run.workspace, statuses=executing, limit=2)
+        if any(other.id != run.id for other in others):
+            log.info("run %s waits: another run of %s is executing", run.id, run.workspace)
+            raise ClaimedElsewhere(run.id)
+        self._claimed.add(run.id)  # before the CAS: the sweep must never see it unclaimed
         try:
             return await self._save(run, lambda r: replace(start(r), executor=self.node_id))
         except RunConflict:
+            self._claimed.discard(run.id)
             raise ClaimedElsewhere(run.id) from None
 
     async def _save(self, run: Run, change: Callable[[Run], Run]) -> Run:
@@ -429,10 +574,13 @@ class RunExecutor:
                 log.warning("could not store run log", exc_info=True)
 
     async def _release_lock(self, run: Run) -> None:
-        """A killed or crashed Terraform leaves its lock behind: release it if it is ours."""
-        ws = await self.store.get_workspace(run.workspace)
-        if ws is not None and ws.lock is not None and ws.lock.owner == run.credential_name:
-            await self.service.force_unlock(run.workspace, actor=SYSTEM)
+        """A killed or crashed Terraform leaves its lock behind: release it while it is still
+        the run's (taken with the run's own key), never a lock someone took since, nor the
+        lock of the run's next phase if another node executes it already."""
+        current = await self.store.get_run(run.id)
+        if current is not None and not self._ours(current):
+            return
+        if await self.service.release_lock_of(run.workspace, run.credential_name, actor=SYSTEM):
             log.info("run %s: released the state lock it left behind", run.id)
 
 

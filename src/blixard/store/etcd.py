@@ -1264,6 +1264,54 @@ class EtcdStore:
 
         return await etcd_snapshot.import_records(self, records)
 
+    # -- node liveness -------------------------------------------------------------------
+
+    async def grant_node_lease(self, node_id: str, info: dict[str, Any], *, ttl: int) -> int:
+        """An etcd lease carrying `nodes/<node id>`: when the node stops renewing it, etcd
+        deletes the key, which is how the other nodes learn that it is gone."""
+        grant = await self._call(self._client.lease.grant(ttl, timeout=self.timeout))
+        lease_id = int(grant.ID)
+        try:
+            await self._call(
+                self._kv.put(
+                    self._k("nodes/", node_id),
+                    orjson.dumps(info),
+                    lease=lease_id,
+                    timeout=self.timeout,
+                )
+            )
+        except BaseException:
+            await self._revoke(lease_id)
+            raise
+        return lease_id
+
+    async def renew_node_lease(self, lease_id: int) -> bool:
+        if self._client is None:
+            raise StorageUnavailable("The store is not open.")
+        lease_api = self._client.lease
+
+        async def keep_alive() -> bool:
+            stream = lease_api.keep_alive(lease_id)
+            try:
+                async for response in stream:
+                    return int(response.TTL) > 0  # etcd answers TTL 0 for an expired lease
+            finally:
+                stream.cancel()
+            raise StorageUnavailable("etcd closed the lease keep-alive stream without answer.")
+
+        return await self._call(asyncio.wait_for(keep_alive(), self.timeout))
+
+    async def revoke_node_lease(self, lease_id: int) -> None:
+        if self._client is not None:
+            await self._revoke(lease_id)
+
+    async def live_nodes(self) -> dict[str, dict[str, Any]]:
+        prefix = self._k("nodes/")
+        nodes: dict[str, dict[str, Any]] = {}
+        async for kv in self._scan(prefix, _prefix_end(prefix)):
+            nodes[bytes(kv.key)[len(prefix) :].decode()] = orjson.loads(kv.value)
+        return nodes
+
 
 def unique_prefix(base: str = "blixard") -> str:
     return f"/{base}/{os.getpid()}-{secrets.token_hex(4)}/"

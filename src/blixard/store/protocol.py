@@ -191,3 +191,25 @@ class Store(Protocol):
         SnapshotCorrupt. For stores not serving traffic: restore and migrate run offline.
         """
         ...
+
+    # -- node liveness: which Blixard nodes are up (runs across nodes) ------------------------
+
+    async def grant_node_lease(self, node_id: str, info: dict[str, Any], *, ttl: int) -> int:
+        """List `node_id` (with `info`) as live under a new lease of `ttl` seconds; returns the
+        lease id. It stays listed while renew_node_lease is called within every `ttl`; a
+        node that dies drops out when its lease expires, and other nodes then take over its
+        runs. A new lease for the same node id replaces the node's previous one."""
+        ...
+
+    async def renew_node_lease(self, lease_id: int) -> bool:
+        """Another `ttl` for the lease; False if it already expired (its node has been seen
+        dead by the others and must grant a new lease)."""
+        ...
+
+    async def revoke_node_lease(self, lease_id: int) -> None:
+        """Drop the lease and its node from the live list now (clean shutdown)."""
+        ...
+
+    async def live_nodes(self) -> dict[str, dict[str, Any]]:
+        """Node id → info of every node whose lease is live."""
+        ...

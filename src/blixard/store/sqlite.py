@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import os
 import queue
 import sqlite3
@@ -231,6 +232,14 @@ class _ByteLRU:
 
 
 @dataclass(slots=True)
+class _NodeLease:
+    node_id: str
+    info: dict[str, Any]
+    ttl: int
+    expires: float  # time.monotonic()
+
+
+@dataclass(slots=True)
 class _Job:
     operation: Callable[[sqlite3.Connection], Any]
     on_commit: Callable[[Any], None] | None
@@ -419,6 +428,9 @@ class SQLiteStore:
         self._flock_fd: int | None = None
         #: Stop signals of the exports in progress (see sqlite_snapshot).
         self._exports: set[threading.Event] = set()
+        #: Node leases by id (see grant_node_lease).
+        self._node_leases: dict[int, _NodeLease] = {}
+        self._lease_ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -1150,6 +1162,40 @@ class SQLiteStore:
             total_versions=total,
             retired_key_ids=retired,
         )
+
+    # -- node liveness -------------------------------------------------------------------
+
+    async def grant_node_lease(self, node_id: str, info: dict[str, Any], *, ttl: int) -> int:
+        """In memory: the file lock makes this process the store's only node, yet leases
+        expire and are listed as on a shared engine, so the run sweeper works the same."""
+        self._expire_node_leases()
+        for lease_id, lease in list(self._node_leases.items()):
+            if lease.node_id == node_id:
+                del self._node_leases[lease_id]
+        lease_id = next(self._lease_ids)
+        self._node_leases[lease_id] = _NodeLease(node_id, dict(info), ttl, time.monotonic() + ttl)
+        return lease_id
+
+    async def renew_node_lease(self, lease_id: int) -> bool:
+        self._expire_node_leases()
+        lease = self._node_leases.get(lease_id)
+        if lease is None:
+            return False
+        lease.expires = time.monotonic() + lease.ttl
+        return True
+
+    async def revoke_node_lease(self, lease_id: int) -> None:
+        self._node_leases.pop(lease_id, None)
+
+    async def live_nodes(self) -> dict[str, dict[str, Any]]:
+        self._expire_node_leases()
+        return {lease.node_id: dict(lease.info) for lease in self._node_leases.values()}
+
+    def _expire_node_leases(self) -> None:
+        now = time.monotonic()
+        for lease_id, lease in list(self._node_leases.items()):
+            if lease.expires <= now:
+                del self._node_leases[lease_id]
 
 
 def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
