@@ -125,7 +125,7 @@ def _etcd_engine(tmp_path: Path) -> Engine:
             if lease:
                 # Old chunks of a re-sealed value, kept briefly for readers in flight.
                 assert key.startswith(("blob/", "chunks/")), key
-                ttl = await store._client.lease.time_to_live(lease)  # type: ignore[attr-defined]
+                ttl = await store._client.lease.time_to_live(lease)
                 assert 0 < ttl.TTL <= 30, ttl
                 continue
             if key.startswith(("blob/", "chunks/")) and not key.endswith("/00000"):
@@ -217,7 +217,7 @@ async def rotate_until_done(store: Store, **step: float) -> tuple[int, int, list
     versions = locks = 0
     retired: list[str] = []
     while True:
-        progress = await store.rotate_encryption(**step)  # type: ignore[attr-defined]
+        progress = await store.rotate_encryption(**step)
         versions += progress.rotated_versions
         locks += progress.rotated_locks
         retired += progress.retired_key_ids
@@ -231,12 +231,12 @@ async def test_status_and_raw_bytes_of_an_unencrypted_store(
     """The control for the checks below: without a key the secrets are in the raw bytes."""
     store = await opened(None)
     await fill(store)
-    status = await store.encryption_status()  # type: ignore[attr-defined]
+    status = await store.encryption_status()
     assert not status.encrypted and status.current_key_id is None
     assert status.versions == {PLAINTEXT: 44} and status.locks == {PLAINTEXT: 1}
     assert status.key_ids_in_use == [] and not status.rotation_needed
     with pytest.raises(EncryptionNotConfigured):
-        await store.rotate_encryption()  # type: ignore[attr-defined]
+        await store.rotate_encryption()
     raw = await engine.raw(store)
     assert any(SECRET in value for value in raw) and any(WHO.encode() in value for value in raw)
     assert set(await engine.sealed_with(store)) == {PLAINTEXT}
@@ -250,13 +250,13 @@ async def test_rotation_reseals_everything_and_retires_the_old_key(
     await store.close()
 
     store = await opened(Cipher(K2, [K1]))
-    status = await store.encryption_status()  # type: ignore[attr-defined]
+    status = await store.encryption_status()
     assert status.encrypted and status.current_key_id == NEW
     assert status.versions == {OLD: 44} and status.locks == {OLD: 1}
     assert status.key_ids_in_use == sorted([OLD, NEW]) and status.rotation_needed
     assert status.removable_key_ids == []
 
-    first = await store.rotate_encryption(max_seconds=0, batch_versions=7)  # type: ignore[attr-defined]
+    first = await store.rotate_encryption(max_seconds=0, batch_versions=7)
     assert first.rotated_versions == 7 and not first.done
     assert (first.remaining_versions, first.remaining_locks, first.total_versions) == (37, 1, 44)
     versions, locks, retired = await rotate_until_done(store, max_seconds=0, batch_versions=7)
@@ -264,14 +264,14 @@ async def test_rotation_reseals_everything_and_retires_the_old_key(
     assert locks == 6  # the lock payload, the run document, 2 run files, 2 log chunks
     assert retired == [OLD]
 
-    status = await store.encryption_status()  # type: ignore[attr-defined]
+    status = await store.encryption_status()
     assert status.versions == {NEW: 44} and status.locks == {NEW: 1}
     assert status.key_ids_in_use == [NEW] and status.removable_key_ids == [OLD]
     assert not status.rotation_needed
     assert set(await engine.sealed_with(store)) == {NEW}
     assert not any(SECRET in v or WHO.encode() in v for v in await engine.raw(store))
     await assert_everything_reads_back(store, HISTORY)
-    again = await store.rotate_encryption()  # type: ignore[attr-defined]
+    again = await store.rotate_encryption()
     assert again.done and (again.rotated_versions, again.rotated_locks) == (0, 0)
     await store.close()
 
@@ -330,7 +330,7 @@ async def test_writes_during_rotation_are_kept(
     assert run is not None and run.error == "step 19" and run.revision == 21
     log = await store.read_run_log("run-1")
     assert log.endswith(b"".join(f"more {i};".encode() for i in range(20)))
-    status = await store.encryption_status()  # type: ignore[attr-defined]
+    status = await store.encryption_status()
     assert status.versions == {NEW: 82} and status.locks == {NEW: 1}
     assert set(await engine.sealed_with(store)) == {NEW}
 
