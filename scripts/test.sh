@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
-scripts/install-etcd.sh >/dev/null  # a real etcd cluster for the etcd tests
+scripts/install-etcd.sh >/dev/null  # a real etcd cluster: engine tests, and tests/api + real Terraform on etcd too
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy src

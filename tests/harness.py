@@ -14,6 +14,18 @@ from pathlib import Path
 
 import httpx
 
+#: Engines the engine-parametrized suites run on (tests/api, tests/e2e/test_terraform.py);
+#: BLIXARD_TEST_ENGINE=sqlite or =etcd keeps only that one.
+TEST_ENGINES = [e for e in ("sqlite", "etcd") if os.environ.get("BLIXARD_TEST_ENGINE", e) == e]
+
+
+def shared_etcd_url(prefix: str) -> str:
+    """A storage URL for `prefix` on the session's shared 3-member etcd test cluster."""
+    from tests.etcd_cluster import shared_cluster_endpoints
+
+    hosts = ",".join(e.removeprefix("http://") for e in shared_cluster_endpoints())
+    return f"etcd://{hosts}/{prefix}"
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -1,10 +1,13 @@
-"""In-process API tests: the real app on a real SQLite store in a temp dir."""
+"""In-process API tests: the real app on a real store, once per engine.
+
+Every test that builds an app runs on SQLite (a temp dir) and on etcd (its own key prefix on a
+shared 3-member cluster, tests/etcd_cluster.py). BLIXARD_TEST_ENGINE=sqlite or =etcd runs one.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,24 +19,29 @@ from starlette.testclient import TestClient
 
 from blixard.api.app import asgi_app, create_app
 from blixard.config import Settings
+from tests.harness import TEST_ENGINES, shared_etcd_url
 
 ClientFactory = Callable[..., TestClient]
 
 
+@pytest.fixture(params=TEST_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The storage engine behind the apps a test builds."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[ClientFactory]:
+def make_client(tmp_path: Path, engine: str) -> Iterator[ClientFactory]:
     """Start an app (lifespan included) with optional settings overrides."""
     opened: list[TestClient] = []
 
     def factory(*, framework_only: bool = False, **overrides: Any) -> TestClient:
-        data_dir = tmp_path / f"data{len(opened)}"
-        if os.environ.get("BLIXARD_TEST_ENGINE") == "etcd" and "storage_url" not in overrides:
-            # BLIXARD_TEST_ENGINE=etcd: the same suite on a shared 3-member etcd cluster.
-            from tests.etcd_cluster import shared_cluster_endpoints
-
-            hosts = ",".join(e.removeprefix("http://") for e in shared_cluster_endpoints())
+        """An app on fresh storage, or on an earlier app's with its `data_dir` (stop it
+        first with `client.__exit__(None, None, None)`)."""
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(opened)}")
+        if engine == "etcd" and "storage_url" not in overrides:
             prefix = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
-            overrides["storage_url"] = f"etcd://{hosts}/blixard-api-test/{prefix}"
+            overrides["storage_url"] = shared_etcd_url(f"blixard-api-test/{prefix}")
         settings = Settings.load({"data_dir": data_dir, **overrides})
         app = create_app(settings)
         client = TestClient(asgi_app(app, fast_path=not framework_only))

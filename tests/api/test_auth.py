@@ -326,18 +326,40 @@ def test_audit_records_changes_and_denials(secured: tuple[TestClient, Keys]) -> 
     )
 
 
-def test_audit_trail_is_append_only(secured: tuple[TestClient, Keys]) -> None:
-    import sqlite3
-
-    client, _ = secured
+def test_audit_trail_is_append_only(secured: tuple[TestClient, Keys], engine: str) -> None:
+    client, keys = secured
     store = client.app_state.service.store  # type: ignore[attr-defined]
+    if engine == "sqlite":
+        import sqlite3
 
-    async def tamper(statement: str) -> None:
-        await store._write(lambda conn: conn.execute(statement))
+        async def tamper(statement: str) -> None:
+            await store._write(lambda conn: conn.execute(statement))
 
-    for statement in ("UPDATE audit SET outcome = 'ok'", "DELETE FROM audit"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            client.portal.call(tamper, statement)  # type: ignore[union-attr]
+        # Triggers refuse any change to a written row, whoever issues it.
+        for statement in ("UPDATE audit SET outcome = 'ok'", "DELETE FROM audit"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                client.portal.call(tamper, statement)  # type: ignore[union-attr]
+        return
+
+    # etcd has no triggers (anyone with write access to the prefix could change keys), so
+    # here it is the engine that must never rewrite an event: after writes, denials and key
+    # changes, every audit key (events and their index copies) is still at version 1.
+    write = client.post(f"{API}/state/app", content=tfstate(1), headers=keys.headers("writer"))
+    assert write.status_code == 200
+    assert client.get(f"{API}/state/app", headers=keys.headers("other")).status_code == 404
+    client.portal.call(client.app_state.audit.flush)  # type: ignore[attr-defined,union-attr]
+
+    async def audit_key_versions() -> dict[bytes, int]:
+        from blixard.store.etcd import _prefix_end
+
+        versions = {}
+        for prefix in (store._k("audit/"), store._k("audit-ws/"), store._k("audit-key/")):
+            async for kv in store._scan(prefix, _prefix_end(prefix)):
+                versions[bytes(kv.key)] = int(kv.version)
+        return versions
+
+    versions = client.portal.call(audit_key_versions)  # type: ignore[union-attr]
+    assert len(versions) > 10 and set(versions.values()) == {1}
 
 
 def test_required_auth_with_no_keys_refuses_everything(make_client: ClientFactory) -> None:

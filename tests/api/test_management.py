@@ -122,17 +122,20 @@ def test_workspace_listing(client: TestClient) -> None:
     assert [w["name"] for w in rest["workspaces"]] == ["beta"] and rest["next_after"] is None
 
 
-def test_health_endpoints(client: TestClient) -> None:
+def test_health_endpoints(client: TestClient, engine: str) -> None:
     live = client.get("/health")
     assert live.status_code == 200 and live.json()["status"] == "ok"
     storage = client.get("/health/hiqlite").json()
-    assert storage["is_healthy"] is True and storage["engine"] == "sqlite"
-    assert storage["node_count"] == 1 and storage["has_leader"] is True
+    assert storage["is_healthy"] is True and storage["engine"] == engine
+    # SQLite is one node; the test etcd cluster has 3 members, all healthy.
+    assert storage["node_count"] == {"sqlite": 1, "etcd": 3}[engine]
+    assert storage["has_leader"] is True
     assert "path" not in storage  # nothing about where data lives
     (node,) = storage["blixard_nodes"]  # this server, holding its node lease
     assert node["id"] == client.app_state.runs.executor.node_id  # type: ignore[attr-defined]
     assert str(client.app_state.settings.data_dir) not in node["id"]  # type: ignore[attr-defined]
     assert node["version"] and node["started_at"].endswith("Z")
+    assert "blixard-api-test" not in str(storage)  # nor the etcd key prefix
 
 
 def test_metrics_count_requests_conflicts_and_bytes(client: TestClient) -> None:
@@ -185,16 +188,36 @@ def test_openapi_documents_every_route(make_client: ClientFactory) -> None:
     assert client.get("/docs").status_code == 200
 
 
-def test_storage_full_is_503_with_retry_after_and_recovers(make_client: ClientFactory) -> None:
+def etcd_space_alarm(action: str) -> None:
+    """ACTIVATE or DEACTIVATE etcd's NOSPACE alarm on the shared cluster: what etcd raises
+    when its quota is used up; until it is disarmed every write is refused."""
+    from tests.etcd_cluster import Gateway, shared_cluster_endpoints
+
+    with Gateway(shared_cluster_endpoints()[0]) as gateway:
+        member = gateway.status()["header"]["member_id"]
+        body = {"action": action, "memberID": member, "alarm": "NOSPACE"}
+        gateway.call("maintenance/alarm", body)
+
+
+def test_storage_full_is_503_with_retry_after_and_recovers(
+    make_client: ClientFactory, engine: str
+) -> None:
     client = make_client()
     write(client, "w", tfstate(1))
     before = snapshot(client, "w")
     store = client.app_state.service.store  # type: ignore[attr-defined]
-    page_count = client.portal.call(  # type: ignore[union-attr]
-        store._read, lambda conn: conn.execute("PRAGMA page_count").fetchone()[0]
-    )
 
-    def cap(limit: int):  # type: ignore[no-untyped-def]
+    def full(yes: bool) -> None:
+        """The "disk" is full (or has room again)."""
+        if engine == "etcd":
+            etcd_space_alarm("ACTIVATE" if yes else "DEACTIVATE")
+            return
+        limit = 1_000_000
+        if yes:
+            limit = client.portal.call(  # type: ignore[union-attr]
+                store._read, lambda conn: conn.execute("PRAGMA page_count").fetchone()[0]
+            )
+
         def operation(conn):  # type: ignore[no-untyped-def]
             conn.execute(f"PRAGMA max_page_count = {limit}")
 
@@ -203,14 +226,16 @@ def test_storage_full_is_503_with_retry_after_and_recovers(make_client: ClientFa
 
         client.portal.call(run)  # type: ignore[union-attr]
 
-    cap(page_count)  # the "disk" is now full
     big = tfstate(2, resources=3000, salt="x" * 50)
-    response = client.post(f"{API}/state/w", content=big)
-    assert response.status_code == 503, response.text
-    assert response.json()["error"] == "storage_unavailable"
-    assert response.headers["retry-after"] == "1"
-    assert snapshot(client, "w") == before
-    cap(1_000_000)
+    full(True)
+    try:
+        response = client.post(f"{API}/state/w", content=big)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "storage_unavailable"
+        assert response.headers["retry-after"] == "1"
+        assert snapshot(client, "w") == before
+    finally:
+        full(False)
     assert client.post(f"{API}/state/w", content=big).status_code == 200
 
 

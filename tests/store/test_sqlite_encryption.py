@@ -1,9 +1,9 @@
 """Encryption at rest in the SQLite engine: nothing readable on disk, key checks at open,
-offline encryption of an unencrypted store, online rotation next to live writes, tampering."""
+offline encryption of an unencrypted store, tampering. (Online rotation next to live writes,
+run data included, is in the engine suite: test_encryption_suite.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import sqlite3
@@ -253,65 +253,6 @@ async def test_offline_encryption_of_an_unencrypted_store(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_online_rotation_next_to_live_writes(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite"
-    old_id, new_id = key_id_of_key(K1), key_id_of_key(K2)
-    history = {f"ws{i}": bodies(120, f"ws{i}", seed=i) for i in range(3)}
-    store = await open_store(path, Cipher(K1))
-    for workspace, versions in history.items():
-        await fill(store, workspace, versions[:80])
-    await lock(store, "ws0")
-    await store.close()
-
-    # Restart with the new key current and the old one still readable.
-    store = await open_store(path, Cipher(K2, [K1]))
-    status = await store.encryption_status()
-    assert status.key_ids_in_use == sorted([old_id, new_id])
-    assert status.versions == {old_id: 240} and status.rotation_needed
-
-    async def writer(workspace: str) -> None:
-        for serial in range(81, 121):
-            await append(store, workspace, serial, history[workspace][serial - 1])
-            await asyncio.sleep(0)
-
-    async def reader() -> None:
-        for _ in range(5):
-            for workspace, versions in history.items():
-                await assert_all_readable(store, workspace, versions[:80])
-
-    async def rotate() -> list[str]:
-        retired: list[str] = []
-        while True:
-            progress = await store.rotate_encryption(max_seconds=0.001, batch_versions=7)
-            retired += progress.retired_key_ids
-            if progress.done:
-                return retired
-
-    *_, retired = await asyncio.gather(*(writer(w) for w in history), reader(), rotate())
-    try:
-        assert retired == [old_id]
-        status = await store.encryption_status()
-        assert status.versions == {new_id: 360} and status.locks == {new_id: 1}
-        assert status.key_ids_in_use == [new_id] and status.removable_key_ids == [old_id]
-        assert not status.rotation_needed
-        for workspace, versions in history.items():
-            await assert_all_readable(store, workspace, versions)
-    finally:
-        await store.close()
-
-    # Only the new key from now on; the old one alone no longer opens the store.
-    with pytest.raises(EncryptionRefused):
-        await open_store(path, Cipher(K1))
-    store = await open_store(path, Cipher(K2))
-    try:
-        for workspace, versions in history.items():
-            await assert_all_readable(store, workspace, versions)
-        ws = await store.get_workspace("ws0")
-        assert ws is not None and ws.lock is not None and ws.lock.info["Who"] == WHO_SECRET
-    finally:
-        await store.close()
-
-
 async def test_dropping_the_old_key_before_rotation_finishes_refuses(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     store = await open_store(path, Cipher(K1))
@@ -361,31 +302,3 @@ async def test_tampered_or_moved_blobs_raise_never_garbage(tmp_path: Path) -> No
         assert found is not None and found[1] == bodies(2, "b")[0]
     finally:
         await store.close()
-
-
-async def test_rotation_covers_run_documents_blobs_and_logs(tmp_path: Path) -> None:
-    from blixard.domain.runs import Run, RunStatus
-
-    path = tmp_path / "db.sqlite"
-    store = await open_store(path, Cipher(K1))
-    await store.create_run(
-        Run("run-1", "w", RunStatus.queued, 1.0, variables={"pw": SECRET.decode()})
-    )
-    await store.put_run_blob("run-1", "plan", SECRET)
-    await store.append_run_log("run-1", b"log " + SECRET)
-    await store.close()
-    assert SECRET not in path.read_bytes()
-
-    rotating = await open_store(path, Cipher(K2, [K1]))
-    progress = await rotating.rotate_encryption(max_seconds=5)
-    assert progress.done and progress.rotated_locks == 3  # document, plan file, log chunk
-    await rotating.close()
-
-    only_new = await open_store(path, Cipher(K2))
-    try:
-        run = await only_new.get_run("run-1")
-        assert run is not None and run.variables == {"pw": SECRET.decode()}
-        assert await only_new.get_run_blob("run-1", "plan") == SECRET
-        assert await only_new.read_run_log("run-1") == b"log " + SECRET
-    finally:
-        await only_new.close()

@@ -7,39 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from blixard.api.errors import error_response
 from blixard.api.security import authorize
 from blixard.api.views import json_response, service_of
 from blixard.domain.access import Action, audit_event
-from blixard.store.encryption import EncryptionAdmin
 
 router = APIRouter(prefix="/api/tofu/admin/encryption", tags=["admin"])
 
 _ERROR = {"description": "JSON error: `{error, message}`"}
 
 
-def _admin(request: Request) -> EncryptionAdmin | None:
-    store = service_of(request).store
-    return store if isinstance(store, EncryptionAdmin) else None
-
-
-def _unsupported() -> Response:
-    return error_response(
-        501, "not_implemented", "This storage engine does not support encryption at rest."
-    )
-
-
 @router.get(
     "",
     summary="Encryption status: key ids in use, versions and locks per key id",
-    responses={501: _ERROR},
 )
 async def encryption_status(request: Request) -> Response:
     await authorize(request, Action.admin)
-    admin = _admin(request)
-    if admin is None:
-        return _unsupported()
-    return json_response((await admin.encryption_status()).to_json())
+    return json_response((await service_of(request).store.encryption_status()).to_json())
 
 
 @router.post(
@@ -51,17 +34,14 @@ async def encryption_status(request: Request) -> Response:
         "`done` is true; then old key ids no longer in use are listed in `retired_key_ids` "
         "and may be removed from BLIXARD_ENCRYPTION_OLD_KEYS. 409 when encryption is off."
     ),
-    responses={409: _ERROR, 501: _ERROR},
+    responses={409: _ERROR},
 )
 async def rotate(
     request: Request,
     max_seconds: Annotated[float, Query(gt=0, le=30, description="Work budget")] = 1.0,
 ) -> Response:
     actor = await authorize(request, Action.admin)
-    admin = _admin(request)
-    if admin is None:
-        return _unsupported()
-    progress = await admin.rotate_encryption(max_seconds=max_seconds)
+    progress = await service_of(request).store.rotate_encryption(max_seconds=max_seconds)
     if progress.rotated_versions or progress.rotated_locks or progress.retired_key_ids:
         request.app.state.audit.record(
             audit_event(

@@ -10,7 +10,7 @@ an old key id, the engine forgets that id and the operator may drop the old key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from blixard.domain.errors import Conflict
 from blixard.store.crypto import EncryptionError
@@ -118,14 +118,3 @@ class RotationProgress:
             "retired_key_ids": self.retired_key_ids,
             "done": self.done,
         }
-
-
-@runtime_checkable
-class EncryptionAdmin(Protocol):
-    """What an engine offers for encryption at rest (status and online rotation)."""
-
-    async def encryption_status(self) -> EncryptionStatus: ...
-
-    async def rotate_encryption(self, *, max_seconds: float = 1.0) -> RotationProgress:
-        """Re-seal old blobs under the current key for about `max_seconds`, then report."""
-        ...

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import os
 import secrets
 import threading
@@ -25,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import orjson
@@ -36,7 +37,11 @@ from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
+from blixard.store.encryption import EncryptionStatus, RotationProgress
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
+
+if TYPE_CHECKING:
+    from blixard.store.etcd_encryption import EtcdEncryption
 
 T = TypeVar("T")
 
@@ -1311,6 +1316,23 @@ class EtcdStore:
         async for kv in self._scan(prefix, _prefix_end(prefix)):
             nodes[bytes(kv.key)[len(prefix) :].decode()] = orjson.loads(kv.value)
         return nodes
+
+    # -- encryption at rest (etcd_encryption.py) -------------------------------------------
+
+    @functools.cached_property
+    def _encryption(self) -> EtcdEncryption:
+        from blixard.store.etcd_encryption import EtcdEncryption
+
+        return EtcdEncryption(self)
+
+    async def encryption_status(self) -> EncryptionStatus:
+        return await self._encryption.status()
+
+    async def rotate_encryption(
+        self, *, max_seconds: float = 1.0, batch_versions: int = 64
+    ) -> RotationProgress:
+        """Re-seal values an old key sealed for about `max_seconds`, then report (resumable)."""
+        return await self._encryption.rotate(max_seconds=max_seconds, batch_versions=batch_versions)
 
 
 def unique_prefix(base: str = "blixard") -> str:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from blixard.domain.access import ApiKey, AuditEvent
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import Run
+from blixard.store.encryption import EncryptionStatus, RotationProgress
 from blixard.store.snapshot import ImportReport, SnapshotRecord
 
 
@@ -212,4 +213,16 @@ class Store(Protocol):
 
     async def live_nodes(self) -> dict[str, dict[str, Any]]:
         """Node id → info of every node whose lease is live."""
+        ...
+
+    # -- encryption at rest (encryption.py) ----------------------------------------------------
+
+    async def encryption_status(self) -> EncryptionStatus:
+        """Key ids in use, and how many versions and lock payloads each one seals."""
+        ...
+
+    async def rotate_encryption(self, *, max_seconds: float = 1.0) -> RotationProgress:
+        """Re-seal what old keys sealed under the current key for about `max_seconds`, next
+        to live writes, then report; call again until done (EncryptionNotConfigured without
+        a key)."""
         ...
