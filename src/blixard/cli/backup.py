@@ -114,11 +114,15 @@ def _data_dir_url(data_dir: Path | None, storage_url: str | None, what: str) -> 
 
 
 def _build(url: str, cipher: Cipher | None) -> Store:
+    from blixard.config import Settings
     from blixard.store import open_store_from_url
+    from blixard.store.etcd_conn import EtcdOptions
 
     try:
-        return open_store_from_url(url, cache_bytes=0, cipher=cipher)
-    except ValueError as exc:
+        # An etcd URL gets the BLIXARD_ETCD_* connection settings `blixard serve` would use.
+        etcd = EtcdOptions.from_settings(Settings.load(), compact=False)
+        return open_store_from_url(url, cache_bytes=0, cipher=cipher, etcd=etcd)
+    except ValueError as exc:  # pydantic's ValidationError is one too
         _fail(str(exc))
 
 
