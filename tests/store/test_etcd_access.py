@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,8 @@ class Secure:
     cert: Path
     key: Path
     password_file: Path
+    #: The member's second client listener, on [::1].
+    v6_port: int
 
     @property
     def port(self) -> int:
@@ -88,13 +91,22 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     password_file.write_text(PASSWORD + "\n")
     root = tmp_path_factory.mktemp("etcd-secure")
     ttl = ["--auth-token-ttl", "1"]  # tokens expire after a second of disuse
-    with EtcdCluster(root, 1, tls=tls, extra_args=ttl) as cluster:
+    cluster = EtcdCluster(root, 1, tls=tls, extra_args=ttl)
+    # Also on [::1] (the later flag wins); the certificate does not name that address.
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        v6_port = sock.getsockname()[1]
+    listen = f"{cluster.members[0].client_url},https://[::1]:{v6_port}"
+    cluster.extra_args += ["--listen-client-urls", listen]
+    with cluster:
         cluster.enable_auth(ROOT_PASSWORD)
         cluster.run_etcdctl("user", "add", f"blixard:{PASSWORD}")
         cluster.run_etcdctl("role", "add", "blx")
         cluster.run_etcdctl("role", "grant-permission", "blx", "--prefix", "readwrite", "/blx/")
         cluster.run_etcdctl("user", "grant-role", "blixard", "blx")
-        yield Secure(cluster, ca.cert_path, engine.cert_path, engine.key_path, password_file)
+        yield Secure(
+            cluster, ca.cert_path, engine.cert_path, engine.key_path, password_file, v6_port
+        )
 
 
 # --------------------------------------------------------------------------- URLs
@@ -187,6 +199,24 @@ async def test_tls_client_certificate_and_password(secure: Secure) -> None:
         assert head is not None and head[0].version == 1
     finally:
         await again.close()
+
+
+async def test_ipv6_address_and_server_name(secure: Secure) -> None:
+    """[::1] is not in the member's certificate: refused with a clear line, accepted when
+    server_name= says which name to check the certificate against."""
+    url = (
+        f"etcds://[::1]:{secure.v6_port}/blx/v6?ca={secure.ca}&cert={secure.cert}&key={secure.key}"
+    )
+    options = EtcdOptions(user="blixard", password=PASSWORD)
+    with pytest.raises(StorageUnavailable, match="does not name that host") as caught:
+        await open_store_from_url(url, etcd=options).open()
+    assert "\n" not in str(caught.value)
+    store = open_store_from_url(url + "&server_name=localhost", etcd=options)
+    await store.open()
+    try:
+        assert await append(store, "w", 1) == 1
+    finally:
+        await store.close()
 
 
 async def test_an_expired_token_is_replaced(
@@ -306,7 +336,11 @@ async def test_compaction_waits_for_running_exports(secure: Secure) -> None:
         export = a.export_snapshot()
         begin = await anext(export)
         assert isinstance(begin, SnapshotBegin) and begin.counts.versions == 3
-        (pin,) = a._pins.values()
+        ((lease_id, pin),) = a._pins.items()
+        # etcd answers the pin's keep-alive (a stream, through the endpoint channels).
+        assert a._conn is not None
+        await a._conn.keep_alive(lease_id)
+        assert (await a._client.lease.time_to_live(lease_id)).TTL > 20
         for serial in range(4, 8):  # rewrites the workspace record: history to compact
             await append(b, "w", serial)
         t0 = time.time()

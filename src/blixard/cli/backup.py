@@ -14,8 +14,9 @@ the snapshot; any engine also refuses to serve a store whose import did not fini
 a target that is not empty, so a failed run can simply be run again.
 
 Stores are opened with the encryption keys of the environment (BLIXARD_ENCRYPTION_KEY[_FILE],
-BLIXARD_ENCRYPTION_OLD_KEYS), exactly as `blixard serve` would open them. Snapshots hold the
-state bodies in plaintext.
+BLIXARD_ENCRYPTION_OLD_KEYS) and, for etcd URLs, its BLIXARD_ETCD_* connection settings,
+exactly as `blixard serve` would open them (but never compact). Snapshots hold the state
+bodies in plaintext.
 """
 
 from __future__ import annotations

@@ -542,10 +542,10 @@ class EtcdConnection:
                 f"the TLS certificate of etcd at {hosts} is not trusted: give the CA that "
                 "signed it (ca= in the storage URL or BLIXARD_ETCD_CA_CERT)"
             )
-        if found := has("Peer name", "not in peer certificate"):
+        if has("Hostname Verification", "Peer name", "not in peer certificate"):
             return (
                 f"the TLS certificate of etcd at {hosts} does not name that host: use a name "
-                f"it lists, or server_name= in the storage URL ({found})"
+                "it lists, or server_name= in the storage URL"
             )
         if tls and has("WRONG_VERSION_NUMBER"):
             return f"etcd at {hosts} does not speak TLS: use etcd:// instead of etcds://"
