@@ -170,6 +170,24 @@ async def test_endpoints_by_host_name(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_user_is_not_needed_where_etcd_auth_is_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like etcd's own client: a configured user on a cluster without auth is a warning."""
+    digest = hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
+    hosts = ",".join(e.removeprefix("http://") for e in shared_cluster_endpoints())
+    store = open_store_from_url(
+        f"etcd://{hosts}/blixard-noauth/{digest}", etcd=EtcdOptions(user="u", password="p")
+    )
+    with caplog.at_level(logging.WARNING, logger="blixard.store.etcd_conn"):
+        await store.open()
+    try:
+        assert "etcd authentication is not enabled on the cluster" in caplog.text
+        assert await append(store, "w", 1) == 1
+    finally:
+        await store.close()
+
+
 # --------------------------------------------------------------------------- TLS and auth
 
 

@@ -467,6 +467,7 @@ class EtcdConnection:
         return client
 
     async def _authenticate(self) -> str | None:
+        import grpc
         from etcd3aio.errors import EtcdError
 
         assert self.access.user is not None and self.access.password is not None
@@ -474,7 +475,7 @@ class EtcdConnection:
             resp = await self._auth.authenticate(
                 self.access.user, self.access.password, timeout=self.timeout
             )
-        except EtcdError as exc:
+        except (EtcdError, grpc.aio.AioRpcError) as exc:
             if "authentication is not enabled" not in _detail(exc)[1]:
                 raise
             log.warning(
