@@ -7,7 +7,10 @@
         cluster.restart(leader)                         # same ports, same data dir
 
 Members listen on free loopback ports (one client, one peer each), log to
-`<base_dir>/<name>.log` and keep their data in `<base_dir>/<name>.etcd`. Every wait is
+`<base_dir>/<name>.log` and keep their data in `<base_dir>/<name>.etcd`. With `tls`
+(`ClusterTls`) the client URLs are https (peers stay plaintext on loopback), optionally
+requiring client certificates; `enable_auth()` then turns on etcd's authentication with a
+root user, and the helper's own calls (gateway, etcdctl) authenticate as root. Every wait is
 bounded and fails with the tail of the member logs. The members die with the process that
 started them (PR_SET_PDEATHSIG), so an aborted test run leaves no etcd behind.
 
@@ -25,6 +28,7 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -95,12 +99,46 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-class Gateway:
-    """etcd's v3 JSON gRPC gateway on one endpoint (POST /v3/<service>/<method>)."""
+@dataclass(frozen=True)
+class ClusterTls:
+    """PEM files for TLS on the members' client URLs: the CA, the members' certificate and
+    key (valid for 127.0.0.1 and localhost, for server and client use: a member with
+    --client-cert-auth dials its own gateway with it), and the client certificate the helper
+    presents. That one must have no CN: once auth is on, etcd's JSON gateway refuses
+    certificates that carry one."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+    #: Members require client certificates signed by `ca` (etcd --client-cert-auth).
+    client_cert_auth: bool = True
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
+class Gateway:
+    """etcd's v3 JSON gRPC gateway on one endpoint (POST /v3/<service>/<method>); with
+    `auth` (user, password) every call carries a token from /v3/auth/authenticate."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 5.0,
+        verify: ssl.SSLContext | bool = True,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.endpoint = endpoint
-        self._client = httpx.Client(base_url=endpoint, timeout=timeout)
+        self._client = httpx.Client(base_url=endpoint, timeout=timeout, verify=verify)
+        if auth is not None:
+            name, password = auth
+            token = self.call("auth/authenticate", {"name": name, "password": password})
+            self._client.headers["Authorization"] = token["token"]
 
     def close(self) -> None:
         self._client.close()
@@ -144,10 +182,11 @@ class Member:
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     member_id: int | None = None  # learned from the first status answer
+    tls: bool = False
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -172,6 +211,7 @@ class EtcdCluster:
         election_ms: int = 1000,
         start_timeout: float = 30.0,
         extra_args: list[str] | None = None,
+        tls: ClusterTls | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
@@ -184,6 +224,9 @@ class EtcdCluster:
         self.election_ms = election_ms
         self.start_timeout = start_timeout
         self.extra_args = list(extra_args or [])
+        self.tls = tls
+        #: Set by enable_auth(): the helper's own calls then authenticate as root.
+        self.root_password: str | None = None
         self.token = f"blixard-test-{uuid.uuid4().hex[:12]}"
         ports = _free_ports(2 * size)
         self.members = [
@@ -193,6 +236,7 @@ class EtcdCluster:
                 peer_port=ports[2 * i + 1],
                 data_dir=self.base_dir / f"m{i}.etcd",
                 log_path=self.base_dir / f"m{i}.log",
+                tls=tls is not None,
             )
             for i in range(size)
         ]
@@ -260,6 +304,7 @@ class EtcdCluster:
             "zap",
             "--log-outputs",
             "stderr",
+            *self._tls_args(),
             *self.extra_args,
         ]
         log = member.log_path.open("ab")
@@ -275,6 +320,34 @@ class EtcdCluster:
             )
         finally:
             log.close()
+
+    def _tls_args(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        args = ["--cert-file", str(tls.cert), "--key-file", str(tls.key)]
+        args += ["--trusted-ca-file", str(tls.ca)]
+        return [*args, "--client-cert-auth"] if tls.client_cert_auth else args
+
+    def enable_auth(self, root_password: str) -> None:
+        """Create etcd's root user and turn authentication on (etcdctl)."""
+        self.run_etcdctl("user", "add", f"root:{root_password}")
+        self.run_etcdctl("user", "grant-role", "root", "root")
+        self.run_etcdctl("auth", "enable")
+        self.root_password = root_password
+
+    def run_etcdctl(self, *args: str) -> str:
+        """Run etcdctl against the cluster (as root once auth is on); its output."""
+        result = subprocess.run(
+            [self.etcdctl, *args],
+            env=self.etcdctl_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise EtcdError(f"etcdctl {' '.join(args[:2])} failed: {result.stderr.strip()}")
+        return result.stdout
 
     def stop(self, *, graceful: bool = False, timeout: float = 10.0) -> None:
         """Stop every running member: SIGKILL by default (etcd is crash-safe and a leader
@@ -322,7 +395,9 @@ class EtcdCluster:
     # -- inspection -----------------------------------------------------------------------
 
     def gateway(self, member: Member, *, timeout: float = 5.0) -> Gateway:
-        return Gateway(member.client_url, timeout=timeout)
+        verify = self.tls.ssl_context() if self.tls else True
+        auth = ("root", self.root_password) if self.root_password else None
+        return Gateway(member.client_url, timeout=timeout, verify=verify, auth=auth)
 
     def running_members(self) -> list[Member]:
         return [m for m in self.members if m.running]
@@ -415,7 +490,14 @@ class EtcdCluster:
 
     def etcdctl_env(self) -> dict[str, str]:
         """Environment for running etcdctl against this cluster."""
-        return {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": ",".join(self.endpoints)}
+        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": ",".join(self.endpoints)}
+        if self.tls is not None:
+            env["ETCDCTL_CACERT"] = str(self.tls.ca)
+            env["ETCDCTL_CERT"] = str(self.tls.client_cert)
+            env["ETCDCTL_KEY"] = str(self.tls.client_key)
+        if self.root_password is not None:
+            env["ETCDCTL_USER"] = f"root:{self.root_password}"
+        return env
 
 
 _shared_lock = threading.Lock()

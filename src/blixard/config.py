@@ -52,6 +52,26 @@ class Settings(BaseSettings):
         None, description="Comma-separated previous keys, readable until rotation finishes."
     )
 
+    # -- etcd engine (etcd:// and etcds:// storage URLs; the URL's query overrides these) --
+    etcd_ca_cert: Path | None = Field(
+        None, description="PEM CA bundle that signed the etcd members' certificates (etcds://)."
+    )
+    etcd_client_cert: Path | None = Field(
+        None, description="PEM client certificate presented to etcd (--client-cert-auth)."
+    )
+    etcd_client_key: Path | None = Field(None, description="PEM private key of that certificate.")
+    etcd_user: str | None = Field(None, description="etcd user (etcd authentication).")
+    etcd_password: SecretStr | None = Field(None, description="Password of that etcd user.")
+    etcd_password_file: Path | None = Field(
+        None, description="File holding that password (instead of BLIXARD_ETCD_PASSWORD)."
+    )
+    etcd_compaction_retention_seconds: float = Field(
+        3600, ge=0, description="etcd history kept when compacting; 0: Blixard never compacts."
+    )
+    etcd_compaction_interval_seconds: float = Field(
+        300, gt=0, description="Seconds between etcd compaction rounds."
+    )
+
     # -- runs (server-side plan and apply) ----------------------------------------------
     tofu_bin: str | None = Field(
         None, description="OpenTofu/Terraform binary for runs (default: tofu, terraform, embedded)."

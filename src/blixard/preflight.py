@@ -11,6 +11,7 @@ from blixard.config import Settings
 from blixard.domain.errors import DomainError
 from blixard.store import open_store_from_url
 from blixard.store.crypto import Cipher
+from blixard.store.etcd_conn import EtcdOptions
 
 
 class StartupRefused(RuntimeError):
@@ -23,6 +24,7 @@ async def preflight(settings: Settings) -> None:
             settings.resolved_storage_url,
             cache_bytes=0,
             cipher=Cipher.from_settings(settings),  # KeyConfigError is a ValueError
+            etcd=EtcdOptions.from_settings(settings, compact=False),
         )
     except ValueError as exc:
         raise StartupRefused(str(exc)) from None

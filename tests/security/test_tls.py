@@ -7,8 +7,6 @@ unrelated CA with its own client certificate. The servers listen on 127.0.0.1 on
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
 import re
@@ -23,100 +21,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from blixard.server import serve
 from tests.e2e.tfkit import STYLES, TfProject, lock_info, make_terraform_env, resource_config
 from tests.harness import ServerProcess, TlsClient
+from tests.pki import Issued, issue
 
 # --------------------------------------------------------------------------- a test PKI
-
-
-@dataclass(frozen=True)
-class Issued:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-    cert_path: Path
-    key_path: Path
-
-    @property
-    def cert_pem(self) -> str:
-        return self.cert_path.read_text()
-
-    @property
-    def key_pem(self) -> str:
-        return self.key_path.read_text()
-
-
-def _issue(
-    directory: Path,
-    name: str,
-    *,
-    issuer: Issued | None = None,
-    ca: bool = False,
-    server: bool = False,
-    client: bool = False,
-) -> Issued:
-    """A P-256 key and a certificate for it, signed by `issuer` (self-signed when None)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer_key = issuer.key if issuer else key
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.cert.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    if client:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-    cert = builder.sign(signer_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return Issued(cert, key, cert_path, key_path)
 
 
 @dataclass(frozen=True)
@@ -131,14 +43,14 @@ class Pki:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca = _issue(d, "blixard-test-ca", ca=True)
-    other_ca = _issue(d, "other-ca", ca=True)
+    ca = issue(d, "blixard-test-ca", ca=True)
+    other_ca = issue(d, "other-ca", ca=True)
     return Pki(
         ca=ca,
-        server=_issue(d, "server", issuer=ca, server=True),
-        client=_issue(d, "client", issuer=ca, client=True),
+        server=issue(d, "server", issuer=ca, server=True),
+        client=issue(d, "client", issuer=ca, client=True),
         other_ca=other_ca,
-        other_client=_issue(d, "other-client", issuer=other_ca, client=True),
+        other_client=issue(d, "other-client", issuer=other_ca, client=True),
     )
 
 

@@ -16,7 +16,8 @@ import pytest
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Workspace
 from blixard.store import open_store_from_url
-from blixard.store.etcd import EtcdStore, _prefix_end, parse_etcd_url
+from blixard.store.etcd import EtcdStore, _prefix_end
+from blixard.store.etcd_conn import parse_etcd_url
 from tests.etcd_cluster import EtcdCluster, shared_cluster_endpoints
 from tests.store.test_engine_suite import a_lock, append, new_version, state
 
@@ -33,11 +34,10 @@ def _prefix(tmp_path: Path) -> str:
 
 
 def test_storage_url() -> None:
-    assert parse_etcd_url("etcd://h1:2379,h2:2379/team/blixard") == (
-        ["h1:2379", "h2:2379"],
-        "/team/blixard/",
-    )
-    assert parse_etcd_url("etcd://h1:2379") == (["h1:2379"], "/blixard/")
+    target = parse_etcd_url("etcd://h1:2379,h2:2379/team/blixard")
+    assert (target.endpoints, target.prefix) == (["h1:2379", "h2:2379"], "/team/blixard/")
+    target = parse_etcd_url("etcd://h1:2379")
+    assert (target.endpoints, target.prefix) == (["h1:2379"], "/blixard/")
     store = open_store_from_url("etcd://127.0.0.1:2379/x")
     assert isinstance(store, EtcdStore) and store.prefix == "/x/"
     with pytest.raises(ValueError):

@@ -22,6 +22,7 @@ from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
 from blixard.store import open_store_from_url
 from blixard.store.crypto import Cipher
+from blixard.store.etcd_conn import EtcdOptions
 from blixard.store.protocol import Store
 
 DESCRIPTION = """
@@ -41,6 +42,7 @@ def build_store(settings: Settings) -> Store:
         settings.resolved_storage_url,
         cache_bytes=settings.cache_bytes,
         cipher=Cipher.from_settings(settings),
+        etcd=EtcdOptions.from_settings(settings),
     )
 
 

@@ -11,6 +11,8 @@ and share client.py (the HTTP Client, errors and formatting).
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from blixard.cli.backup import backup_app
@@ -64,4 +66,7 @@ app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:
+    # gRPC (the etcd engine) logs TLS handshake failures and the like to stderr at INFO;
+    # Blixard reports them itself, in one line.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     app()

@@ -14,8 +14,9 @@ the snapshot; any engine also refuses to serve a store whose import did not fini
 a target that is not empty, so a failed run can simply be run again.
 
 Stores are opened with the encryption keys of the environment (BLIXARD_ENCRYPTION_KEY[_FILE],
-BLIXARD_ENCRYPTION_OLD_KEYS), exactly as `blixard serve` would open them. Snapshots hold the
-state bodies in plaintext.
+BLIXARD_ENCRYPTION_OLD_KEYS) and, for etcd URLs, its BLIXARD_ETCD_* connection settings,
+exactly as `blixard serve` would open them (but never compact). Snapshots hold the state
+bodies in plaintext.
 """
 
 from __future__ import annotations
@@ -114,11 +115,15 @@ def _data_dir_url(data_dir: Path | None, storage_url: str | None, what: str) -> 
 
 
 def _build(url: str, cipher: Cipher | None) -> Store:
+    from blixard.config import Settings
     from blixard.store import open_store_from_url
+    from blixard.store.etcd_conn import EtcdOptions
 
     try:
-        return open_store_from_url(url, cache_bytes=0, cipher=cipher)
-    except ValueError as exc:
+        # An etcd URL gets the BLIXARD_ETCD_* connection settings `blixard serve` would use.
+        etcd = EtcdOptions.from_settings(Settings.load(), compact=False)
+        return open_store_from_url(url, cache_bytes=0, cipher=cipher, etcd=etcd)
+    except ValueError as exc:  # pydantic's ValidationError is one too
         _fail(str(exc))
 
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 
+if TYPE_CHECKING:
+    from blixard.store.etcd_conn import EtcdOptions
+
 
 def open_store_from_url(
-    url: str, *, cache_bytes: int = 256 * 1024 * 1024, cipher: Cipher | None = None
+    url: str,
+    *,
+    cache_bytes: int = 256 * 1024 * 1024,
+    cipher: Cipher | None = None,
+    etcd: EtcdOptions | None = None,
 ) -> Store:
-    """Build (not yet open) the engine a storage URL names; `cipher` turns on encryption."""
+    """Build (not yet open) the engine a storage URL names; `cipher` turns on encryption,
+    `etcd` gives an etcd URL the connection settings it leaves out, and compaction."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         from blixard.store.sqlite import SQLiteStore
@@ -24,10 +33,20 @@ def open_store_from_url(
                 "sqlite storage URL needs a file path, e.g. sqlite:///./data/blixard.db"
             )
         return SQLiteStore(Path(path), cache_bytes=cache_bytes, cipher=cipher)
-    if parsed.scheme == "etcd":
-        from blixard.store.etcd import EtcdStore, parse_etcd_url
+    if parsed.scheme in ("etcd", "etcds"):
+        from blixard.store.etcd import EtcdStore
+        from blixard.store.etcd_conn import parse_etcd_url
 
-        # etcd://host:2379,host:2379/prefix: the endpoints of one cluster and a key prefix.
-        endpoints, prefix = parse_etcd_url(url)
-        return EtcdStore(endpoints, prefix, cipher=cipher, cache_bytes=cache_bytes)
-    raise ValueError(f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite, etcd).")
+        # etcd[s]://host:2379,host:2379/prefix: the endpoints of one cluster and a key prefix.
+        target = parse_etcd_url(url, etcd)
+        return EtcdStore(
+            target.endpoints,
+            target.prefix,
+            cipher=cipher,
+            cache_bytes=cache_bytes,
+            access=target.access,
+            compaction=etcd.compaction if etcd else None,
+        )
+    raise ValueError(
+        f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite, etcd, etcds)."
+    )

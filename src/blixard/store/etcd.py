@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import logging
 import os
 import secrets
 import threading
@@ -38,12 +39,14 @@ from blixard.domain.runs import Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
+from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
 if TYPE_CHECKING:
     from blixard.store.etcd_encryption import EtcdEncryption
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Encoded values up to this size go inline (base64) in the publishing Txn, which must stay
 #: below etcd's 1.5 MiB request limit; larger ones are written as chunks of CHUNK_BYTES.
@@ -65,6 +68,8 @@ HEALTH_DEADLINE = 1.5
 #: Workspace records and version metadata kept (see EtcdStore._records).
 _RECORD_CACHE = 4096
 _META_CACHE = 16384
+#: Lease on an export's revision pin (kept alive while the export runs; see pinned_revision).
+_PIN_TTL = 30
 _INV_WIDTH = 20
 _INV_MAX = 10**_INV_WIDTH - 1
 
@@ -90,16 +95,6 @@ def _prefix_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\x00"
-
-
-def parse_etcd_url(url: str) -> tuple[list[str], str]:
-    """`etcd://h1:2379,h2:2379/prefix` → (["h1:2379", "h2:2379"], "/prefix/")."""
-    parsed = urlparse(url)
-    if parsed.scheme != "etcd" or not parsed.netloc:
-        raise ValueError("etcd storage URL looks like etcd://host:2379,host:2379/prefix")
-    endpoints = [e.strip() for e in parsed.netloc.split(",") if e.strip()]
-    path = parsed.path.strip("/") or "blixard"
-    return endpoints, f"/{path}/"
 
 
 class _BodyCache:
@@ -157,6 +152,8 @@ class EtcdStore:
         cipher: Cipher | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
         timeout: float = 5.0,
+        access: EtcdAccess | None = None,
+        compaction: Compaction | None = None,
     ) -> None:
         if codec is not None and codec.cipher is not cipher:
             raise ValueError("the codec must use the store's cipher")
@@ -176,23 +173,33 @@ class EtcdStore:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         #: Version metadata (immutable once published) by (workspace, number).
         self._metas: OrderedDict[tuple[str, int], VersionMeta] = OrderedDict()
+        self.access = access or EtcdAccess()
+        self.compaction = compaction
+        self._conn: EtcdConnection | None = None
         self._client: Any = None
         self._kv: Any = None
+        #: Revisions this process's exports read at, by their pin's lease (see pinned_revision).
+        self._pins: dict[int, int] = {}
+        self._compactor: asyncio.Task[None] | None = None
         self._slot = secrets.randbelow(256)
         self._last_audit_us = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        from etcd3aio import Etcd3Client
+        from blixard.store.etcd_conn import EtcdConnectError
 
-        # No library retries: a Txn whose answer was lost may have committed (notes §3).
-        client = Etcd3Client(self.endpoints, rpc_max_attempts=1)
-        client._manager.grpc_options.append(("grpc.max_receive_message_length", 64 * 2**20))
-        client._manager.grpc_options.append(("grpc.max_send_message_length", 64 * 2**20))
-        await client.connect()
-        self._client = client
-        self._kv = client.kv
+        conn = EtcdConnection(self.endpoints, self.access, timeout=self.timeout)
+        self._conn = conn
+        try:
+            self._client = await conn.open(self.prefix)
+        except EtcdConnectError as exc:
+            await self.close()
+            raise StorageUnavailable(str(exc)) from None
+        except BaseException:
+            await self.close()
+            raise
+        self._kv = self._client.kv
         try:
             found = await self._get(self._k("meta/import"))
             if found is not None:
@@ -211,6 +218,8 @@ class EtcdStore:
                 )
             )
             await self._check_encryption()
+            if self.compaction is not None:
+                self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
         except BaseException:
             await self.close()
             raise
@@ -278,9 +287,13 @@ class EtcdStore:
         return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
 
     async def close(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.close()
+        if self._compactor is not None:
+            self._compactor.cancel()
+            await asyncio.gather(self._compactor, return_exceptions=True)
+            self._compactor = None
+        if self._conn is not None:
+            await self._conn.close()
+        self._conn = None
         self._client = None
         self._kv = None
 
@@ -578,17 +591,21 @@ class EtcdStore:
         return report
 
     async def _probe_member(self, client_urls: list[str], deadline: float) -> Any | None:
-        """One member's maintenance status on its own client URL, or None if it does not
-        answer within `deadline`."""
+        """One member's maintenance status on its own client URL (over TLS with this store's
+        certificates when the URL is https), or None if it does not answer within
+        `deadline`. Status needs no auth token."""
         import grpc
         from etcd3aio.errors import EtcdError
         from etcd3aio.maintenance import MaintenanceService
 
+        conn = self._conn
+        if conn is None:
+            return None
         for url in client_urls:
             parsed = urlparse(url if "://" in url else f"http://{url}")
-            if parsed.scheme != "http" or not parsed.netloc:
-                continue  # the engine speaks plaintext gRPC only (no TLS options yet)
-            channel = grpc.aio.insecure_channel(parsed.netloc)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                continue
+            channel = conn.channel(parsed.netloc, tls=parsed.scheme == "https")
             try:
                 service = MaintenanceService(channel, max_attempts=1)
                 return await service.status(timeout=deadline)
@@ -1333,6 +1350,114 @@ class EtcdStore:
     ) -> RotationProgress:
         """Re-seal values an old key sealed for about `max_seconds`, then report (resumable)."""
         return await self._encryption.rotate(max_seconds=max_seconds, batch_versions=batch_versions)
+
+    # -- revision pins and compaction -------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def pinned_revision(self) -> AsyncIterator[int]:
+        """The current revision, which this installation's compaction leaves readable until
+        the block ends (an export reads everything at it).
+
+        One Txn creates `meta/pins/<id>` on a lease and its revision is the one returned, so
+        a compaction round that read the pins before that Txn compacts below it anyway (its
+        target is never above the revision of its own read). The lease, renewed here, lets
+        etcd drop the pin of a process that died; this process's own rounds also honour
+        `_pins`, which outlives a lease lost to a long outage."""
+        grant = await self._call(self._client.lease.grant(_PIN_TTL, timeout=self.timeout))
+        lease_id = int(grant.ID)
+        key = self._k("meta/pins/", secrets.token_hex(8))
+        value = orjson.dumps({"since": time.time()})
+        try:
+            resp = await self._txn([], [self._kv.txn_op_put(key, value, lease=lease_id)], [])
+        except BaseException:
+            await self._revoke(lease_id)
+            raise
+        revision = int(resp.header.revision)
+        self._pins[lease_id] = revision
+        renew = asyncio.create_task(self._renew_pin(lease_id))
+        try:
+            yield revision
+        finally:
+            renew.cancel()
+            await asyncio.gather(renew, return_exceptions=True)
+            self._pins.pop(lease_id, None)
+            await self._revoke(lease_id)
+
+    async def _renew_pin(self, lease_id: int) -> None:
+        while True:
+            await asyncio.sleep(_PIN_TTL / 3)
+            conn = self._conn
+            try:
+                if conn is not None:
+                    await conn.keep_alive(lease_id)
+            except Exception as exc:  # the next renewal may work; the pin in _pins stays
+                log.warning("etcd: renewing an export's revision pin failed: %s", exc)
+
+    async def _pinned_revisions(self) -> list[int]:
+        """Revisions exports are reading at, on every node of this prefix."""
+        prefix = self._k("meta/pins/")
+        pinned = [int(kv.create_revision) async for kv in self._scan(prefix, _prefix_end(prefix))]
+        return [*pinned, *self._pins.values()]
+
+    async def compact_once(self, policy: Compaction, *, now: float | None = None) -> int | None:
+        """One compaction round; the revision compacted to, or None when there was nothing
+        to do or another node took this round.
+
+        `meta/compaction` holds samples (time, revision) taken by every node's rounds and
+        the revision last compacted to. A round claims itself by rewriting that record
+        compared on its mod_revision (so one node per interval does the work), then compacts
+        to the newest sample at least `retention` seconds old, but never above a pinned
+        revision. A compaction another party already went past is fine."""
+        now = time.time() if now is None else now
+        key = self._k("meta/compaction")
+        found = await self._call(self._kv.get(key, timeout=self.timeout))
+        current = int(found.header.revision)
+        kv = found.kvs[0] if found.kvs else None
+        empty = {"at": 0, "compacted": 0, "samples": []}
+        doc: dict[str, Any] = orjson.loads(kv.value) if kv is not None else empty
+        if now - doc["at"] < policy.interval / 2:
+            return None
+        cutoff = now - policy.retention
+        old = [sample for sample in doc["samples"] if sample[0] <= cutoff]
+        samples = [max(old)] if old else []  # the newest old sample: next round's floor
+        samples += [sample for sample in doc["samples"] if sample[0] > cutoff]
+        if not samples or now - samples[-1][0] >= policy.retention / 64:  # a bounded record
+            samples.append([now, current])
+        target = max(old)[1] if old else 0
+        pinned = await self._pinned_revisions()
+        if pinned:
+            target = min(target, min(pinned))
+        compacted = int(doc["compacted"])
+        record = orjson.dumps({"at": now, "compacted": max(compacted, target), "samples": samples})
+        compare = (
+            self._kv.txn_compare_create_revision(key, 0)
+            if kv is None
+            else self._cmp_mod(key, int(kv.mod_revision))
+        )
+        claimed = await self._txn([compare], [self._kv.txn_op_put(key, record)], [])
+        if not claimed.succeeded or target <= compacted:
+            return None
+        try:
+            await self._call(self._kv.compact(target, timeout=self.timeout))
+        except StorageUnavailable as exc:
+            if "required revision has been compacted" not in exc.message:
+                raise
+        return target
+
+    async def _compact_loop(self, policy: Compaction) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(policy.interval)
+            try:
+                revision = await self.compact_once(policy)
+            except Exception as exc:
+                if not failing:  # once per outage, not every round
+                    log.warning("etcd compaction round failed (will retry): %s", exc)
+                failing = True
+                continue
+            failing = False
+            if revision is not None:
+                log.debug("etcd: compacted history up to revision %d", revision)
 
 
 def unique_prefix(base: str = "blixard") -> str:

@@ -1,9 +1,10 @@
 """Snapshots in the etcd engine (records in snapshot.py; design in docs/etcd-notes.md §8).
 
-Export: every read is a range at one cluster revision R (the header revision of the first
-read), so writes made meanwhile are invisible and memory stays bounded (paged ranges, bodies
-one at a time). Nothing pins R against compaction yet: an etcd auto-compaction during a long
-export fails it loudly (ErrCompacted → StorageUnavailable) and it is re-run.
+Export: every read is a range at one cluster revision R, so writes made meanwhile are
+invisible and memory stays bounded (paged ranges, bodies one at a time). R is pinned
+(`EtcdStore.pinned_revision`) so Blixard's compaction, on any node, leaves it readable until
+the export ends; a compaction by someone else (etcd's --auto-compaction-*, etcdctl) can still
+fail a long export loudly (ErrCompacted → StorageUnavailable), and it is re-run.
 
 Import: refuses a prefix that holds anything, writes `meta/import` first, then the records
 in Txns of at most ~100 ops and ~1 MiB (large bodies as chunks put before the record that
@@ -12,6 +13,7 @@ points at them), and deletes the marker last. A prefix with the marker refuses t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass
@@ -73,12 +75,18 @@ async def _value_at(store: EtcdStore, doc: dict[str, Any], revision: int) -> byt
 
 
 async def export(store: EtcdStore) -> AsyncGenerator[SnapshotRecord, None]:
-    from blixard.store.etcd import _prefix_end
-
     if store._kv is None:
         raise StorageUnavailable("The store is not open.")
-    first = await store._call(store._kv.get(store._k("meta/schema"), timeout=store.timeout))
-    rev = int(first.header.revision)
+    async with (
+        store.pinned_revision() as rev,
+        contextlib.aclosing(_export_at(store, rev)) as records,
+    ):
+        async for record in records:
+            yield record
+
+
+async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecord, None]:
+    from blixard.store.etcd import _prefix_end
 
     # Counts of the view.
     counts = SnapshotCounts()
