@@ -274,6 +274,68 @@ async def test_runs_are_stored_compared_and_listed(store: Store) -> None:
     assert await store.read_run_log("run-002") == b""
 
 
+async def test_open_runs_are_listed_by_status_through_their_transitions(store: Store) -> None:
+    """What the run sweep reads (engines index open runs): after every transition the open
+    listing holds exactly the open runs, newest first, filtered by status, workspace and
+    `before`; finished runs stay in the full listing only."""
+    from blixard.domain.runs import OPEN, Run, RunStatus
+
+    sweep = tuple(sorted(status.value for status in OPEN))
+    runs = {
+        n: await store.create_run(Run(f"run-00{n}", ws, RunStatus.queued, float(n)))
+        for n, ws in enumerate(("w", "w", "w", "other", "w"), start=1)
+    }
+
+    async def check() -> None:
+        newest_first = [runs[n] for n in sorted(runs, reverse=True)]
+        assert await store.list_runs(limit=100) == newest_first
+        open_runs = [run for run in newest_first if run.status in OPEN]
+        assert await store.list_runs(statuses=sweep, limit=10_000) == open_runs
+        for status in OPEN:
+            listed = await store.list_runs(statuses=(status.value,), limit=10_000)
+            assert listed == [run for run in open_runs if run.status == status]
+
+    async def move(n: int, *statuses: RunStatus) -> None:
+        for status in statuses:
+            moved = await store.update_run(
+                replace(runs[n], status=status), expect_revision=runs[n].revision
+            )
+            assert moved is not None
+            runs[n] = moved
+            await check()
+
+    await check()
+    p, a = RunStatus.planning, RunStatus.applying
+    await move(1, p, RunStatus.planned, a, RunStatus.applied)
+    await move(2, p, RunStatus.errored)
+    await move(3, RunStatus.discarded)
+    await move(4, p)
+    await move(5, p, RunStatus.planned)
+    assert [run.status for run in await store.list_runs(limit=100)] == [
+        RunStatus.planned,
+        RunStatus.planning,
+        RunStatus.discarded,
+        RunStatus.errored,
+        RunStatus.applied,
+    ]
+    # Workspace filter, as a phase's claim asks it, and paging through the open runs.
+    executing = (p.value, a.value)
+    assert [r.id for r in await store.list_runs(workspace="w", statuses=executing)] == []
+    assert [r.id for r in await store.list_runs(workspace="other", statuses=executing)] == [
+        "run-004"
+    ]
+    assert [r.id for r in await store.list_runs(workspace="w", statuses=sweep)] == ["run-005"]
+    assert [r.id for r in await store.list_runs(statuses=sweep, limit=1)] == ["run-005"]
+    assert [r.id for r in await store.list_runs(statuses=sweep, before="run-005")] == ["run-004"]
+    assert await store.list_runs(statuses=sweep, before="run-004") == []
+    assert await store.list_runs(statuses=sweep, limit=0) == []
+    # Mixed open and finished statuses (no index on etcd) still filter the same way.
+    assert [r.id for r in await store.list_runs(statuses=("planning", "errored"))] == [
+        "run-004",
+        "run-002",
+    ]
+
+
 async def test_keys_are_unique_by_active_name_revoked_and_touched(store: Store) -> None:
     from blixard.domain.access import ApiKey, Role
 

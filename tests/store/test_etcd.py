@@ -1,5 +1,6 @@
 """What only the etcd engine has to prove: several nodes on one prefix, chunked bodies that
-never leave orphans, storage URLs, a leader failure, health and 503s as members die."""
+never leave orphans, storage URLs, a leader failure, health and 503s as members die, the
+open-runs index."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from blixard.domain.errors import StorageUnavailable
@@ -160,6 +163,81 @@ async def test_keys_that_cannot_open_the_prefix_are_refused(tmp_path: Path) -> N
     await store.close()
     with pytest.raises(EncryptionRefused, match="unencrypted"):
         await EtcdStore(endpoints, plain, cipher=key).open()
+
+
+async def _run_index(store: EtcdStore) -> dict[str, dict[str, str]]:
+    prefix = store._k("runopen/")
+    resp = await store._kv.get(prefix, _prefix_end(prefix))
+    return {bytes(kv.key)[len(prefix) :].decode(): orjson.loads(kv.value) for kv in resp.kvs}
+
+
+async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
+    tmp_path: Path,
+) -> None:
+    """`runopen/` holds exactly the open runs (written in each run's Txn); a prefix written
+    before the index gets it once at open; a snapshot import writes it, export omits it."""
+    from blixard.domain.runs import Run, RunStatus
+
+    endpoints, prefix = shared_cluster_endpoints(), _prefix(tmp_path)
+    store = EtcdStore(endpoints, prefix)
+    await store.open()
+    try:
+        runs = [
+            await store.create_run(Run(f"run-00{n}", ws, RunStatus.queued, float(n)))
+            for n, ws in enumerate(("w", "w", "w", "other"), start=1)
+        ]
+        for run, status in ((runs[0], RunStatus.applied), (runs[2], RunStatus.planning)):
+            assert await store.update_run(replace(run, status=status), expect_revision=1)
+        expected = {
+            "run-002": {"workspace": "w", "status": "queued"},
+            "run-003": {"workspace": "w", "status": "planning"},
+            "run-004": {"workspace": "other", "status": "queued"},
+        }
+        assert await _run_index(store) == expected
+        sweep = ("queued", "planned", "planning", "applying")
+        listed = await store.list_runs(statuses=sweep)
+        assert [r.id for r in listed] == ["run-004", "run-003", "run-002"]
+
+        # As an older version left it: no entries and no marker, or entries gone stale.
+        index = store._k("runopen/")
+        await store._kv.delete(index, _prefix_end(index))
+        await store._kv.put(index + b"run-001", b'{"workspace":"w","status":"applying"}')
+        await store._kv.delete(store._k("meta/runindex"))
+    finally:
+        await store.close()
+    reopened = EtcdStore(endpoints, prefix)
+    await reopened.open()
+    try:
+        assert await _run_index(reopened) == expected
+        assert await reopened.list_runs(statuses=sweep) == listed
+        # Once per prefix: the marker stops later opens from reading every run again.
+        await reopened._kv.delete(index + b"run-004")
+        await reopened.close()
+        await reopened.open()
+        assert "run-004" not in await _run_index(reopened)
+        await reopened._kv.delete(reopened._k("meta/runindex"))
+        await reopened._index_runs()
+        await reopened._index_runs()
+        assert await _run_index(reopened) == expected
+
+        # Export carries runs, not their index; the import writes it.
+        records = [record async for record in reopened.export_snapshot()]
+        copy = EtcdStore(endpoints, _prefix(tmp_path / "copy"))
+        await copy.open()
+        try:
+            await copy.import_snapshot(_replay(records))
+            assert await _run_index(copy) == expected
+            assert await copy.list_runs(statuses=sweep) == listed
+            assert [record async for record in copy.export_snapshot()] == records
+        finally:
+            await copy.close()
+    finally:
+        await reopened.close()
+
+
+async def _replay(records: list[Any]) -> AsyncIterator[Any]:
+    for record in records:
+        yield record
 
 
 async def _health_until(

@@ -19,7 +19,7 @@ import zstandard
 
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.models import Lock, NewVersion, StateMeta
-from blixard.domain.runs import PlanSummary, Run, RunStatus
+from blixard.domain.runs import OPEN, PlanSummary, Run, RunStatus
 from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 from blixard.store.snapshot import (
@@ -192,6 +192,10 @@ async def populate(store: Store) -> None:
     )
     assert await store.update_run(planned, expect_revision=first.revision)
     await store.create_run(Run("run-0002", "beta", RunStatus.queued, 5.0))
+    third = await store.create_run(Run("run-0003", "alpha", RunStatus.queued, 6.0))
+    assert await store.update_run(
+        replace(third, status=RunStatus.errored, error="no binary"), expect_revision=1
+    )
     await store.put_run_blob("run-0001", "config", b"\x1f\x8b archive bytes \x00\xff")
     await store.put_run_blob("run-0001", "plan", random.Random(4).randbytes(4096))
     for chunk in (b"Planning...\n", b"\x1b[1mPlan:\x1b[0m 1 to add\n"):
@@ -219,6 +223,10 @@ async def contents(store: Store) -> dict[str, Any]:
     out["audit"] = await store.list_audit(limit=100_000)
     runs = await store.list_runs(limit=10_000)
     out["runs"] = runs
+    # What the run sweep reads: through the open-runs index on etcd, which imports rebuild.
+    out["open_runs"] = await store.list_runs(
+        statuses=tuple(status.value for status in OPEN), limit=10_000
+    )
     out["run_files"] = {
         run.id: (
             await store.get_run_blob(run.id, "config"),
@@ -252,13 +260,15 @@ async def test_export_then_import_gives_an_identical_store(store: Store, target:
     assert isinstance(begin, SnapshotBegin) and begin.engine == store.engine
     assert begin.counts.workspaces == 4 and begin.counts.versions == 71 + 3 + 2
     assert begin.counts.locks == 2 and begin.counts.api_keys == 2
-    assert begin.counts.audit_events >= 6 and begin.counts.runs == 2
+    assert begin.counts.audit_events >= 6 and begin.counts.runs == 3
     assert begin.counts.run_blobs == 2 and begin.counts.run_logs == 2
 
     report = await target.import_snapshot(replay(records))
     assert report.counts.to_json() == begin.counts.to_json()
 
-    assert await contents(target) == await contents(store)
+    copied = await contents(target)
+    assert copied == await contents(store)
+    assert [run.id for run in copied["open_runs"]] == ["run-0002", "run-0001"]
     # Exporting the copy gives the very same records, so the same checksum.
     assert await collect(target) == records
     assert await digest_store(target) == await digest_store(store)

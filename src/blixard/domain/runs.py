@@ -40,6 +40,8 @@ FINISHED = frozenset(
         RunStatus.cancelled,
     }
 )
+#: Waiting or executing: the runs a sweep looks at (the engines index them by status).
+OPEN = frozenset(RunStatus) - FINISHED
 
 
 class RunConflict(Conflict):

@@ -35,7 +35,7 @@ import orjson
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
-from blixard.domain.runs import Run
+from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
@@ -72,6 +72,8 @@ _META_CACHE = 16384
 _PIN_TTL = 30
 _INV_WIDTH = 20
 _INV_MAX = 10**_INV_WIDTH - 1
+#: The statuses `runopen/` indexes (list_runs asking only for these reads the index).
+_OPEN_STATUSES = frozenset(status.value for status in OPEN)
 
 
 def inv(number: int) -> str:
@@ -218,6 +220,7 @@ class EtcdStore:
                 )
             )
             await self._check_encryption()
+            await self._index_runs()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
         except BaseException:
@@ -1110,12 +1113,53 @@ class EtcdStore:
     def _open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.open(payload, run_aad(run_id, kind))
 
-    def _run_ops(self, run: Run) -> list[Any]:
+    @staticmethod
+    def _run_entry(run: Run) -> bytes | None:
+        """The `runopen/<id>` value of an open run; None once it is finished."""
+        if run.status in FINISHED:
+            return None
+        return orjson.dumps({"workspace": run.workspace, "status": run.status.value})
+
+    def _run_ops(self, run: Run, *, update: bool = False) -> list[Any]:
+        """The document, its revision and its `runopen/` entry, for one Txn. On `update`
+        the run may have been open, so a finished run's entry is deleted."""
         document = self._seal_run(run.id, "document", orjson.dumps(run.to_document()))
-        return [
+        ops = [
             self._kv.txn_op_put(self._k("runs/", run.id), document),
             self._kv.txn_op_put(self._k("runrev/", run.id), str(run.revision).encode()),
         ]
+        entry = self._run_entry(run)
+        if entry is not None:
+            ops.append(self._kv.txn_op_put(self._k("runopen/", run.id), entry))
+        elif update:
+            ops.append(self._kv.txn_op_delete(self._k("runopen/", run.id)))
+        return ops
+
+    async def _index_runs(self) -> None:
+        """Once per prefix (marker `meta/runindex`): index the open runs stored before
+        `runopen/` existed and drop entries that no longer match their run. Idempotent, and
+        each change is compared on the run's revision: a run updated meanwhile got its
+        entry from its own Txn."""
+        marker = self._k("meta/runindex")
+        if await self._get(marker) is not None:
+            return
+        index, docs = self._k("runopen/"), self._k("runs/")
+        entries = {
+            bytes(kv.key)[len(index) :].decode(): bytes(kv.value)
+            async for kv in self._scan(index, _prefix_end(index))
+        }
+        async for kv in self._scan(docs, _prefix_end(docs)):
+            run = self._run_from(bytes(kv.key)[len(docs) :].decode(), bytes(kv.value), None)
+            entry = self._run_entry(run)
+            if entries.get(run.id) == entry:
+                continue
+            key = self._k("runopen/", run.id)
+            await self._txn(
+                [self._kv.txn_compare_value(self._k("runrev/", run.id), str(run.revision))],
+                [self._kv.txn_op_delete(key) if entry is None else self._kv.txn_op_put(key, entry)],
+                [],
+            )
+        await self._txn([], [self._kv.txn_op_put(marker, orjson.dumps({"runopen": 1}))], [])
 
     def _run_from(self, run_id: str, document: bytes, revision: bytes | None) -> Run:
         run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
@@ -1138,7 +1182,7 @@ class EtcdStore:
         stored = replace(run, revision=expect_revision + 1)
         resp = await self._txn(
             [self._kv.txn_compare_value(self._k("runrev/", run.id), str(expect_revision))],
-            [*self._run_ops(stored), *self._audit_ops(audit)],
+            [*self._run_ops(stored, update=True), *self._audit_ops(audit)],
             [],
         )
         return stored if resp.succeeded else None
@@ -1167,6 +1211,8 @@ class EtcdStore:
     ) -> list[Run]:
         from etcd3aio import SortOrder
 
+        if statuses and _OPEN_STATUSES.issuperset(statuses):
+            return await self._list_open_runs(workspace, statuses, before, limit)
         prefix = self._k("runs/")
         end = self._k("runs/", before) if before is not None else _prefix_end(prefix)
         runs: list[Run] = []
@@ -1195,6 +1241,41 @@ class EtcdStore:
             if not resp.more or not resp.kvs:
                 break
             end = bytes(resp.kvs[-1].key)
+        return runs
+
+    async def _list_open_runs(
+        self, workspace: str | None, statuses: tuple[str, ...], before: str | None, limit: int
+    ) -> list[Run]:
+        """Open runs through `runopen/`: one range over the open set (runs waiting or
+        executing: small however long the history), then the documents wanted, read at
+        that range's revision so the listing is one view, newest first."""
+        prefix = self._k("runopen/")
+        end = self._k("runopen/", before) if before is not None else _prefix_end(prefix)
+        index = await self._range(prefix, end)
+        wanted = []
+        for kv in reversed(index.kvs):
+            entry = orjson.loads(kv.value)
+            if entry["status"] in statuses and (
+                workspace is None or entry["workspace"] == workspace
+            ):
+                wanted.append(bytes(kv.key)[len(prefix) :].decode())
+        wanted = wanted[: max(limit, 0)]
+        revision = int(index.header.revision)
+        runs: list[Run] = []
+        for i in range(0, len(wanted), _OPS_PER_LEVEL):
+            batch = wanted[i : i + _OPS_PER_LEVEL]
+            resp = await self._txn(
+                [],
+                [self._kv.txn_op_get(self._k("runs/", r), revision=revision) for r in batch],
+                [],
+            )
+            for run_id, found in zip(batch, resp.responses, strict=True):
+                for kv in found.response_range.kvs:
+                    run = self._run_from(run_id, bytes(kv.value), None)
+                    # The document decides: a node of a version without the index (a rolling
+                    # upgrade) updates runs without their entries.
+                    if run.status.value in statuses:
+                        runs.append(run)
         return runs
 
     async def _put_value(self, key: bytes, data: bytes) -> None:

@@ -31,7 +31,7 @@ import orjson
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
-from blixard.domain.runs import Run
+from blixard.domain.runs import OPEN, Run
 from blixard.store import sqlite_encryption, sqlite_snapshot
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
@@ -173,6 +173,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     ),
 ]
 
+_OPEN_STATUSES = frozenset(status.value for status in OPEN)
 _VERSION_COLUMNS = (
     "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
     "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by"
@@ -1010,6 +1011,11 @@ class SQLiteStore:
             clauses.append("id < ?")
             params.append(before)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        # Open runs are few however long the history: read them through the status index
+        # and sort them, rather than walk a workspace's (or every) run newest first, which
+        # the planner prefers for `workspace = ?` or once ANALYZE has seen the statuses.
+        if statuses and _OPEN_STATUSES.issuperset(statuses):
+            where = f" INDEXED BY runs_by_status{where}"
 
         def query(conn: sqlite3.Connection) -> list[Run]:
             rows = conn.execute(
