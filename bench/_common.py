@@ -33,13 +33,16 @@ def fresh_server(
 
 @contextlib.contextmanager
 def fresh_etcd_server(
-    label: str, env: dict[str, str] | None = None, members: int = 3
+    label: str,
+    env: dict[str, str] | None = None,
+    members: int = 3,
+    etcd_flags: list[str] | None = None,
 ) -> Iterator[tuple[ServerProcess, EtcdCluster]]:
-    """A fresh `members`-member etcd cluster on 127.0.0.1 and a `blixard serve` on it (the
-    etcd engine), both stopped on exit."""
+    """A fresh `members`-member etcd cluster on 127.0.0.1 (each member also given
+    `etcd_flags`) and a `blixard serve` on it (the etcd engine), both stopped on exit."""
     with (
         tempfile.TemporaryDirectory(prefix=f"blixard-bench-{label}-") as tmp,
-        EtcdCluster(Path(tmp) / "etcd", members) as cluster,
+        EtcdCluster(Path(tmp) / "etcd", members, extra_args=etcd_flags) as cluster,
     ):
         hosts = ",".join(e.removeprefix("http://") for e in cluster.endpoints)
         url = {"BLIXARD_STORAGE_URL": f"etcd://{hosts}/blixard-bench"}

@@ -195,6 +195,14 @@ def report(
     if server_cpu is not None:
         cpu = f"server CPU {100 * server_cpu / elapsed:.0f}%   " + cpu
     print(f"    {cpu}   (100% = one core; {os.cpu_count()} cores)")
+    if cycles:
+        # CPU per cycle moves less than cycles/s when other work shares the machine.
+        per = [f"client {1e3 * client_cpu / len(cycles):.2f}"]
+        if etcd_cpu is not None:
+            per.insert(0, f"etcd members {1e3 * etcd_cpu / len(cycles):.2f}")
+        if server_cpu is not None:
+            per.insert(0, f"server {1e3 * server_cpu / len(cycles):.2f}")
+        print(f"    CPU ms per cycle: {'  '.join(per)}")
     if errors:
         print(f"    errors: {dict(errors)}")
         first = next(w.stats.first_error for w in workers if w.stats.first_error)
@@ -213,6 +221,13 @@ def main() -> None:
         choices=("sqlite", "etcd"),
         default="sqlite",
         help="storage of the fresh server: SQLite, or a fresh 3-member etcd cluster here",
+    )
+    ap.add_argument(
+        "--etcd-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="an extra flag for every etcd member, e.g. --etcd-flag=--log-level=warn",
     )
     ap.add_argument("--url", help="bench this running server instead of starting one")
     args = ap.parse_args()
@@ -240,7 +255,9 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             members: list[int] = []
             if args.engine == "etcd":
-                server, cluster = stack.enter_context(fresh_etcd_server(f"cycle{clients}"))
+                server, cluster = stack.enter_context(
+                    fresh_etcd_server(f"cycle{clients}", etcd_flags=args.etcd_flag)
+                )
                 members = member_pids(cluster)
             else:
                 server, _ = stack.enter_context(fresh_server(f"cycle{clients}"))

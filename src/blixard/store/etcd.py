@@ -373,7 +373,7 @@ class EtcdStore:
                 "created_at": ws.created_at,
                 "updated_at": ws.updated_at,
                 "deleted_at": ws.deleted_at,
-                "head": asdict(ws.head) if ws.head else None,
+                "head": ws.head,  # orjson writes dataclasses as asdict() would, faster
                 "lock": (
                     {
                         "id": lock.id,
@@ -492,7 +492,7 @@ class EtcdStore:
         if event is None:
             return []
         event_id = event.id if event.id is not None else self._next_audit_id()
-        value = orjson.dumps(asdict(replace(event, id=event_id)))
+        value = orjson.dumps(replace(event, id=event_id))
         ops = [self._kv.txn_op_put(self._k("audit/", inv(event_id)), value)]
         # Index copies (events are small) so a filtered listing reads only its own events.
         if event.workspace is not None:
@@ -896,7 +896,7 @@ class EtcdStore:
         meta = version.numbered(name, number)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
-            "meta": asdict(meta),
+            "meta": meta,
             "encoding": encoded.encoding,
             "base_version": encoded.base_version,
             "stored": len(encoded.blob),
