@@ -3,10 +3,12 @@
 Each client owns a workspace and runs the cycle back to back for --seconds, exactly as
 `terraform apply` talks to the http backend (LOCK with a fresh LockInfo, GET the state,
 POST it with serial+1, `?ID=` and `Content-MD5`, UNLOCK with the same LockInfo). Prints
-cycles/s, p50/p99 cycle latency and per-step latencies. Figures only; nothing asserted.
+cycles/s, p50/p99 cycle latency, per-step latencies and CPU (server, etcd members, this
+client; also per cycle). Figures only; nothing asserted.
 
     python bench/cycle.py                      # fresh server per run, 1 and 8 clients, 15 s
     python bench/cycle.py --engine etcd        # the same on a fresh 3-member etcd cluster
+    GOMAXPROCS=1 python bench/cycle.py --engine etcd   # each member one core's worth
     python bench/cycle.py --clients 1,8,32 --seconds 5
     python bench/cycle.py --url http://127.0.0.1:8080   # an already-running server
 """
@@ -237,7 +239,11 @@ def main() -> None:
     state = _tfstate.make_state(resources, 0, _tfstate.new_lineage())
     engine = "server at " + args.url if args.url else f"{args.engine} engine"
     if args.engine == "etcd" and not args.url:
-        engine += " (3 members on 127.0.0.1)"
+        engine += " (3 members on 127.0.0.1"
+        # The members inherit the environment: GOMAXPROCS=1 gives each one core's worth.
+        if os.environ.get("GOMAXPROCS"):
+            engine += f", GOMAXPROCS={os.environ['GOMAXPROCS']}"
+        engine += "".join(f" {flag}" for flag in args.etcd_flag) + ")"
     print(
         f"{engine}: Terraform write cycle LOCK->GET->POST->UNLOCK, "
         f"state {len(state) / 1024:.0f} KiB "
