@@ -39,7 +39,7 @@ class Store(Protocol):
 
         May be older than the caller (etcd answers from memory, no round trip), so only a
         decision that writes may rely on it alone (StateService._cas). After a compare-and-set
-        on `name` failed, it is the record the compare found."""
+        on `name` failed, it is at least as new as the record that made it fail."""
         ...
 
     async def list_workspaces(
