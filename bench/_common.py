@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.etcd_cluster import EtcdCluster  # noqa: E402
 from tests.harness import ServerProcess  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -23,18 +24,49 @@ def fresh_server(
     label: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[ServerProcess, Path]]:
     """A `blixard serve` on a free 127.0.0.1 port with an empty temporary data dir."""
-    with tempfile.TemporaryDirectory(prefix=f"blixard-bench-{label}-") as tmp:
-        data_dir = Path(tmp) / "data"
-        server = ServerProcess(data_dir, env=env, log_path=Path(tmp) / "server.log")
-        server.start(timeout=60)
-        try:
-            yield server, data_dir
-        finally:
-            server.stop()
-            log = Path(tmp) / "server.log"
-            text = log.read_text(errors="replace") if log.exists() else ""
-            if "Traceback" in text:
-                print(f"  [server log had a traceback]\n{text[-3000:]}", file=sys.stderr)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"blixard-bench-{label}-") as tmp,
+        _serve(Path(tmp), env) as server,
+    ):
+        yield server, Path(tmp) / "data"
+
+
+@contextlib.contextmanager
+def fresh_etcd_server(
+    label: str,
+    env: dict[str, str] | None = None,
+    members: int = 3,
+    etcd_flags: list[str] | None = None,
+) -> Iterator[tuple[ServerProcess, EtcdCluster]]:
+    """A fresh `members`-member etcd cluster on 127.0.0.1 (each member also given
+    `etcd_flags`) and a `blixard serve` on it (the etcd engine), both stopped on exit."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"blixard-bench-{label}-") as tmp,
+        EtcdCluster(Path(tmp) / "etcd", members, extra_args=etcd_flags) as cluster,
+    ):
+        hosts = ",".join(e.removeprefix("http://") for e in cluster.endpoints)
+        url = {"BLIXARD_STORAGE_URL": f"etcd://{hosts}/blixard-bench"}
+        with _serve(Path(tmp), {**(env or {}), **url}) as server:
+            yield server, cluster
+
+
+def member_pids(cluster: EtcdCluster) -> list[int]:
+    return [m.process.pid for m in cluster.members if m.process is not None]
+
+
+@contextlib.contextmanager
+def _serve(tmp: Path, env: dict[str, str] | None) -> Iterator[ServerProcess]:
+    """A `blixard serve` with its data dir and log in `tmp`; shows a traceback it logged."""
+    server = ServerProcess(tmp / "data", env=env, log_path=tmp / "server.log")
+    server.start(timeout=60)
+    try:
+        yield server
+    finally:
+        server.stop()
+        log = tmp / "server.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "Traceback" in text:
+            print(f"  [server log had a traceback]\n{text[-3000:]}", file=sys.stderr)
 
 
 def _descendants(pid: int) -> list[int]:

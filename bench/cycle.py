@@ -3,9 +3,12 @@
 Each client owns a workspace and runs the cycle back to back for --seconds, exactly as
 `terraform apply` talks to the http backend (LOCK with a fresh LockInfo, GET the state,
 POST it with serial+1, `?ID=` and `Content-MD5`, UNLOCK with the same LockInfo). Prints
-cycles/s, p50/p99 cycle latency and per-step latencies. Figures only; nothing asserted.
+cycles/s, p50/p99 cycle latency, per-step latencies and CPU (server, etcd members, this
+client; also per cycle). Figures only; nothing asserted.
 
     python bench/cycle.py                      # fresh server per run, 1 and 8 clients, 15 s
+    python bench/cycle.py --engine etcd        # the same on a fresh 3-member etcd cluster
+    GOMAXPROCS=1 python bench/cycle.py --engine etcd   # each member one core's worth
     python bench/cycle.py --clients 1,8,32 --seconds 5
     python bench/cycle.py --url http://127.0.0.1:8080   # an already-running server
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _tfstate
-from _common import fresh_server, percentile, process_cpu_seconds
+from _common import fresh_etcd_server, fresh_server, member_pids, percentile, process_cpu_seconds
 from _http import HttpConnection, Response, loop_name, run
 
 STEPS = ("LOCK", "GET", "POST", "UNLOCK")
@@ -169,6 +172,7 @@ def report(
     elapsed: float,
     server_cpu: float | None,
     client_cpu: float,
+    etcd_cpu: float | None = None,
 ) -> None:
     cycles = sorted(c for w in workers for c in w.stats.cycles)
     errors: Counter[str] = Counter()
@@ -188,9 +192,19 @@ def report(
         )
     print("    per step p50/p99 ms: " + "  ".join(parts))
     cpu = f"client CPU {100 * client_cpu / elapsed:.0f}%"
+    if etcd_cpu is not None:
+        cpu = f"etcd members CPU {100 * etcd_cpu / elapsed:.0f}%   " + cpu
     if server_cpu is not None:
         cpu = f"server CPU {100 * server_cpu / elapsed:.0f}%   " + cpu
     print(f"    {cpu}   (100% = one core; {os.cpu_count()} cores)")
+    if cycles:
+        # CPU per cycle moves less than cycles/s when other work shares the machine.
+        per = [f"client {1e3 * client_cpu / len(cycles):.2f}"]
+        if etcd_cpu is not None:
+            per.insert(0, f"etcd members {1e3 * etcd_cpu / len(cycles):.2f}")
+        if server_cpu is not None:
+            per.insert(0, f"server {1e3 * server_cpu / len(cycles):.2f}")
+        print(f"    CPU ms per cycle: {'  '.join(per)}")
     if errors:
         print(f"    errors: {dict(errors)}")
         first = next(w.stats.first_error for w in workers if w.stats.first_error)
@@ -204,14 +218,35 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8", help="comma-separated concurrency levels")
     ap.add_argument("--state-kib", type=int, default=100, help="state size in KiB")
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw", help="HTTP client")
+    ap.add_argument(
+        "--engine",
+        choices=("sqlite", "etcd"),
+        default="sqlite",
+        help="storage of the fresh server: SQLite, or a fresh 3-member etcd cluster here",
+    )
+    ap.add_argument(
+        "--etcd-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="an extra flag for every etcd member, e.g. --etcd-flag=--log-level=warn",
+    )
     ap.add_argument("--url", help="bench this running server instead of starting one")
     args = ap.parse_args()
 
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
     resources = _tfstate.resources_for_size(args.state_kib * 1024)
     state = _tfstate.make_state(resources, 0, _tfstate.new_lineage())
+    engine = "server at " + args.url if args.url else f"{args.engine} engine"
+    if args.engine == "etcd" and not args.url:
+        engine += " (3 members on 127.0.0.1"
+        # The members inherit the environment: GOMAXPROCS=1 gives each one core's worth.
+        if os.environ.get("GOMAXPROCS"):
+            engine += f", GOMAXPROCS={os.environ['GOMAXPROCS']}"
+        engine += "".join(f" {flag}" for flag in args.etcd_flag) + ")"
     print(
-        f"Terraform write cycle LOCK->GET->POST->UNLOCK, state {len(state) / 1024:.0f} KiB "
+        f"{engine}: Terraform write cycle LOCK->GET->POST->UNLOCK, "
+        f"state {len(state) / 1024:.0f} KiB "
         f"({len(resources)} resources), {args.seconds:g} s per level after {args.warmup:g} s "
         f"warm-up, client={args.client} on {loop_name()}"
     )
@@ -223,21 +258,32 @@ def main() -> None:
             )
             report(clients, workers, elapsed, None, time.process_time() - cpu0)
             continue
-        with fresh_server(f"cycle{clients}") as (server, _):
+        with contextlib.ExitStack() as stack:
+            members: list[int] = []
+            if args.engine == "etcd":
+                server, cluster = stack.enter_context(
+                    fresh_etcd_server(f"cycle{clients}", etcd_flags=args.etcd_flag)
+                )
+                members = member_pids(cluster)
+            else:
+                server, _ = stack.enter_context(fresh_server(f"cycle{clients}"))
             assert server.proc is not None
             pid = server.proc.pid
             cpu0, scpu0 = time.process_time(), process_cpu_seconds(pid)
+            ecpu0 = sum(process_cpu_seconds(p) for p in members)
             workers, elapsed = run(
                 run_level(server.url, clients, args.seconds, args.warmup, state, args.client)
             )
             # CPU is measured over warm-up + run; scale to the measured window.
             share = elapsed / (elapsed + args.warmup)
+            etcd_cpu = sum(process_cpu_seconds(p) for p in members) - ecpu0
             report(
                 clients,
                 workers,
                 elapsed,
                 (process_cpu_seconds(pid) - scpu0) * share,
                 (time.process_time() - cpu0) * share,
+                etcd_cpu * share if members else None,
             )
 
 

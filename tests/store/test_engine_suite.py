@@ -85,6 +85,21 @@ async def test_put_lock_creates_workspace_once(store: Store) -> None:
     assert current is not None and current.lock is not None and current.lock.id == "L1"
 
 
+async def test_recent_workspace_is_the_record_a_lost_compare_found(store: Store) -> None:
+    """What StateService decides on first; after a lost compare it is current (as_of is at
+    or after the lost call), so a refusal can be answered without another read."""
+    started = time.monotonic()
+    missing, as_of = await store.recent_workspace("w")
+    assert missing is None and as_of >= started
+    created = await store.put_lock("w", a_lock(), expect_revision=None, now=1.0)
+    assert created is not None
+    assert (await store.recent_workspace("w"))[0] == created
+    before_lost = time.monotonic()
+    assert await store.put_lock("w", a_lock("L2"), expect_revision=None, now=2.0) is None
+    seen, as_of = await store.recent_workspace("w")
+    assert seen == created and as_of >= before_lost
+
+
 async def test_stale_revision_changes_nothing(store: Store) -> None:
     created = await store.put_lock("w", a_lock(), expect_revision=None, now=1.0)
     assert created is not None

@@ -17,7 +17,6 @@ import orjson
 import pytest
 
 from blixard.domain.errors import StorageUnavailable
-from blixard.domain.models import Workspace
 from blixard.store import open_store_from_url
 from blixard.store.etcd import EtcdStore, _prefix_end
 from blixard.store.etcd_conn import parse_etcd_url
@@ -327,7 +326,8 @@ async def test_health_and_unavailability_as_members_die(
             response = await http.get("/health/hiqlite")
             assert response.status_code == 503 and response.json()["quorum"] is False
 
-            ws = _cached_workspace(store, "w")
+            ws, _ = await store.recent_workspace("w")  # remembered: no etcd read
+            assert ws is not None
             started = time.monotonic()
             with pytest.raises(StorageUnavailable):
                 await store.put_lock("w", a_lock(), expect_revision=ws.revision, now=3)
@@ -352,10 +352,3 @@ async def test_health_and_unavailability_as_members_die(
             assert (await http.post("/api/tofu/state/w", content=state(3))).status_code == 200
             head = await store.read_head("w")
             assert head is not None and head[0].serial == 3
-
-
-def _cached_workspace(store: EtcdStore, name: str) -> Workspace:
-    """The workspace as this store last saw it (no etcd read: there is no quorum)."""
-    record = store._records.get(name)
-    assert record is not None
-    return record.ws

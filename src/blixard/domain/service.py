@@ -1,9 +1,11 @@
 """StateService: every rule about locks, versions, serials and lineages, in one place.
 
-Each mutation reads the workspace, decides by the rules, then asks the store for one atomic
-compare-and-set on the revision it read. If something else changed the workspace in between,
-the store says so and the decision is made again on fresh data, so rules are never applied to
-a stale view, whatever the engine or the number of server nodes.
+Each mutation decides by the rules on the workspace as this node last saw it, then asks the
+store for one atomic compare-and-set on that view's revision. If something else changed the
+workspace in between, the store says so and the decision is made again on newer data. An
+answer that changes nothing (a refusal, or a success with nothing to write) is only given on
+a view known current during the request, so rules are never answered on a stale view,
+whatever the engine or the number of server nodes (`StateService._cas`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from blixard.domain.access import Action, Actor, Role, audit_event
 from blixard.domain.errors import (
     ChecksumMismatch,
+    DomainError,
     LineageMismatch,
     LockConflict,
     Locked,
@@ -41,6 +44,24 @@ _CAS_ATTEMPTS = 50
 
 
 @dataclass(frozen=True, slots=True)
+class _Decision(Generic[T]):
+    """What an attempt decided: the answer, and whether the store wrote it (a compare-and-set
+    that succeeded) or nothing needed writing (only answered on a current view)."""
+
+    value: T
+    wrote: bool
+
+
+def _wrote(value: T | None) -> _Decision[T] | None:
+    """The store's answer to a compare-and-set: None when it lost (re-decide)."""
+    return None if value is None else _Decision(value, wrote=True)
+
+
+def _kept(value: T) -> _Decision[T]:
+    return _Decision(value, wrote=False)
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     meta: VersionMeta
     created: bool
@@ -60,14 +81,40 @@ class StateService:
     # -- helpers -------------------------------------------------------------------------
 
     async def _cas(
-        self, name: str, attempt: Callable[[Workspace | None], Awaitable[T | None]]
+        self, name: str, attempt: Callable[[Workspace | None], Awaitable[_Decision[T] | None]]
     ) -> T:
-        """Run `attempt` on a fresh read until the store accepts its compare-and-set."""
+        """Run `attempt` until it decides on a view it may answer on.
+
+        The first view is the store's `recent_workspace`, which may be older than this call
+        (etcd: the record this node last saw, no round trip). A decision that writes is safe on
+        any view: the store compares the exact revision the view had, and a lost compare comes
+        back as None, after which the store's view is the record the compare found. A decision
+        that writes nothing (a refusal, a retried LOCK, an identical re-POST, an unlock of no
+        lock) is answered only if the view was current at some instant during this call;
+        otherwise it is made again on a linearizable read. SQLite's views are always current,
+        so there nothing is ever decided twice.
+        """
+        started = time.monotonic()
+        ws, as_of = await self.store.recent_workspace(name)
         for _ in range(_CAS_ATTEMPTS):
+            current = as_of >= started
+            try:
+                decision = await attempt(ws)
+            except StorageUnavailable:
+                raise
+            except DomainError:
+                if current:
+                    raise
+            else:
+                if decision is None:
+                    # The compare-and-set lost; the store now holds the record it lost to.
+                    ws, as_of = await self.store.recent_workspace(name)
+                    continue
+                if decision.wrote or current:
+                    return decision.value
+            # Decided without writing on a view that may predate this call: look again.
+            as_of = time.monotonic()
             ws = await self.store.get_workspace(name)
-            result = await attempt(ws)
-            if result is not None:
-                return result
         raise StorageUnavailable("The workspace is changing too fast to apply this operation.")
 
     async def _existing(self, name: str) -> Workspace:
@@ -148,7 +195,7 @@ class StateService:
             + (f", rolled back from version {rolled_back_from}" if rolled_back_from else ""),
         )
 
-        async def attempt(ws: Workspace | None) -> WriteResult | None:
+        async def attempt(ws: Workspace | None) -> _Decision[WriteResult] | None:
             if ws is not None and ws.deleted:
                 raise WorkspaceDeleted(
                     f"Workspace '{name}' is deleted; restore it before writing to it."
@@ -157,7 +204,7 @@ class StateService:
             head = ws.head if ws else None
             if head is not None:
                 if head.sha256 == sha256 and source == "write":
-                    return WriteResult(head, created=False)
+                    return _kept(WriteResult(head, created=False))
                 if meta.lineage != head.lineage:
                     raise LineageMismatch(
                         f"State lineage {meta.lineage} does not match the workspace's lineage "
@@ -178,7 +225,7 @@ class StateService:
             )
             if updated is None or updated.head is None:
                 return None
-            return WriteResult(updated.head, created=True)
+            return _wrote(WriteResult(updated.head, created=True))
 
         return await self._cas(name, attempt)
 
@@ -220,12 +267,12 @@ class StateService:
             actor, Action.lock_acquire, lock.locked_at, workspace=name, lock_id=lock.id
         )
 
-        async def attempt(ws: Workspace | None) -> Lock | None:
+        async def attempt(ws: Workspace | None) -> _Decision[Lock] | None:
             if ws is not None and ws.deleted:
                 raise WorkspaceDeleted(f"Workspace '{name}' is deleted; restore it first.")
             if ws is not None and ws.lock is not None:
                 if ws.lock.id == lock.id:
-                    return ws.lock  # a client retry of the LOCK it already won
+                    return _kept(ws.lock)  # a client retry of the LOCK it already won
                 who = ws.lock.info.get("Who") or "someone"
                 raise Locked(
                     f"Workspace '{name}' is already locked by {who} (lock ID {ws.lock.id}).",
@@ -238,7 +285,7 @@ class StateService:
                 now=lock.locked_at,
                 audit=audit,
             )
-            return updated.lock if updated else None
+            return _wrote(updated.lock if updated else None)
 
         return await self._cas(name, attempt)
 
@@ -250,9 +297,9 @@ class StateService:
             return await self.force_unlock(name, actor=actor)
         lock_id = info["ID"]
 
-        async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
+        async def attempt(ws: Workspace | None) -> _Decision[Lock | None] | None:
             if ws is None or ws.lock is None:
-                return (None,)
+                return _kept(None)
             if ws.lock.id != lock_id:
                 raise LockConflict(
                     f"Lock ID {lock_id} does not hold workspace '{name}'; it is held by "
@@ -267,29 +314,32 @@ class StateService:
                 )
             return await self._release(ws, Action.lock_release, actor)
 
-        return (await self._cas(name, attempt))[0]
+        return await self._cas(name, attempt)
 
     async def force_unlock(self, name: str, *, actor: Actor | None = None) -> Lock | None:
         """Break whatever lock is held; answers with the lock that was removed."""
         check_workspace_name(name)
 
-        async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
+        async def attempt(ws: Workspace | None) -> _Decision[Lock | None] | None:
             if ws is None or ws.lock is None:
-                return (None,)
+                return _kept(None)
             return await self._release(ws, Action.lock_force, actor)
 
-        return (await self._cas(name, attempt))[0]
+        return await self._cas(name, attempt)
 
     async def _release(
         self, ws: Workspace, action: Action, actor: Actor | None
-    ) -> tuple[Lock | None] | None:
+    ) -> _Decision[Lock | None] | None:
         assert ws.lock is not None
         now = self.clock()
         audit = audit_event(actor, action, now, workspace=ws.name, lock_id=ws.lock.id)
         updated = await self.store.put_lock(
             ws.name, None, expect_revision=ws.revision, now=now, audit=audit
         )
-        return (ws.lock,) if updated else None
+        if updated is None:
+            return None
+        released: Lock | None = ws.lock
+        return _Decision(released, wrote=True)
 
     async def lock_status(self, name: str) -> LockStatus:
         ws = await self._existing(name)
@@ -320,7 +370,7 @@ class StateService:
         """Soft delete: hidden from lists and reads, every version kept for restore."""
         check_workspace_name(name)
 
-        async def attempt(ws: Workspace | None) -> Workspace | None:
+        async def attempt(ws: Workspace | None) -> _Decision[Workspace] | None:
             if ws is None or ws.deleted:
                 raise NotFound(f"Workspace '{name}' does not exist.")
             if ws.lock is not None:
@@ -331,8 +381,10 @@ class StateService:
                 )
             now = self.clock()
             audit = audit_event(actor, Action.workspace_delete, now, workspace=name)
-            return await self.store.set_deleted(
-                name, now, expect_revision=ws.revision, now=now, audit=audit
+            return _wrote(
+                await self.store.set_deleted(
+                    name, now, expect_revision=ws.revision, now=now, audit=audit
+                )
             )
 
         return await self._cas(name, attempt)
@@ -340,15 +392,17 @@ class StateService:
     async def restore_workspace(self, name: str, *, actor: Actor | None = None) -> Workspace:
         check_workspace_name(name)
 
-        async def attempt(ws: Workspace | None) -> Workspace | None:
+        async def attempt(ws: Workspace | None) -> _Decision[Workspace] | None:
             if ws is None:
                 raise NotFound(f"Workspace '{name}' does not exist.")
             if not ws.deleted:
                 raise WorkspaceNotDeleted(f"Workspace '{name}' is not deleted.")
             now = self.clock()
             audit = audit_event(actor, Action.workspace_restore, now, workspace=name)
-            return await self.store.set_deleted(
-                name, None, expect_revision=ws.revision, now=now, audit=audit
+            return _wrote(
+                await self.store.set_deleted(
+                    name, None, expect_revision=ws.revision, now=now, audit=audit
+                )
             )
 
         return await self._cas(name, attempt)

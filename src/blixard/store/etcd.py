@@ -168,11 +168,14 @@ class EtcdStore:
         self.cipher = cipher
         self.timeout = timeout
         self._bodies = _BodyCache(cache_bytes)
-        #: Workspace records by name as last seen. A record at a given mod_revision never
-        #: changes, so one is used only when its revision is the one a caller expects (and
-        #: the Txn compares that very revision): a stale entry costs a failed compare, never
-        #: a wrong write. Reads that answer clients always go to etcd.
-        self._records: OrderedDict[str, _Record] = OrderedDict()
+        #: Workspace records by name as last seen (the newest revision seen wins), each with
+        #: the monotonic instant its etcd request was sent: the record was current at some
+        #: instant after it. A record at a given mod_revision never changes, so one is used
+        #: for a write only when its revision is the one the caller expects (and the Txn
+        #: compares that very revision): a stale entry costs a failed compare, never a wrong
+        #: write. `recent_workspace` hands it out as a view to decide on; reads that answer
+        #: clients always go to etcd.
+        self._records: OrderedDict[str, tuple[_Record, float]] = OrderedDict()
         #: Version metadata (immutable once published) by (workspace, number).
         self._metas: OrderedDict[tuple[str, int], VersionMeta] = OrderedDict()
         self.access = access or EtcdAccess()
@@ -391,7 +394,7 @@ class EtcdStore:
                 "created_at": ws.created_at,
                 "updated_at": ws.updated_at,
                 "deleted_at": ws.deleted_at,
-                "head": asdict(ws.head) if ws.head else None,
+                "head": ws.head,  # orjson writes dataclasses as asdict() would, faster
                 "lock": (
                     {
                         "id": lock.id,
@@ -437,24 +440,56 @@ class EtcdStore:
         )
 
     async def _record(self, name: str) -> _Record | None:
+        sent = time.monotonic()
         kv = await self._get(self._ws_key(name))
         if kv is None:
+            self._records.pop(name, None)
             return None
         record = self._decode_record(name, kv)
-        self._remember(record)
+        self._remember(record, sent)
         return record
 
-    def _remember(self, record: _Record) -> None:
-        self._records[record.ws.name] = record
-        self._records.move_to_end(record.ws.name)
+    def _remember(self, record: _Record, sent: float) -> None:
+        """Keep `record`, current at some instant after `sent`, unless a newer one is known."""
+        name = record.ws.name
+        known = self._records.get(name)
+        if known is not None and known[0].ws.revision >= record.ws.revision:
+            if known[0].ws.revision == record.ws.revision and sent > known[1]:
+                self._records[name] = (known[0], sent)
+        else:
+            self._records[name] = (record, sent)
+        self._records.move_to_end(name)
         while len(self._records) > _RECORD_CACHE:
             self._records.popitem(last=False)
 
+    def _remember_lost(self, name: str, resp: Any, sent: float) -> None:
+        """After a lost compare: keep the record the Txn's failure branch read (one range)."""
+        kvs = resp.responses[0].response_range.kvs if resp.responses else []
+        if kvs:
+            self._remember(self._decode_record(name, kvs[0]), sent)
+        else:
+            self._records.pop(name, None)
+
+    def _read_on_failure(self, name: str) -> list[Any]:
+        """A Txn failure branch that reads the workspace record (see _remember_lost)."""
+        return [self._kv.txn_op_get(self._ws_key(name))]
+
+    async def recent_workspace(self, name: str) -> tuple[Workspace | None, float]:
+        known = self._records.get(name)
+        if known is not None:
+            return known[0].ws, known[1]
+        sent = time.monotonic()
+        record = await self._record(name)
+        return (record.ws if record else None), sent
+
     async def _record_at(self, name: str, expect_revision: int) -> _Record | None:
         """The record at `expect_revision` (cached if seen), or None if it is not current."""
-        cached = self._records.get(name)
-        if cached is not None and cached.ws.revision == expect_revision:
-            return cached
+        known = self._records.get(name)
+        if known is not None:
+            if known[0].ws.revision == expect_revision:
+                return known[0]
+            if known[0].ws.revision > expect_revision:
+                return None  # revisions only grow: a compare on it would fail
         current = await self._record(name)
         if current is None or current.ws.revision != expect_revision:
             return None
@@ -478,7 +513,7 @@ class EtcdStore:
         if event is None:
             return []
         event_id = event.id if event.id is not None else self._next_audit_id()
-        value = orjson.dumps(asdict(replace(event, id=event_id)))
+        value = orjson.dumps(replace(event, id=event_id))
         ops = [self._kv.txn_op_put(self._k("audit/", inv(event_id)), value)]
         # Index copies (events are small) so a filtered listing reads only its own events.
         if event.workspace is not None:
@@ -792,16 +827,17 @@ class EtcdStore:
             updated.stored_bytes,
             updated.body_bytes,
         )
+        sent = time.monotonic()
         resp = await self._txn(
             [self._cmp_ws(name, expect_revision)],
             [self._kv.txn_op_put(self._ws_key(name), value), *extra],
-            [],
+            self._read_on_failure(name),
         )
         if not resp.succeeded:
-            self._records.pop(name, None)
+            self._remember_lost(name, resp, sent)
             return None
         ws = replace(updated.ws, revision=int(resp.header.revision))
-        self._remember(replace(updated, ws=ws))
+        self._remember(replace(updated, ws=ws), sent)
         return ws
 
     async def put_lock(
@@ -816,15 +852,17 @@ class EtcdStore:
         if expect_revision is None:
             ws = Workspace(name, 0, now, now, lock=lock)
             value = self._encode_record(ws, None, 0, 0)
+            sent = time.monotonic()
             resp = await self._txn(
                 [self._cmp_ws(name, None)],
                 [self._kv.txn_op_put(self._ws_key(name), value), *self._audit_ops(audit)],
-                [],
+                self._read_on_failure(name),
             )
             if not resp.succeeded:
+                self._remember_lost(name, resp, sent)
                 return None
             created = replace(ws, revision=int(resp.header.revision))
-            self._remember(_Record(created, None, 0, 0))
+            self._remember(_Record(created, None, 0, 0), sent)
             return created
 
         def build(current: _Record) -> tuple[_Record, list[Any]]:
@@ -883,7 +921,7 @@ class EtcdStore:
         meta = version.numbered(name, number)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
-            "meta": asdict(meta),
+            "meta": meta,
             "encoding": encoded.encoding,
             "base_version": encoded.base_version,
             "stored": len(encoded.blob),
@@ -927,8 +965,11 @@ class EtcdStore:
             *self._audit_ops(replace(audit, version=number) if audit else None),
             *self._nest(publish),
         ]
+        sent = time.monotonic()
         try:
-            resp = await self._txn([self._cmp_ws(name, expect_revision)], ops, [])
+            resp = await self._txn(
+                [self._cmp_ws(name, expect_revision)], ops, self._read_on_failure(name)
+            )
         except BaseException:
             if lease_id:
                 await self._revoke(lease_id)
@@ -937,12 +978,12 @@ class EtcdStore:
             # Published chunks no longer hold the lease; unpublished ones go with it.
             await self._revoke(lease_id)
         if not resp.succeeded:
-            self._records.pop(name, None)
+            self._remember_lost(name, resp, sent)
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
         ws = replace(ws, revision=int(resp.header.revision))
-        self._remember(replace(updated, ws=ws))
+        self._remember(replace(updated, ws=ws), sent)
         return ws
 
     # -- keys and audit ------------------------------------------------------------------

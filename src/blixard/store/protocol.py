@@ -30,7 +30,18 @@ class Store(Protocol):
         """Health for /health/hiqlite: at least is_healthy, engine, node_count, has_leader."""
         ...
 
-    async def get_workspace(self, name: str) -> Workspace | None: ...
+    async def get_workspace(self, name: str) -> Workspace | None:
+        """The workspace as it is now (a linearizable read): what answers clients."""
+        ...
+
+    async def recent_workspace(self, name: str) -> tuple[Workspace | None, float]:
+        """The workspace as this node last saw it, to base a compare-and-set on, and a
+        `time.monotonic()` instant at or after which it was the current record.
+
+        May be older than the caller (etcd answers from memory, no round trip), so only a
+        decision that writes may rely on it alone (StateService._cas). After a compare-and-set
+        on `name` failed, it is at least as new as the record that made it fail."""
+        ...
 
     async def list_workspaces(
         self, *, after: str | None = None, limit: int = 1000, include_deleted: bool = False

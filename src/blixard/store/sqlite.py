@@ -587,6 +587,10 @@ class SQLiteStore:
     async def get_workspace(self, name: str) -> Workspace | None:
         return self._workspaces.get(name)
 
+    async def recent_workspace(self, name: str) -> tuple[Workspace | None, float]:
+        # The in-memory index is authoritative: always current.
+        return self._workspaces.get(name), time.monotonic()
+
     async def list_workspaces(
         self, *, after: str | None = None, limit: int = 1000, include_deleted: bool = False
     ) -> list[Workspace]:
