@@ -417,12 +417,12 @@ class StateService:
         is gone), never a lock someone took since; answers with the lock removed."""
         check_workspace_name(name)
 
-        async def attempt(ws: Workspace | None) -> tuple[Lock | None] | None:
+        async def attempt(ws: Workspace | None) -> _Decision[Lock | None] | None:
             if ws is None or ws.lock is None or ws.lock.owner != owner:
-                return (None,)
+                return _kept(None)
             return await self._release(ws, Action.lock_force, actor)
 
-        return (await self._cas(name, attempt))[0]
+        return await self._cas(name, attempt)
 
 
 def verify_content_md5(digest: bytes, header: str) -> None:
