@@ -256,6 +256,29 @@ async def test_tls_client_certificate_and_password(secure: Secure) -> None:
         await again.close()
 
 
+async def test_the_leader_is_found_over_tls_address_by_address(
+    secure: Secure, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name with two addresses over TLS: each address is asked on a channel of its own
+    that still checks the certificate against the name (the member's names 127.0.0.1 and
+    localhost, not ::1), and the calls then go through the leader's."""
+    from blixard.store import etcd_conn
+
+    async def dual_stack(endpoint: str) -> list[str]:
+        port = endpoint.rpartition(":")[2]
+        return [f"ipv6:[::1]:{port}", f"ipv4:127.0.0.1:{port}"]
+
+    monkeypatch.setattr(etcd_conn, "_resolve", dual_stack)
+    store = secure.store("tls-leader")
+    with caplog.at_level(logging.DEBUG, logger="blixard.store.etcd_conn"):
+        await store.open()
+    try:
+        assert f"reached at localhost:{secure.port} at ipv4:127.0.0.1:{secure.port}" in caplog.text
+        assert await append(store, "w", 1) == 1
+    finally:
+        await store.close()
+
+
 async def test_ipv6_address_and_server_name(secure: Secure) -> None:
     """[::1] is not in the member's certificate: refused with a clear line, accepted when
     server_name= says which name to check the certificate against."""
