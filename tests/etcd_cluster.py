@@ -500,6 +500,32 @@ class EtcdCluster:
         return env
 
 
+def kv_requests(endpoint: str) -> int:
+    """Txn and Range requests the member at `endpoint` (plaintext) has answered so far, from
+    its /metrics: which member a client's calls reach (a follower forwards to the leader by
+    raft, so only the member a call was sent to counts it)."""
+    total = 0
+    for line in httpx.get(f"{endpoint}/metrics", timeout=5).text.splitlines():
+        if line.startswith("grpc_server_handled_total{") and (
+            'grpc_method="Txn"' in line or 'grpc_method="Range"' in line
+        ):
+            total += int(float(line.rpartition(" ")[2]))
+    return total
+
+
+def leader_endpoint(endpoints: list[str]) -> str:
+    """The endpoint of the member that most members (plaintext) name as leader."""
+    statuses = []
+    for endpoint in endpoints:
+        with Gateway(endpoint) as gateway:
+            statuses.append(gateway.status())
+    votes = [s.get("leader") for s in statuses if s.get("leader")]
+    leader = max(set(votes), key=votes.count)
+    return next(
+        e for e, s in zip(endpoints, statuses, strict=True) if s["header"]["member_id"] == leader
+    )
+
+
 _shared_lock = threading.Lock()
 _shared: EtcdCluster | None = None
 

@@ -20,7 +20,7 @@ from blixard.domain.errors import StorageUnavailable
 from blixard.store import open_store_from_url
 from blixard.store.etcd import EtcdStore, _prefix_end
 from blixard.store.etcd_conn import parse_etcd_url
-from tests.etcd_cluster import EtcdCluster, shared_cluster_endpoints
+from tests.etcd_cluster import EtcdCluster, kv_requests, shared_cluster_endpoints
 from tests.store.test_engine_suite import a_lock, append, new_version, state
 
 pytestmark = pytest.mark.anyio
@@ -111,24 +111,61 @@ async def test_large_bodies_racing_leave_no_orphan_chunks(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-async def test_writes_resume_after_the_leader_dies(tmp_path: Path) -> None:
+async def test_calls_follow_the_leader_and_writes_resume_after_it_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KV calls go to the leader alone (a follower would forward them); when leadership
+    moves without any call failing (etcdctl move-leader) the periodic look follows it; when
+    the leader is killed, writes resume on the new one and no acknowledged write is lost."""
+    from blixard.store import etcd_conn
+
+    monkeypatch.setattr(etcd_conn, "LEADER_REFRESH", 1.0)  # a move is followed within ~1 s
     with EtcdCluster(tmp_path / "etcd", 3) as cluster:
         store = EtcdStore(cluster.endpoints, "/failover/", timeout=1.0)
         await store.open()
+        written: list[int] = []
+
+        async def write_and_read() -> dict[str, int]:
+            """One write and one read: the Txn and Range requests each running member got,
+            or {} if the write failed (503 during an election; a lost answer looks like a
+            lost compare and is retried with the same serial)."""
+            urls = {m.name: m.client_url for m in cluster.running_members()}
+            before = {name: kv_requests(url) for name, url in urls.items()}
+            serial = len(written) + 1
+            try:
+                await append(store, "w", serial)
+                await store.read_head("w")
+            except (StorageUnavailable, AssertionError):
+                await asyncio.sleep(0.2)
+                return {}
+            written.append(serial)
+            return {name: kv_requests(url) - before[name] for name, url in urls.items()}
+
+        async def follow(leader: Any, within: float) -> None:
+            started = time.monotonic()
+            while True:
+                moved = await write_and_read()
+                if moved and moved[leader.name] > 0 and sum(moved.values()) == moved[leader.name]:
+                    return
+                assert time.monotonic() - started < within, f"not only {leader.name}: {moved}"
+                await asyncio.sleep(0.1)
+
         try:
-            await append(store, "w", 1)
-            cluster.kill(cluster.leader())
-            started, failures, serial = time.monotonic(), 0, 2
-            while serial < 6:
-                assert time.monotonic() - started < 20, "writes did not resume"
-                try:
-                    await append(store, "w", serial)
-                    serial += 1
-                except (StorageUnavailable, AssertionError):
-                    failures += 1  # 503 during the election; a lost answer looks like a CAS
-                    await asyncio.sleep(0.2)
+            leader = cluster.leader()
+            moved = await write_and_read()
+            assert moved[leader.name] >= 3 and sum(moved.values()) == moved[leader.name], moved
+
+            target = next(m for m in cluster.members if m is not leader)
+            cluster.run_etcdctl("move-leader", f"{target.member_id:x}")
+            assert cluster.leader() is target
+            await follow(target, within=10)
+
+            cluster.kill(target)
+            started = time.monotonic()
+            await follow(cluster.leader(timeout=15), within=20)
+            assert time.monotonic() - started < 20, "writes did not resume"
             versions = await store.list_versions("w", limit=100)
-            assert versions[0].serial == 5
+            assert {v.serial for v in versions} == set(written) and versions[0].serial > 2
             health = await store.health()
             assert health["is_healthy"] and health["node_count"] == 3
         finally:

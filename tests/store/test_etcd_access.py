@@ -33,7 +33,13 @@ from blixard.store import open_store_from_url
 from blixard.store.etcd import EtcdStore
 from blixard.store.etcd_conn import Compaction, EtcdOptions, parse_etcd_url
 from blixard.store.snapshot import SnapshotBegin, VersionRecord
-from tests.etcd_cluster import ClusterTls, EtcdCluster, shared_cluster_endpoints
+from tests.etcd_cluster import (
+    ClusterTls,
+    EtcdCluster,
+    kv_requests,
+    leader_endpoint,
+    shared_cluster_endpoints,
+)
 from tests.harness import ServerProcess
 from tests.pki import issue
 from tests.store.test_engine_suite import append, state
@@ -170,6 +176,37 @@ async def test_endpoints_by_host_name(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_calls_go_to_the_leader_found_address_by_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names that resolve to several addresses (here each to ::1, where nothing listens, and
+    127.0.0.1, as localhost does on dual-stack hosts): the leader is found by asking each
+    address which member answers, and the KV calls go to that member alone."""
+    from blixard.store import etcd_conn
+
+    async def dual_stack(endpoint: str) -> list[str]:
+        port = endpoint.rpartition(":")[2]
+        return [f"ipv6:[::1]:{port}", f"ipv4:127.0.0.1:{port}"]
+
+    monkeypatch.setattr(etcd_conn, "_resolve", dual_stack)
+    endpoints = shared_cluster_endpoints()
+    hosts = ",".join("localhost:" + e.rpartition(":")[2] for e in endpoints)
+    digest = hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
+    store = open_store_from_url(f"etcd://{hosts}/blixard-leader/{digest}")
+    await store.open()
+    try:
+        leader = leader_endpoint(endpoints)
+        before = {e: kv_requests(e) for e in endpoints}
+        for serial in range(1, 4):
+            assert await append(store, "w", serial) == serial
+            assert await store.read_head("w") is not None
+        moved = {e: kv_requests(e) - before[e] for e in endpoints}
+        assert moved[leader] >= 9, moved
+        assert all(n == 0 for e, n in moved.items() if e != leader), moved
+    finally:
+        await store.close()
+
+
 async def test_a_user_is_not_needed_where_etcd_auth_is_off(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,6 +254,29 @@ async def test_tls_client_certificate_and_password(secure: Secure) -> None:
         assert head is not None and head[0].version == 1
     finally:
         await again.close()
+
+
+async def test_the_leader_is_found_over_tls_address_by_address(
+    secure: Secure, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name with two addresses over TLS: each address is asked on a channel of its own
+    that still checks the certificate against the name (the member's names 127.0.0.1 and
+    localhost, not ::1), and the calls then go through the leader's."""
+    from blixard.store import etcd_conn
+
+    async def dual_stack(endpoint: str) -> list[str]:
+        port = endpoint.rpartition(":")[2]
+        return [f"ipv6:[::1]:{port}", f"ipv4:127.0.0.1:{port}"]
+
+    monkeypatch.setattr(etcd_conn, "_resolve", dual_stack)
+    store = secure.store("tls-leader")
+    with caplog.at_level(logging.DEBUG, logger="blixard.store.etcd_conn"):
+        await store.open()
+    try:
+        assert f"reached at localhost:{secure.port} at ipv4:127.0.0.1:{secure.port}" in caplog.text
+        assert await append(store, "w", 1) == 1
+    finally:
+        await store.close()
 
 
 async def test_ipv6_address_and_server_name(secure: Secure) -> None:

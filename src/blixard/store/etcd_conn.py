@@ -14,7 +14,9 @@ spreads calls round-robin over every address it finds, and with TLS checks each 
 certificate against the host name written in the URL, which is what the operator named. One
 channel over all endpoints cannot do that: gRPC verifies every connection of a channel against
 one name. `_Channels` makes the endpoint channels look like one channel to etcd3aio's
-services: each call goes to the next endpoint whose channel is connected.
+services: each call goes to the leader's channel when `_LeaderWatch` knows which member
+leads (a follower would forward it: one hop more), else to the next endpoint whose channel
+is connected.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,18 @@ _TLS_OPTIONS = ("ca", "cert", "key", "server_name")
 #: connected. etcd refuses such a request before applying it, so resending cannot apply it
 #: twice.
 _STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "user name is empty")
+#: Seconds between looks at which member leads while one is known (a leader moved without a
+#: failed call is followed within this), and at least between two looks.
+LEADER_REFRESH = 5.0
+LEADER_RETRY = 0.5
+#: Answers after which the next call should not assume the leader is where it was.
+_LEADER_LOST = (
+    "leader changed",
+    "no leader",
+    "not leader",
+    "request timed out",
+    "server stopped",
+)
 #: Same channel settings as etcd3aio's, plus the receive/send limits (notes §3 rule 3).
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.lb_policy_name", "round_robin"),
@@ -264,19 +279,34 @@ def _token_of(metadata: Any) -> str | None:
 class _Channels:
     """One gRPC channel per endpoint, offered to etcd3aio as if it were one channel.
 
-    A unary call goes to the next endpoint (round robin) whose channel is connected, or to one
-    that is connecting when none is; a call rejected for a stale token (see _STALE_TOKEN) is
-    sent once more with a fresh one from `reauthenticate`. Streams (lease keep-alives) go to
-    the next endpoint as they are."""
+    A call goes to `leader` (set by _LeaderWatch) while that channel is connected; otherwise
+    to the next endpoint (round robin) whose channel is connected, or to one that is
+    connecting when none is. A unary call that fails in a way a leader change explains
+    (see `_hints_leader_change`) forgets the leader and calls `on_leader_lost`: it is not resent
+    (a Txn whose answer was lost may have committed), only the next call goes elsewhere. A
+    unary call rejected for a stale token (see _STALE_TOKEN) is sent once more with a fresh
+    one from `reauthenticate`."""
 
     def __init__(self, channels: list[Any]) -> None:
         self.channels = channels
         self._next = 0
+        #: The channel to the member that leads, when known.
+        self.leader: Any = None
+        self.on_leader_lost: Callable[[], None] | None = None
         self.reauthenticate: Callable[[str | None], Awaitable[str | None]] | None = None
+        #: Multi-callables by channel, then by (kind, method): built once per channel.
+        self._calls: dict[Any, dict[tuple[str, str], Any]] = {}
 
     def pick(self) -> Any:
         import grpc
 
+        leader = self.leader
+        if leader is not None:
+            state = leader.get_state(try_to_connect=True)
+            if state == grpc.ChannelConnectivity.READY:
+                return leader
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                self.leader_lost()
         count = len(self.channels)
         fallback = None
         for step in range(count):
@@ -289,6 +319,35 @@ class _Channels:
                 fallback = self.channels[index]
         self._next = (self._next + 1) % count
         return fallback if fallback is not None else self.channels[self._next]
+
+    def leader_lost(self) -> None:
+        if self.leader is not None:
+            self.leader = None
+            log.debug("etcd leader unreachable or changed: round robin until it is found again")
+        if self.on_leader_lost is not None:
+            self.on_leader_lost()
+
+    @staticmethod
+    def _hints_leader_change(exc: Any) -> bool:
+        """Whether a failed call hints that the leader moved or went away."""
+        import grpc
+
+        code, details = exc.code(), exc.details() or ""
+        return code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ) or any(s in details for s in _LEADER_LOST)
+
+    def forget(self, channel: Any) -> None:
+        """Drop the multi-callables built on a channel that is being closed."""
+        self._calls.pop(channel, None)
+
+    def _callable(self, channel: Any, kind: str, method: str, args: Any, kwargs: Any) -> Any:
+        calls = self._calls.setdefault(channel, {})
+        found = calls.get((kind, method))
+        if found is None:
+            found = calls[kind, method] = getattr(channel, kind)(method, *args, **kwargs)
+        return found
 
     async def wait_ready(self, timeout: float) -> None:
         """Until one endpoint is connected, all have failed, or `timeout` passes."""
@@ -304,33 +363,30 @@ class _Channels:
             await asyncio.sleep(0.02)
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        callables: dict[int, Any] = {}
-
-        def callable_on(channel: Any) -> Any:
-            found = callables.get(id(channel))
-            if found is None:
-                found = callables[id(channel)] = channel.unary_unary(method, *args, **kwargs)
-            return found
+        def on(channel: Any) -> Any:
+            return self._callable(channel, "unary_unary", method, args, kwargs)
 
         async def call(request: Any, *, metadata: Any = None, **options: Any) -> Any:
             import grpc
 
             try:
-                return await callable_on(self.pick())(request, metadata=metadata, **options)
+                return await on(self.pick())(request, metadata=metadata, **options)
             except grpc.aio.AioRpcError as exc:
+                if self._hints_leader_change(exc):
+                    self.leader_lost()
                 details = exc.details() or ""
                 if self.reauthenticate is None or not any(s in details for s in _STALE_TOKEN):
                     raise
                 token = await self.reauthenticate(_token_of(metadata))
                 fresh = tuple((n, v) for n, v in metadata or () if n != "token")
                 fresh += (("token", token),) if token else ()
-                return await callable_on(self.pick())(request, metadata=fresh or None, **options)
+                return await on(self.pick())(request, metadata=fresh or None, **options)
 
         return call
 
     def _stream(self, kind: str, method: str, *args: Any, **kwargs: Any) -> Any:
         def call(*call_args: Any, **call_kwargs: Any) -> Any:
-            multi = getattr(self.pick(), kind)(method, *args, **kwargs)
+            multi = self._callable(self.pick(), kind, method, args, kwargs)
             return multi(*call_args, **call_kwargs)
 
         return call
@@ -348,6 +404,150 @@ class _Channels:
         for channel in self.channels:
             with contextlib.suppress(Exception):
                 await channel.close()
+        self._calls.clear()
+
+
+async def _resolve(endpoint: str) -> list[str]:
+    """The gRPC targets (`ipv4:a:port`, `ipv6:[a]:port`) `host:port` resolves to (OSError if
+    it does not)."""
+    import socket
+
+    host, _, port = endpoint.rpartition(":")
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    return list(
+        dict.fromkeys(
+            f"ipv6:[{ip}]:{port}" if family == socket.AF_INET6 else f"ipv4:{ip}:{port}"
+            for family, *_, (ip, *_) in infos
+        )
+    )
+
+
+class _LeaderWatch:
+    """Which member leads, asked of every configured endpoint (Maintenance.Status: the
+    answering member's own id and the leader's), pointing `channels.leader` at the channel
+    that reaches it.
+
+    Members are matched by the id each one gives for itself through the configured
+    endpoints, never by the client URLs in the member list (they may be names this host
+    cannot use, or certificates may not list them). An endpoint whose name resolves to one
+    address is asked through its own channel; one resolving to several (a name for the
+    whole cluster, or `localhost` on IPv4 and IPv6) is asked address by address on channels
+    of its own (certificate checked against the endpoint's host), so the leader's address
+    is known exactly. Looks every LEADER_REFRESH seconds while a leader is known, every
+    LEADER_RETRY seconds while none is, and at once (at most every LEADER_RETRY) when a
+    call failed the way a leader change explains; never on the path of a call."""
+
+    def __init__(
+        self,
+        channels: _Channels,
+        endpoints: list[str],
+        dial: Callable[[str, str], Any],
+        timeout: float,
+    ) -> None:
+        self.channels = channels
+        self.endpoints = endpoints
+        self.dial = dial
+        self.timeout = timeout
+        #: Channels to single addresses of endpoints that resolve to several, by
+        #: (endpoint, address); owned here, unlike the endpoint channels.
+        self._own: dict[tuple[str, str], Any] = {}
+        self._services: dict[Any, Any] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        channels.on_leader_lost = self._wake.set
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(LEADER_RETRY)
+            wait = LEADER_REFRESH if self.channels.leader is not None else 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wait - LEADER_RETRY))
+            self._wake.clear()
+            try:
+                await self.refresh()
+            except Exception as exc:  # a look that fails is retried; calls go round robin
+                log.debug("looking for the etcd leader failed: %s", _detail(exc)[1])
+
+    async def _targets(self) -> list[tuple[str, Any]]:
+        """Every channel to ask, with what it reaches: endpoint channels, or per-address
+        ones (see the class)."""
+        resolved = await asyncio.gather(
+            *(_resolve(e) for e in self.endpoints), return_exceptions=True
+        )
+        targets: list[tuple[str, Any]] = []
+        own: dict[tuple[str, str], Any] = {}
+        for endpoint, channel, addresses in zip(
+            self.endpoints, self.channels.channels, resolved, strict=True
+        ):
+            if isinstance(addresses, BaseException) or len(addresses) <= 1:
+                targets.append((endpoint, channel))
+                continue
+            for address in addresses:
+                key = (endpoint, address)
+                own[key] = self._own.pop(key, None) or self.dial(endpoint, address)
+                targets.append((f"{endpoint} at {address}", own[key]))
+        stale, self._own = self._own, own
+        for channel in stale.values():
+            await self._close(channel)
+        return targets
+
+    async def refresh(self) -> None:
+        """Ask every member now; point `channels.leader` at the leader, or at None."""
+        from etcd3aio.maintenance import MaintenanceService
+
+        targets = await self._targets()
+
+        async def status(channel: Any) -> Any:
+            service = self._services.get(channel)
+            if service is None:
+                service = self._services[channel] = MaintenanceService(channel, max_attempts=1)
+            with contextlib.suppress(Exception):
+                return await service.status(timeout=min(self.timeout, 2.0))
+            return None
+
+        answers = await asyncio.gather(*(status(c) for _, c in targets))
+        # The leader most members name (a member cut off may still name an old one).
+        votes = Counter(
+            (int(a.leader), int(a.raftTerm)) for a in answers if a is not None and a.leader
+        )
+        found = None
+        if votes:
+            (leader_id, _), _ = max(votes.items(), key=lambda v: (v[1], v[0][1]))
+            reaching = [
+                (name, c)
+                for (name, c), a in zip(targets, answers, strict=True)
+                if a is not None and int(a.header.member_id) == leader_id
+            ]
+            if reaching:
+                current = self.channels.leader
+                found = next((t for t in reaching if t[1] is current), reaching[0])
+        if found is None:
+            self.channels.leader = None
+        elif found[1] is not self.channels.leader:
+            log.debug("etcd leader is member %x, reached at %s", leader_id, found[0])
+            self.channels.leader = found[1]
+
+    async def _close(self, channel: Any) -> None:
+        if self.channels.leader is channel:
+            self.channels.leader = None
+        self.channels.forget(channel)
+        self._services.pop(channel, None)
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for channel in list(self._own.values()):
+            await self._close(channel)
+        self._own.clear()
+        self._services.clear()
 
 
 class _Manager:
@@ -373,6 +573,7 @@ class EtcdConnection:
         self.timeout = timeout
         self.client: Any = None
         self._channels: _Channels | None = None
+        self._leader: _LeaderWatch | None = None
         self._auth: Any = None
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
@@ -401,8 +602,6 @@ class EtcdConnection:
         """Why each address fails, asked one by one: a channel reports only its last error,
         which may be about an address nobody listens on (localhost's ::1 when etcd listens
         on 127.0.0.1) rather than the TLS problem on the one that matters."""
-        import socket
-
         from etcd3aio.maintenance import MaintenanceService
 
         async def probe(endpoint: str, address: str) -> str | None:
@@ -417,18 +616,12 @@ class EtcdConnection:
 
         found: list[str] = []
         probes = []
-        loop = asyncio.get_running_loop()
         for endpoint in self.endpoints:
-            host, _, port = endpoint.rpartition(":")
             try:
-                infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+                addresses = await _resolve(endpoint)
             except OSError as exc:
                 found.append(f"errors resolving {endpoint}: {exc}")
                 continue
-            addresses = dict.fromkeys(
-                f"ipv6:[{ip}]:{port}" if family == socket.AF_INET6 else f"ipv4:{ip}:{port}"
-                for family, *_, (ip, *_) in infos
-            )
             probes += [probe(endpoint, address) for address in addresses]
         found += [d for d in await asyncio.gather(*probes) if d is not None]
         return found
@@ -447,6 +640,17 @@ class EtcdConnection:
         await client.connect()
         self.client = client
         await channels.wait_ready(self.timeout)
+        tls = self.access.tls
+        leader = _LeaderWatch(
+            channels,
+            self.endpoints,
+            lambda endpoint, address: self.channel(endpoint, tls=tls, address=address),
+            self.timeout,
+        )
+        self._leader = leader
+        with contextlib.suppress(Exception):  # no leader known yet: round robin for now
+            await leader.refresh()
+        leader.start()
         try:
             if self.access.user is not None:
                 # A service of its own, never given the token: etcd refuses an Authenticate
@@ -564,6 +768,9 @@ class EtcdConnection:
         return f"cannot reach etcd at {hosts} ({details[0]})"
 
     async def close(self) -> None:
+        if self._leader is not None:
+            await self._leader.close()
+            self._leader = None
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
