@@ -257,3 +257,33 @@ async def test_an_outage_fails_every_caller_of_a_batch(tmp_path: Path) -> None:
             assert time.monotonic() - started < 6
         finally:
             await store.close()
+
+
+async def test_concurrent_cycles_cost_fewer_etcd_requests(
+    stores: tuple[EtcdStore, EtcdStore],
+) -> None:
+    """8 warm Terraform cycles at once on one node: 32 requests alone (3 Txns + 1 read
+    each, see test_etcd_views.py), far fewer as etcd counts them once batched."""
+    from tests.store.test_etcd_views import _etcd_requests
+
+    service = StateService(stores[0])
+
+    async def cycle(name: str, serial: int) -> None:
+        lock_id = f"{name}-{serial}"
+        await service.lock(name, _info(lock_id))
+        await service.read_state(name)
+        await service.write_state(name, state(serial, salt=name), lock_id=lock_id)
+        await service.unlock(name, _info(lock_id))
+
+    names = [f"c{i}" for i in range(8)]
+    for name in names:
+        await service.write_state(name, state(1, salt=name))
+    await asyncio.gather(*(cycle(name, 2) for name in names))
+    endpoints = shared_cluster_endpoints()
+    before = _etcd_requests(endpoints)
+    await asyncio.gather(*(cycle(name, 3) for name in names))
+    after = _etcd_requests(endpoints)
+    assert sum(after.values()) - sum(before.values()) <= 16
+    for name in names:
+        meta, body = await service.read_state(name)
+        assert meta.serial == 3 and body == state(3, salt=name)
