@@ -166,6 +166,32 @@ async def test_a_failed_compare_leaves_the_rest_of_its_batch_alone(
     assert remembered == moved
 
 
+async def test_a_batch_etcd_refuses_is_sent_again_request_by_request(
+    stores: tuple[EtcdStore, EtcdStore],
+) -> None:
+    """A put with `ignore_value` of a missing key makes etcd refuse its whole Txn (callers
+    keep such ops out of batches; here one is forced in): only its caller fails."""
+    from etcd3aio._protobuf import PutRequest, RequestOp
+
+    a, b = stores
+    assert a._batcher is not None
+    refused = a._batcher.refused
+    bad = RequestOp(request_put=PutRequest(key=a._k("nowhere"), ignore_value=True))
+    results = await asyncio.gather(
+        a.get_workspace("x0"),
+        a._txn([], [bad], [], batch=True),
+        *(a.put_lock(f"x{i}", a_lock(), expect_revision=None, now=1.0) for i in range(4)),
+        a.get_workspace("x9"),
+        return_exceptions=True,
+    )
+    assert a._batcher.refused == refused + 1
+    failed = results[1]
+    assert isinstance(failed, StorageUnavailable) and "key not found" in failed.message
+    for i, ws in enumerate(results[2:6]):
+        assert isinstance(ws, Workspace) and ws == await b.get_workspace(f"x{i}")
+    assert results[0] is None and results[6] is None
+
+
 async def test_reads_and_writes_share_a_batch(stores: tuple[EtcdStore, EtcdStore]) -> None:
     a, b = stores
     bodies = {f"r{i}": state(1, salt=f"r{i}") for i in range(4)}

@@ -30,8 +30,11 @@ What etcd refuses for the whole Txn, and how a batch avoids it (etcd 3.4,
   compaction and snapshot traffic.
 
 A batch that fails at the transport (deadline, UNAVAILABLE) fails every caller in it with
-StorageUnavailable, as each would have failed alone; nothing is ever resent, so an unknown
-outcome stays unknown. Each caller keeps its own deadline: a batch is sent with the
+StorageUnavailable, as each would have failed alone; it is never resent, so an unknown
+outcome stays unknown. A batch etcd refused as a whole before applying anything (an invalid
+request, the NOSPACE alarm, a permission) is split: each request goes again alone, so a
+read riding with writes still answers during NOSPACE and one bad request fails only its
+caller. Each caller keeps its own deadline: a batch is sent with the
 shortest one left, and a request whose deadline passed while queued fails unsent.
 """
 
@@ -67,6 +70,26 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
     # etcd3aio re-raises the gRPC codes it does not map (e.g. a request too large).
     return (TimeoutError, EtcdError, grpc.aio.AioRpcError)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did etcd refuse the request as a whole, before applying any of it?
+
+    Validation (too many ops, duplicate keys, too large), the NOSPACE alarm and the checks a
+    Txn passes before its first write (a lease or key that is gone, a compacted revision)
+    answer these codes; a deadline or UNAVAILABLE leaves the outcome unknown."""
+    import grpc
+    from etcd3aio.errors import EtcdPermissionDeniedError
+
+    if isinstance(exc, EtcdPermissionDeniedError):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.NOT_FOUND,
+    )
 
 
 #: How a caller's part of a batch answer becomes what its lone call would have returned.
@@ -182,6 +205,8 @@ class TxnBatcher:
         #: Batches of more than one request sent, and the requests in them (for tests/bench).
         self.batches = 0
         self.batched = 0
+        #: Batches etcd refused as a whole, whose requests were then sent alone.
+        self.refused = 0
 
     async def txn(
         self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]
@@ -305,6 +330,11 @@ class TxnBatcher:
 
     async def _send(self, waiters: list[_Waiter]) -> None:
         timeout = min(w.deadline for w in waiters) - asyncio.get_running_loop().time()
+        if timeout <= 0:  # only after a refused batch: the lone resend has no time left
+            for w in waiters:
+                if not w.future.done():
+                    w.future.set_exception(StorageUnavailable("etcd did not answer in time."))
+            return
         try:
             if len(waiters) == 1:
                 answers = [await waiters[0].alone(timeout)]
@@ -318,6 +348,12 @@ class TxnBatcher:
                     ),
                 )
         except BaseException as exc:
+            if len(waiters) > 1 and _refused(exc):
+                # Nothing of the batch applied: each request again alone, so each caller
+                # gets what it would have got alone (a read during NOSPACE still answers).
+                self.refused += 1
+                await asyncio.gather(*(self._send([w]) for w in waiters))
+                return
             transport = isinstance(exc, _transport_errors())
             closing = isinstance(exc, asyncio.CancelledError)
             for w in waiters:
