@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import Locked, StorageUnavailable
 from blixard.domain.models import Lock, Workspace
 from blixard.domain.service import StateService
@@ -190,6 +191,30 @@ async def test_a_batch_etcd_refuses_is_sent_again_request_by_request(
     for i, ws in enumerate(results[2:6]):
         assert isinstance(ws, Workspace) and ws == await b.get_workspace(f"x{i}")
     assert results[0] is None and results[6] is None
+
+
+async def test_keys_and_audit_batch_with_nested_txns(stores: tuple[EtcdStore, EtcdStore]) -> None:
+    """touch_keys is itself a list of nested Txns: batched, they nest one level deeper."""
+    a, b = stores
+    keys = [ApiKey(f"id-{i}", f"k{i}", Role.writer, ("*",), f"hash-{i}", 1.0) for i in range(4)]
+    before = batches(a)
+    created = await asyncio.gather(
+        a.get_workspace("x"),
+        *(a.create_key(key) for key in keys),
+        a.append_audit([AuditEvent(at=5.0, action="test.batch", outcome="ok", workspace="x")]),
+    )
+    assert created[1:5] == [True] * 4
+    await asyncio.gather(
+        a.get_workspace("x"),
+        a.touch_keys({"id-0": 50.0, "id-1": 60.0}),
+        a.touch_keys({"id-2": 70.0}),
+        a.revoke_key("k3", 80.0),
+    )
+    assert batches(a)[0] == before[0] + 2
+    found = {k.id: k for k in await b.list_keys(include_revoked=True)}
+    assert [found[f"id-{i}"].last_used_at for i in range(3)] == [50.0, 60.0, 70.0]
+    assert found["id-3"].revoked_at == 80.0
+    assert [e.action for e in await b.list_audit(workspace="x")] == ["test.batch"]
 
 
 async def test_reads_and_writes_share_a_batch(stores: tuple[EtcdStore, EtcdStore]) -> None:
