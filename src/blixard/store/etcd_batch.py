@@ -48,7 +48,8 @@ from typing import Any
 
 from blixard.domain.errors import StorageUnavailable
 
-#: Calls in flight at once, each a lone request or a batch (measured: bench/cycle.py).
+#: Calls in flight at once, each a lone request or a batch. Two made batches smaller and
+#: cost more CPU per cycle for no more cycles/s (bench/cycle.py, docs/etcd-notes.md §12).
 IN_FLIGHT = 1
 #: Encoded bytes of one batch (etcd refuses requests over --max-request-bytes, 1.5 MiB).
 MAX_BATCH_BYTES = 1024 * 1024
@@ -194,10 +195,9 @@ class _Batch:
 class TxnBatcher:
     """Sends Txns and point reads to etcd, batching those that queue behind calls in flight."""
 
-    def __init__(self, kv: Any, *, timeout: float, in_flight: int = IN_FLIGHT) -> None:
+    def __init__(self, kv: Any, *, timeout: float) -> None:
         self._kv = kv
         self.timeout = timeout
-        self.in_flight = in_flight
         self._busy = 0
         self._queue: deque[_Waiter] = deque()
         self._drains: set[asyncio.Task[None]] = set()
@@ -259,7 +259,7 @@ class TxnBatcher:
 
     def _free(self) -> bool:
         """Take a lane for a lone call if one is free and nothing waits before this one."""
-        if self._busy < self.in_flight and not self._queue:
+        if self._busy < IN_FLIGHT and not self._queue:
             self._busy += 1
             return True
         return False
