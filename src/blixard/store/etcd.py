@@ -39,6 +39,7 @@ from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
+from blixard.store.etcd_batch import TxnBatcher, unavailable
 from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
@@ -183,6 +184,8 @@ class EtcdStore:
         self._conn: EtcdConnection | None = None
         self._client: Any = None
         self._kv: Any = None
+        #: Group commit of Txns and point reads (etcd_batch.py); set while open.
+        self._batcher: TxnBatcher | None = None
         #: Revisions this process's exports read at, by their pin's lease (see pinned_revision).
         self._pins: dict[int, int] = {}
         self._compactor: asyncio.Task[None] | None = None
@@ -205,6 +208,7 @@ class EtcdStore:
             await self.close()
             raise
         self._kv = self._client.kv
+        self._batcher = TxnBatcher(self._kv, timeout=self.timeout)
         try:
             found = await self._get(self._k("meta/import"))
             if found is not None:
@@ -299,6 +303,9 @@ class EtcdStore:
             self._compactor = None
         if self._conn is not None:
             await self._conn.close()
+        if self._batcher is not None:
+            self._batcher.close()
+        self._batcher = None
         self._conn = None
         self._client = None
         self._kv = None
@@ -330,12 +337,17 @@ class EtcdStore:
             return await awaitable
         except (TimeoutError, EtcdError, grpc.aio.AioRpcError) as exc:
             # etcd3aio re-raises the gRPC codes it does not map (e.g. a request too large).
-            raise StorageUnavailable(
-                f"etcd did not answer ({type(exc).__name__}: {exc})."
-            ) from None
+            raise unavailable(exc) from None
+
+    @property
+    def _batch(self) -> TxnBatcher:
+        if self._batcher is None:
+            raise StorageUnavailable("The store is not open.")
+        return self._batcher
 
     async def _get(self, key: bytes) -> Any | None:
-        resp = await self._call(self._kv.get(key, timeout=self.timeout))
+        """A linearizable point read, batched with what queues behind calls in flight."""
+        resp = await self._call(self._batch.get(key))
         return resp.kvs[0] if resp.kvs else None
 
     async def _range(self, start: bytes, end: bytes, *, limit: int = 0, revision: int = 0) -> Any:
@@ -355,7 +367,14 @@ class EtcdStore:
                 return
             start = bytes(resp.kvs[-1].key) + b"\x00"
 
-    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
+    async def _txn(
+        self, compare: list[Any], success: list[Any], failure: list[Any], *, batch: bool = False
+    ) -> Any:
+        """One Txn. With `batch`, it may share an etcd Txn with others (etcd_batch.py): only
+        for ops that cannot fail at apply time (no lease, no `ignore_value`, no read at a past
+        revision), since such a failure would fail the whole batch."""
+        if batch:
+            return await self._call(self._batch.txn(compare, success, failure))
         return await self._call(self._kv.txn(compare, success, failure, timeout=self.timeout))
 
     def _cmp_ws(self, name: str, expect_revision: int | None) -> Any:
@@ -832,6 +851,7 @@ class EtcdStore:
             [self._cmp_ws(name, expect_revision)],
             [self._kv.txn_op_put(self._ws_key(name), value), *extra],
             self._read_on_failure(name),
+            batch=True,
         )
         if not resp.succeeded:
             self._remember_lost(name, resp, sent)
@@ -857,6 +877,7 @@ class EtcdStore:
                 [self._cmp_ws(name, None)],
                 [self._kv.txn_op_put(self._ws_key(name), value), *self._audit_ops(audit)],
                 self._read_on_failure(name),
+                batch=True,
             )
             if not resp.succeeded:
                 self._remember_lost(name, resp, sent)
@@ -968,7 +989,10 @@ class EtcdStore:
         sent = time.monotonic()
         try:
             resp = await self._txn(
-                [self._cmp_ws(name, expect_revision)], ops, self._read_on_failure(name)
+                [self._cmp_ws(name, expect_revision)],
+                ops,
+                self._read_on_failure(name),
+                batch=not publish,  # publishing re-puts leased chunks with ignore_value
             )
         except BaseException:
             if lease_id:
@@ -1031,7 +1055,9 @@ class EtcdStore:
         compare = [self._kv.txn_compare_create_revision(self._k("keys/id/", key.id), 0)]
         if key.revoked_at is None:
             compare.append(self._kv.txn_compare_create_revision(self._k("keys/name/", key.name), 0))
-        resp = await self._txn(compare, [*self._key_ops(key), *self._audit_ops(audit)], [])
+        resp = await self._txn(
+            compare, [*self._key_ops(key), *self._audit_ops(audit)], [], batch=True
+        )
         return bool(resp.succeeded)
 
     async def list_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
@@ -1081,6 +1107,7 @@ class EtcdStore:
                     *self._audit_ops(audit),
                 ],
                 [],
+                batch=True,
             )
             if resp.succeeded:
                 return revoked
@@ -1101,14 +1128,14 @@ class EtcdStore:
                 )
             )
         for i in range(0, len(ops), _OPS_PER_LEVEL):
-            await self._txn([], ops[i : i + _OPS_PER_LEVEL], [])
+            await self._txn([], ops[i : i + _OPS_PER_LEVEL], [], batch=True)
 
     async def append_audit(self, events: list[AuditEvent]) -> None:
         # An event and its index copies always go in the same Txn (at most 3 ops each).
         per_txn = _OPS_PER_LEVEL // 3
         for i in range(0, len(events), per_txn):
             ops = [op for event in events[i : i + per_txn] for op in self._audit_ops(event)]
-            await self._txn([], ops, [])
+            await self._txn([], ops, [], batch=True)
 
     async def list_audit(
         self,
@@ -1212,6 +1239,7 @@ class EtcdStore:
             [self._kv.txn_compare_create_revision(self._k("runrev/", run.id), 0)],
             self._run_ops(stored),
             [],
+            batch=True,
         )
         if not resp.succeeded:
             raise StorageUnavailable(f"run {run.id} already exists")
@@ -1225,6 +1253,7 @@ class EtcdStore:
             [self._kv.txn_compare_value(self._k("runrev/", run.id), str(expect_revision))],
             [*self._run_ops(stored, update=True), *self._audit_ops(audit)],
             [],
+            batch=True,
         )
         return stored if resp.succeeded else None
 
@@ -1236,6 +1265,7 @@ class EtcdStore:
                 self._kv.txn_op_get(self._k("runrev/", run_id)),
             ],
             [],
+            batch=True,
         )
         doc, rev = (r.response_range.kvs for r in resp.responses)
         if not doc or not rev:
@@ -1323,7 +1353,7 @@ class EtcdStore:
         """A possibly large value at `key`: inline, or chunks published with their pointer."""
         if len(data) <= INLINE_BYTES:
             await self._txn(
-                [], [self._kv.txn_op_put(key, orjson.dumps({"inline": _b64(data)}))], []
+                [], [self._kv.txn_op_put(key, orjson.dumps({"inline": _b64(data)}))], [], batch=True
             )
             return
         chunks_at = self._chunks_prefix(key)
@@ -1384,6 +1414,7 @@ class EtcdStore:
                 [self._kv.txn_compare_create_revision(key, 0)],
                 [self._kv.txn_op_put(key, self._seal_run(run_id, f"log{seq}", chunk))],
                 [],
+                batch=True,
             )
             if resp.succeeded:
                 return
