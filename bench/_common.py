@@ -32,22 +32,30 @@ def fresh_server(
 
 
 @contextlib.contextmanager
-def fresh_etcd_server(
+def fresh_etcd_servers(
     label: str,
     env: dict[str, str] | None = None,
     members: int = 3,
     etcd_flags: list[str] | None = None,
-) -> Iterator[tuple[ServerProcess, EtcdCluster]]:
+    nodes: int = 1,
+) -> Iterator[tuple[list[ServerProcess], EtcdCluster]]:
     """A fresh `members`-member etcd cluster on 127.0.0.1 (each member also given
-    `etcd_flags`) and a `blixard serve` on it (the etcd engine), both stopped on exit."""
+    `etcd_flags`) and `nodes` Blixard nodes serving it (the etcd engine, one prefix, each
+    node with its own data dir), all stopped on exit."""
     with (
         tempfile.TemporaryDirectory(prefix=f"blixard-bench-{label}-") as tmp,
         EtcdCluster(Path(tmp) / "etcd", members, extra_args=etcd_flags) as cluster,
+        contextlib.ExitStack() as stack,
     ):
         hosts = ",".join(e.removeprefix("http://") for e in cluster.endpoints)
         url = {"BLIXARD_STORAGE_URL": f"etcd://{hosts}/blixard-bench"}
-        with _serve(Path(tmp), {**(env or {}), **url}) as server:
-            yield server, cluster
+        servers = []
+        for node in range(nodes):
+            (Path(tmp) / f"node{node}").mkdir()
+            servers.append(
+                stack.enter_context(_serve(Path(tmp) / f"node{node}", {**(env or {}), **url}))
+            )
+        yield servers, cluster
 
 
 def member_pids(cluster: EtcdCluster) -> list[int]:

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _tfstate
-from _common import fresh_etcd_server, fresh_server, member_pids, percentile, process_cpu_seconds
+from _common import fresh_etcd_servers, fresh_server, member_pids, percentile, process_cpu_seconds
 from _http import HttpConnection, Response, loop_name, run
 
 STEPS = ("LOCK", "GET", "POST", "UNLOCK")
@@ -134,12 +134,12 @@ def _post_headers(body: bytes) -> dict[str, str]:
 
 
 async def run_level(
-    url: str, clients: int, seconds: float, warmup: float, state: bytes, client_kind: str
+    urls: list[str], clients: int, seconds: float, warmup: float, state: bytes, client_kind: str
 ) -> tuple[list[CycleClient], float]:
     run_id = uuid.uuid4().hex[:8]
     conns: list[HttpConnection | HttpxConnection] = [
         HttpConnection(url) if client_kind == "raw" else HttpxConnection(url)
-        for _ in range(clients)
+        for url in (urls[i % len(urls)] for i in range(clients))
     ]
     workers = [
         CycleClient(conn, f"bench-{run_id}-c{clients}-{i}", state) for i, conn in enumerate(conns)
@@ -231,6 +231,12 @@ def main() -> None:
         metavar="FLAG",
         help="an extra flag for every etcd member, e.g. --etcd-flag=--log-level=warn",
     )
+    ap.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="etcd engine: Blixard nodes on the cluster, clients spread over them round robin",
+    )
     ap.add_argument("--url", help="bench this running server instead of starting one")
     args = ap.parse_args()
 
@@ -244,6 +250,8 @@ def main() -> None:
         if os.environ.get("GOMAXPROCS"):
             engine += f", GOMAXPROCS={os.environ['GOMAXPROCS']}"
         engine += "".join(f" {flag}" for flag in args.etcd_flag) + ")"
+        if args.nodes > 1:
+            engine += f", {args.nodes} Blixard nodes"
     print(
         f"{engine}: Terraform write cycle LOCK->GET->POST->UNLOCK, "
         f"state {len(state) / 1024:.0f} KiB "
@@ -254,25 +262,30 @@ def main() -> None:
         if args.url:
             cpu0 = time.process_time()
             workers, elapsed = run(
-                run_level(args.url, clients, args.seconds, args.warmup, state, args.client)
+                run_level([args.url], clients, args.seconds, args.warmup, state, args.client)
             )
             report(clients, workers, elapsed, None, time.process_time() - cpu0)
             continue
         with contextlib.ExitStack() as stack:
             members: list[int] = []
             if args.engine == "etcd":
-                server, cluster = stack.enter_context(
-                    fresh_etcd_server(f"cycle{clients}", etcd_flags=args.etcd_flag)
+                servers, cluster = stack.enter_context(
+                    fresh_etcd_servers(
+                        f"cycle{clients}", etcd_flags=args.etcd_flag, nodes=args.nodes
+                    )
                 )
                 members = member_pids(cluster)
             else:
                 server, _ = stack.enter_context(fresh_server(f"cycle{clients}"))
-            assert server.proc is not None
-            pid = server.proc.pid
-            cpu0, scpu0 = time.process_time(), process_cpu_seconds(pid)
+                servers = [server]
+            pids = [server.proc.pid for server in servers if server.proc is not None]
+            cpu0 = time.process_time()
+            scpu0 = sum(process_cpu_seconds(p) for p in pids)
             ecpu0 = sum(process_cpu_seconds(p) for p in members)
             workers, elapsed = run(
-                run_level(server.url, clients, args.seconds, args.warmup, state, args.client)
+                run_level(
+                    [s.url for s in servers], clients, args.seconds, args.warmup, state, args.client
+                )
             )
             # CPU is measured over warm-up + run; scale to the measured window.
             share = elapsed / (elapsed + args.warmup)
@@ -281,7 +294,7 @@ def main() -> None:
                 clients,
                 workers,
                 elapsed,
-                (process_cpu_seconds(pid) - scpu0) * share,
+                (sum(process_cpu_seconds(p) for p in pids) - scpu0) * share,
                 (time.process_time() - cpu0) * share,
                 etcd_cpu * share if members else None,
             )
