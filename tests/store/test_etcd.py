@@ -284,7 +284,9 @@ async def _health_until(
     while True:
         started = time.monotonic()
         report = await store.health()
-        assert time.monotonic() - started < 3.0, "health must answer within its deadline"
+        # The report is capped at 2 s; the margin is for a loaded machine (CI shares 2 cores
+        # between the test, three etcd members and their restarts).
+        assert time.monotonic() - started < 4.0, "health must answer within its deadline"
         if check(report) or time.monotonic() > deadline:
             return report
         await asyncio.sleep(0.2)
