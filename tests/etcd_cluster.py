@@ -26,6 +26,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -538,6 +539,12 @@ def shared_cluster_endpoints() -> list[str]:
         if _shared is None:
             base = Path(tempfile.mkdtemp(prefix="blixard-etcd-shared-"))
             cluster = EtcdCluster(base, 3).start()
-            atexit.register(cluster.stop)
+            atexit.register(_discard, cluster, base)
             _shared = cluster
         return _shared.endpoints
+
+
+def _discard(cluster: EtcdCluster, base: Path) -> None:
+    """Stop the shared cluster and delete its data (it grows to about 1 GB over a test run)."""
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)
