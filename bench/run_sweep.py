@@ -6,10 +6,12 @@ applying run) spread over 20 workspaces, then times, sequentially:
   sweep   list_runs(statuses=queued/planned/planning/applying, limit=10_000), what
           RunExecutor.sweep reads every TTL/3 on every node
   claim   list_runs(workspace=…, statuses=planning/applying, limit=2), read before each phase
-  page    list_runs(workspace=…, limit=50), the API's first page (unchanged by the index)
+  page    list_runs(workspace=…, limit=50), the API's first page of a workspace's runs
+          (through `runs-ws/`)
 
-and, with --backfill, the first open of a prefix holding runs but no `runopen/` index (the
-index and its `meta/runindex` marker deleted, as on a prefix written by an older version).
+and, with --backfill, the first open of a prefix holding runs but no `runopen/` or `runs-ws/`
+index (both and their `meta/runindex*` markers deleted, as on a prefix written by an older
+version).
 Figures only; nothing is asserted.
 
     python bench/run_sweep.py                       # starts its own 3-member cluster
@@ -111,9 +113,9 @@ async def measure(endpoints: list[str], args: argparse.Namespace) -> None:
 async def backfill(
     store: EtcdStore, endpoints: list[str], prefix: str, cipher: Cipher | None
 ) -> None:
-    index = store._k("runopen/")
-    await store._kv.delete(index, _prefix_end(index))
-    await store._kv.delete(store._k("meta/runindex"))
+    for index, marker in (("runopen/", "meta/runindex"), ("runs-ws/", "meta/runindex-ws")):
+        await store._kv.delete(store._k(index), _prefix_end(store._k(index)))
+        await store._kv.delete(store._k(marker))
     reopened = EtcdStore(endpoints, prefix, cipher=cipher)
     started = time.perf_counter()
     await reopened.open()
@@ -124,11 +126,13 @@ async def backfill(
     again = time.perf_counter() - started
     try:
         found = await reopened.list_runs(statuses=OPEN, limit=10_000)
+        page = await reopened.list_runs(workspace="ws-01", limit=50)
     finally:
         await reopened.close()
     print(
-        f"  open of a prefix without the index (backfill): {first * 1000:.0f} ms, "
-        f"next open {again * 1000:.0f} ms; {len(found)} open runs listed after it"
+        f"  open of a prefix without the indexes (backfill): {first * 1000:.0f} ms, "
+        f"next open {again * 1000:.0f} ms; {len(found)} open runs and a page of "
+        f"{len(page)} runs listed after it"
     )
 
 

@@ -351,6 +351,46 @@ async def test_open_runs_are_listed_by_status_through_their_transitions(store: S
     ]
 
 
+async def test_workspace_runs_are_paged_newest_first(store: Store) -> None:
+    """What GET /api/tofu/plans/{workspace} reads (etcd: the `runs-ws/` index): one
+    workspace's runs only, newest first, paged by `before` and `limit` across many runs,
+    with a workspace whose name extends another's ("a", "ab") kept apart."""
+    from blixard.domain.runs import Run, RunStatus
+
+    def a_run(n: int) -> Run:
+        status = RunStatus.applied if n % 5 == 0 else RunStatus.queued
+        return Run(f"run-{n:04d}", "ab" if n % 3 == 0 else "a", status, float(n))
+
+    created = [a_run(n) for n in range(1, 331)]
+    for i in range(0, len(created), 64):
+        await asyncio.gather(*(store.create_run(run) for run in created[i : i + 64]))
+    stored = [replace(run, revision=1) for run in reversed(created)]
+    for workspace in ("a", "ab"):
+        expected = [run for run in stored if run.workspace == workspace]
+        assert await store.list_runs(workspace=workspace, limit=1000) == expected
+        pages: list[list[Run]] = []
+        before = None
+        while page := await store.list_runs(workspace=workspace, before=before, limit=50):
+            pages.append(page)
+            before = page[-1].id
+        assert [run for page in pages for run in page] == expected
+        assert [len(page) for page in pages[:-1]] == [50] * (len(pages) - 1)
+        # `before` need not be a run of the workspace.
+        listed = await store.list_runs(workspace=workspace, before="run-0100", limit=7)
+        assert listed == [run for run in expected if run.id < "run-0100"][:7]
+        applied = await store.list_runs(workspace=workspace, statuses=("applied",), limit=1000)
+        assert applied == [run for run in expected if run.status == RunStatus.applied]
+        assert (
+            await store.list_runs(
+                workspace=workspace, statuses=("applied",), before="run-0200", limit=3
+            )
+            == [run for run in applied if run.id < "run-0200"][:3]
+        )
+        assert await store.list_runs(workspace=workspace, limit=0) == []
+    assert await store.list_runs(workspace="b") == []
+    assert await store.list_runs(workspace="a", before="run-0001") == []
+
+
 async def test_keys_are_unique_by_active_name_revoked_and_touched(store: Store) -> None:
     from blixard.domain.access import ApiKey, Role
 

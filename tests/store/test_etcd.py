@@ -207,11 +207,19 @@ async def _run_index(store: EtcdStore) -> dict[str, dict[str, str]]:
     return {bytes(kv.key)[len(prefix) :].decode(): orjson.loads(kv.value) for kv in resp.kvs}
 
 
+async def _ws_index(store: EtcdStore) -> set[str]:
+    prefix = store._k("runs-ws/")
+    resp = await store._kv.get(prefix, _prefix_end(prefix))
+    assert all(kv.value == b"" for kv in resp.kvs)
+    return {bytes(kv.key)[len(prefix) :].decode() for kv in resp.kvs}
+
+
 async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
     tmp_path: Path,
 ) -> None:
-    """`runopen/` holds exactly the open runs (written in each run's Txn); a prefix written
-    before the index gets it once at open; a snapshot import writes it, export omits it."""
+    """`runopen/` holds exactly the open runs and `runs-ws/` every run by workspace (written
+    in each run's Txn); a prefix written before an index gets it once at open; a snapshot
+    import writes both, export omits them."""
     from blixard.domain.runs import Run, RunStatus
 
     endpoints, prefix = shared_cluster_endpoints(), _prefix(tmp_path)
@@ -230,6 +238,10 @@ async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
             "run-004": {"workspace": "other", "status": "queued"},
         }
         assert await _run_index(store) == expected
+        by_ws = {"w\x00run-001", "w\x00run-002", "w\x00run-003", "other\x00run-004"}
+        assert await _ws_index(store) == by_ws
+        in_w = await store.list_runs(workspace="w")
+        assert [r.id for r in in_w] == ["run-003", "run-002", "run-001"]
         sweep = ("queued", "planned", "planning", "applying")
         listed = await store.list_runs(statuses=sweep)
         assert [r.id for r in listed] == ["run-004", "run-003", "run-002"]
@@ -239,6 +251,9 @@ async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
         await store._kv.delete(index, _prefix_end(index))
         await store._kv.put(index + b"run-001", b'{"workspace":"w","status":"applying"}')
         await store._kv.delete(store._k("meta/runindex"))
+        ws_index = store._k("runs-ws/")
+        await store._kv.delete(ws_index, _prefix_end(ws_index))
+        await store._kv.delete(store._k("meta/runindex-ws"))
     finally:
         await store.close()
     reopened = EtcdStore(endpoints, prefix)
@@ -246,15 +261,24 @@ async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
     try:
         assert await _run_index(reopened) == expected
         assert await reopened.list_runs(statuses=sweep) == listed
-        # Once per prefix: the marker stops later opens from reading every run again.
+        assert await _ws_index(reopened) == by_ws
+        assert await reopened.list_runs(workspace="w") == in_w
+        # Once per prefix and index: a marker stops later opens from reading every run again.
         await reopened._kv.delete(index + b"run-004")
+        await reopened._kv.delete(ws_index + b"other\x00run-004")
         await reopened.close()
         await reopened.open()
+        assert "run-004" not in await _run_index(reopened)
+        assert await _ws_index(reopened) == by_ws - {"other\x00run-004"}
+        await reopened._kv.delete(reopened._k("meta/runindex-ws"))
+        await reopened._index_runs()
+        assert await _ws_index(reopened) == by_ws
         assert "run-004" not in await _run_index(reopened)
         await reopened._kv.delete(reopened._k("meta/runindex"))
         await reopened._index_runs()
         await reopened._index_runs()
         assert await _run_index(reopened) == expected
+        assert await _ws_index(reopened) == by_ws
 
         # Export carries runs, not their index; the import writes it.
         records = [record async for record in reopened.export_snapshot()]
@@ -263,6 +287,8 @@ async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
         try:
             await copy.import_snapshot(_replay(records))
             assert await _run_index(copy) == expected
+            assert await _ws_index(copy) == by_ws
+            assert await copy.list_runs(workspace="w") == in_w
             assert await copy.list_runs(statuses=sweep) == listed
             assert [record async for record in copy.export_snapshot()] == records
         finally:

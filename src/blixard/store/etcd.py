@@ -1188,14 +1188,21 @@ class EtcdStore:
             return None
         return orjson.dumps({"workspace": run.workspace, "status": run.status.value})
 
+    def _run_ws_key(self, run: Run) -> bytes:
+        """The run's `runs-ws/<workspace>\\0<id>` key (empty value: runs never move)."""
+        return self._k("runs-ws/", run.workspace, "\x00", run.id)
+
     def _run_ops(self, run: Run, *, update: bool = False) -> list[Any]:
-        """The document, its revision and its `runopen/` entry, for one Txn. On `update`
-        the run may have been open, so a finished run's entry is deleted."""
+        """The document, its revision and its `runopen/` entry, for one Txn, plus its
+        `runs-ws/` key when created. On `update` the run may have been open, so a finished
+        run's entry is deleted."""
         document = self._seal_run(run.id, "document", orjson.dumps(run.to_document()))
         ops = [
             self._kv.txn_op_put(self._k("runs/", run.id), document),
             self._kv.txn_op_put(self._k("runrev/", run.id), str(run.revision).encode()),
         ]
+        if not update:
+            ops.append(self._kv.txn_op_put(self._run_ws_key(run), b""))
         entry = self._run_entry(run)
         if entry is not None:
             ops.append(self._kv.txn_op_put(self._k("runopen/", run.id), entry))
@@ -1204,22 +1211,31 @@ class EtcdStore:
         return ops
 
     async def _index_runs(self) -> None:
-        """Once per prefix (marker `meta/runindex`): index the open runs stored before
-        `runopen/` existed and drop entries that no longer match their run. Idempotent, and
-        each change is compared on the run's revision: a run updated meanwhile got its
-        entry from its own Txn."""
-        marker = self._k("meta/runindex")
-        if await self._get(marker) is not None:
+        """Once per prefix and index (markers `meta/runindex` for `runopen/`,
+        `meta/runindex-ws` for `runs-ws/`): index the runs stored before the index existed,
+        in one scan of the runs. Idempotent. A `runopen/` entry that no longer matches its
+        run is fixed by a Txn compared on the run's revision (a run updated meanwhile got
+        its entry from its own Txn); a missing `runs-ws/` key is put as is (a run's
+        workspace never changes, and runs are never deleted)."""
+        open_marker, ws_marker = self._k("meta/runindex"), self._k("meta/runindex-ws")
+        open_done, ws_done = await asyncio.gather(self._get(open_marker), self._get(ws_marker))
+        if open_done is not None and ws_done is not None:
             return
-        index, docs = self._k("runopen/"), self._k("runs/")
-        entries = {
-            bytes(kv.key)[len(index) :].decode(): bytes(kv.value)
-            async for kv in self._scan(index, _prefix_end(index))
-        }
+        index, ws_index, docs = self._k("runopen/"), self._k("runs-ws/"), self._k("runs/")
+        entries: dict[str, bytes] = {}
+        if open_done is None:
+            async for kv in self._scan(index, _prefix_end(index)):
+                entries[bytes(kv.key)[len(index) :].decode()] = bytes(kv.value)
+        ws_keys: set[bytes] = set()
+        if ws_done is None:
+            ws_keys = {bytes(kv.key) async for kv in self._scan(ws_index, _prefix_end(ws_index))}
+        missing: list[bytes] = []
         async for kv in self._scan(docs, _prefix_end(docs)):
             run = self._run_from(bytes(kv.key)[len(docs) :].decode(), bytes(kv.value), None)
+            if ws_done is None and self._run_ws_key(run) not in ws_keys:
+                missing.append(self._run_ws_key(run))
             entry = self._run_entry(run)
-            if entries.get(run.id) == entry:
+            if open_done is not None or entries.get(run.id) == entry:
                 continue
             key = self._k("runopen/", run.id)
             await self._txn(
@@ -1227,7 +1243,19 @@ class EtcdStore:
                 [self._kv.txn_op_delete(key) if entry is None else self._kv.txn_op_put(key, entry)],
                 [],
             )
-        await self._txn([], [self._kv.txn_op_put(marker, orjson.dumps({"runopen": 1}))], [])
+        for i in range(0, len(missing), _OPS_PER_LEVEL):
+            batch = missing[i : i + _OPS_PER_LEVEL]
+            await self._txn([], [self._kv.txn_op_put(key, b"") for key in batch], [])
+        markers = [(open_marker, open_done, "runopen"), (ws_marker, ws_done, "runs-ws")]
+        await self._txn(
+            [],
+            [
+                self._kv.txn_op_put(marker, orjson.dumps({name: 1}))
+                for marker, done, name in markers
+                if done is None
+            ],
+            [],
+        )
 
     def _run_from(self, run_id: str, document: bytes, revision: bytes | None) -> Run:
         run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
@@ -1284,6 +1312,8 @@ class EtcdStore:
 
         if statuses and _OPEN_STATUSES.issuperset(statuses):
             return await self._list_open_runs(workspace, statuses, before, limit)
+        if workspace is not None:
+            return await self._list_workspace_runs(workspace, statuses, before, limit)
         prefix = self._k("runs/")
         end = self._k("runs/", before) if before is not None else _prefix_end(prefix)
         runs: list[Run] = []
@@ -1302,8 +1332,6 @@ class EtcdStore:
             for kv in resp.kvs:
                 run_id = bytes(kv.key)[len(prefix) :].decode()
                 run = self._run_from(run_id, bytes(kv.value), None)
-                if workspace is not None and run.workspace != workspace:
-                    continue
                 if statuses and run.status.value not in statuses:
                     continue
                 runs.append(run)
@@ -1313,6 +1341,49 @@ class EtcdStore:
                 break
             end = bytes(resp.kvs[-1].key)
         return runs
+
+    async def _list_workspace_runs(
+        self, workspace: str, statuses: tuple[str, ...], before: str | None, limit: int
+    ) -> list[Run]:
+        """One workspace's runs through `runs-ws/<workspace>\\0`: pages of a descending range
+        over its keys (not the runs of every workspace), each followed by one Txn of point
+        ranges for the documents, all at the first range's revision (one view). A status
+        filter is applied to the documents, paging on until `limit` runs match."""
+        from etcd3aio import SortOrder
+
+        prefix = self._k("runs-ws/", workspace, "\x00")
+        end = prefix + before.encode() if before is not None else _prefix_end(prefix)
+        page = min(limit, _OPS_PER_LEVEL) if not statuses else _OPS_PER_LEVEL
+        runs: list[Run] = []
+        revision = 0
+        while len(runs) < limit:
+            resp = await self._call(
+                self._kv.get(
+                    prefix,
+                    end,
+                    revision=revision,
+                    limit=page,
+                    sort_order=SortOrder.DESCEND,
+                    timeout=self.timeout,
+                )
+            )
+            revision = revision or int(resp.header.revision)
+            ids = [bytes(kv.key)[len(prefix) :].decode() for kv in resp.kvs]
+            if ids:
+                found = await self._txn(
+                    [],
+                    [self._kv.txn_op_get(self._k("runs/", r), revision=revision) for r in ids],
+                    [],
+                )
+                for run_id, docs in zip(ids, found.responses, strict=True):
+                    for kv in docs.response_range.kvs:
+                        run = self._run_from(run_id, bytes(kv.value), None)
+                        if not statuses or run.status.value in statuses:
+                            runs.append(run)
+            if not resp.more or not resp.kvs:
+                break
+            end = bytes(resp.kvs[-1].key)
+        return runs[: max(limit, 0)]
 
     async def _list_open_runs(
         self, workspace: str | None, statuses: tuple[str, ...], before: str | None, limit: int
