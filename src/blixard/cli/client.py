@@ -10,7 +10,7 @@ import os
 import re
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
@@ -263,3 +263,32 @@ def _text(value: Any) -> Any:
 def _print_json(raw: bytes) -> None:
     sys.stdout.write(raw.decode("utf-8", "replace").rstrip("\n") + "\n")
     sys.stdout.flush()
+
+
+def _listed(raw: bytes, body: Any, field: str, source: str | None = None) -> list[Any]:
+    """The list under `field` of a listing answer; anything else means the server at `source`
+    is not one this CLI understands."""
+    items = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        where = f" from {source}" if source else ""
+        _fail(f"unexpected answer{where}: {raw[:200]!r}")
+    return items
+
+
+def _table(columns: Sequence[str | tuple[str, str]]) -> Any:
+    """The table every listing prints: bold header, no box; a column is a name or (name,
+    justify)."""
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        name, justify = (column, "left") if isinstance(column, str) else column
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    return table
+
+
+def _print_older(console: Any, body: Any, what: str) -> None:
+    """Tell how to page further back when the listing says there is more."""
+    next_before = body.get("next_before") if isinstance(body, dict) else None
+    if next_before:
+        console.print(f"(older {what}: --before {next_before})", markup=False)

@@ -19,8 +19,11 @@ from blixard.cli.client import (
     _client,
     _console,
     _fail,
+    _listed,
     _parse_time,
     _print_json,
+    _print_older,
+    _table,
     _text,
     relative_age,
 )
@@ -79,14 +82,10 @@ def _short_time(value: str | None) -> str:
 
 
 def _key_table(keys: list[dict[str, Any]], *, with_revoked: bool) -> Any:
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
     columns = ["NAME", "ROLE", "WORKSPACES", "CREATED", "CREATED BY", "LAST USED"]
     if with_revoked:
         columns.append("REVOKED")
-    for col in columns:
-        table.add_column(col)
+    table = _table(columns)
     for key in keys:
         row = [
             _text(key.get("name")),
@@ -277,9 +276,7 @@ def audit(
     else:
         with _client(url, api_key) as client:
             raw, body = client.request("GET", "/audit", filters)
-    events = body.get("events") if isinstance(body, dict) else None
-    if not isinstance(events, list):
-        _fail(f"unexpected answer: {raw[:200]!r}")
+    events = _listed(raw, body, "events")
     if as_json:
         _print_json(raw)
         return
@@ -287,24 +284,22 @@ def audit(
     if not events:
         console.print("No audit events match.")
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("ID", "right"),
-        ("TIME", "left"),
-        ("KEY", "left"),
-        ("ROLE", "left"),
-        ("SOURCE", "left"),
-        ("ACTION", "left"),
-        ("WORKSPACE", "left"),
-        ("VERSION", "right"),
-        ("LOCK ID", "left"),
-        ("OUTCOME", "left"),
-        ("STATUS", "right"),
-        ("DETAIL", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = _table(
+        (
+            ("ID", "right"),
+            "TIME",
+            "KEY",
+            "ROLE",
+            "SOURCE",
+            "ACTION",
+            "WORKSPACE",
+            ("VERSION", "right"),
+            "LOCK ID",
+            "OUTCOME",
+            ("STATUS", "right"),
+            "DETAIL",
+        )
+    )
     for event in events:
         table.add_row(
             _text(event.get("id")),
@@ -321,6 +316,4 @@ def audit(
             _text(event.get("detail")),
         )
     console.print(table)
-    next_before = body.get("next_before")
-    if next_before:
-        console.print(f"(older events: --before {next_before})", markup=False)
+    _print_older(console, body, "events")

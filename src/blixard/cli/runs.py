@@ -25,7 +25,10 @@ from blixard.cli.client import (
     _console,
     _fail,
     _format_duration,
+    _listed,
     _print_json,
+    _print_older,
+    _table,
     _text,
     human_size,
     relative_age,
@@ -450,18 +453,12 @@ def plans(
     if as_json:
         _print_json(raw)
         return
-    runs = body.get("plans") if isinstance(body, dict) else None
-    if not isinstance(runs, list):
-        _fail(f"unexpected answer from {url}: {raw[:200]!r}")
+    runs = _listed(raw, body, "plans", url)
     console = _console()
     if not runs:
         console.print(f"No plans for {workspace}.", markup=False)
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("PLAN", "STATUS", "CHANGES", "CREATED", "BY", "APPROVED BY", "NODE", "NOTE"):
-        table.add_column(col)
+    table = _table(("PLAN", "STATUS", "CHANGES", "CREATED", "BY", "APPROVED BY", "NODE", "NOTE"))
     for run in runs:
         status = str(run.get("status") or "-")
         if run.get("destroy"):
@@ -482,9 +479,7 @@ def plans(
             _text(note),
         )
     console.print(table)
-    next_before = body.get("next_before")
-    if next_before:
-        console.print(f"(older plans: --before {next_before})", markup=False)
+    _print_older(console, body, "plans")
 
 
 def logs(

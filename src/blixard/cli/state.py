@@ -20,7 +20,10 @@ from blixard.cli.client import (
     _console,
     _fail,
     _format_duration,
+    _listed,
     _print_json,
+    _print_older,
+    _table,
     _text,
     human_size,
     relative_age,
@@ -40,9 +43,7 @@ def workspaces(
         after: str | None = None
         while True:
             raw, body = client.request("GET", "/workspaces", {"limit": 1000, "after": after})
-            if not isinstance(body, dict) or not isinstance(body.get("workspaces"), list):
-                _fail(f"unexpected answer from {client.base}: {raw[:200]!r}")
-            items.extend(body["workspaces"])
+            items.extend(_listed(raw, body, "workspaces", client.base))
             after = body.get("next_after")
             if not after:
                 break
@@ -53,19 +54,17 @@ def workspaces(
     if not items:
         console.print("No workspaces yet.")
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("WORKSPACE", "left"),
-        ("VERSION", "right"),
-        ("SERIAL", "right"),
-        ("RESOURCES", "right"),
-        ("SIZE", "right"),
-        ("UPDATED", "left"),
-        ("LOCK", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = _table(
+        (
+            "WORKSPACE",
+            ("VERSION", "right"),
+            ("SERIAL", "right"),
+            ("RESOURCES", "right"),
+            ("SIZE", "right"),
+            "UPDATED",
+            "LOCK",
+        )
+    )
     for ws in items:
         lock = ws.get("lock") or {}
         lock_text = "-"
@@ -104,28 +103,24 @@ def history(
     if as_json:
         _print_json(raw)
         return
-    versions = body.get("versions") if isinstance(body, dict) else None
-    if not isinstance(versions, list):
-        _fail(f"unexpected answer from {url}: {raw[:200]!r}")
+    versions = _listed(raw, body, "versions", url)
     console = _console()
     if not versions:
         console.print(f"No versions of {workspace}.", markup=False)
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("VERSION", "right"),
-        ("SERIAL", "right"),
-        ("RESOURCES", "right"),
-        ("SIZE", "right"),
-        ("CREATED", "left"),
-        ("SOURCE", "left"),
-        ("LOCK ID", "left"),
-        ("TERRAFORM", "left"),
-        ("SHA256", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = _table(
+        (
+            ("VERSION", "right"),
+            ("SERIAL", "right"),
+            ("RESOURCES", "right"),
+            ("SIZE", "right"),
+            "CREATED",
+            "SOURCE",
+            "LOCK ID",
+            "TERRAFORM",
+            "SHA256",
+        )
+    )
     for v in versions:
         source = v.get("source") or "-"
         if v.get("rolled_back_from") is not None:
@@ -142,9 +137,7 @@ def history(
             _text((v.get("sha256") or "")[:12]),
         )
     console.print(table)
-    next_before = body.get("next_before")
-    if next_before:
-        console.print(f"(older versions: --before {next_before})", markup=False)
+    _print_older(console, body, "versions")
 
 
 def show(
