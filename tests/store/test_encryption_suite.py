@@ -43,17 +43,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def bodies(n: int, workspace: str) -> list[bytes]:
-    """Similar successive states (one resource changes per version: deltas) holding SECRET."""
-    rng = random.Random(workspace)
-    resources = [
+def bodies(
+    n: int, workspace: str = "w", *, seed: int | None = None, resources: int = 200
+) -> list[bytes]:
+    """Similar successive states (one resource changes per version: deltas) holding SECRET;
+    the same for the same workspace (or seed)."""
+    rng = random.Random(workspace if seed is None else seed)
+    state = [
         {"name": f"r{i}", "id": rng.randbytes(8).hex(), "password": SECRET.decode()}
-        for i in range(200)
+        for i in range(resources)
     ]
     out = []
     for serial in range(1, n + 1):
-        resources[rng.randrange(len(resources))]["id"] = rng.randbytes(8).hex()
-        document = {"serial": serial, "lineage": workspace, "resources": resources}
+        state[rng.randrange(len(state))]["id"] = rng.randbytes(8).hex()
+        document = {"serial": serial, "lineage": workspace, "resources": state}
         out.append(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return out
 

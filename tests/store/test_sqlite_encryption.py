@@ -5,17 +5,17 @@ run data included, is in the engine suite: test_encryption_suite.py.)"""
 from __future__ import annotations
 
 import os
-import random
 import sqlite3
 from pathlib import Path
 
-import orjson
 import pytest
 
 from blixard.domain.models import Lock
 from blixard.store.crypto import Cipher, DecryptionError, key_id_of_key
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionRefused
 from blixard.store.sqlite import SQLiteStore
+from tests.store.test_encryption_suite import SECRET
+from tests.store.test_encryption_suite import bodies as suite_bodies
 from tests.store.test_engine_suite import append
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,6 @@ pytestmark = pytest.mark.anyio
 K1 = os.urandom(32)
 K2 = os.urandom(32)
 K3 = os.urandom(32)
-SECRET = b"hunter2-db-password-7f3a"
 WHO_SECRET = "ops-laptop-SECRET-WHO"
 
 
@@ -33,18 +32,7 @@ def anyio_backend() -> str:
 
 
 def bodies(n: int, workspace: str = "w", seed: int = 1) -> list[bytes]:
-    """Similar successive states (one resource changes per version) holding SECRET."""
-    rng = random.Random(seed)
-    resources = [
-        {"name": f"r{i}", "id": rng.randbytes(8).hex(), "password": SECRET.decode()}
-        for i in range(300)
-    ]
-    out = []
-    for serial in range(1, n + 1):
-        resources[rng.randrange(len(resources))]["id"] = rng.randbytes(8).hex()
-        document = {"serial": serial, "lineage": workspace, "resources": resources}
-        out.append(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    return out
+    return suite_bodies(n, workspace, seed=seed, resources=300)
 
 
 #: A state this small is stored as raw zstd literals: in an unencrypted store SECRET shows up
