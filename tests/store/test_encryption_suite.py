@@ -38,11 +38,6 @@ TINY = b'{"serial":1,"lineage":"t","pw":"' + SECRET + b'"}'
 BIG = os.urandom(1_300_000)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def bodies(
     n: int, workspace: str = "w", *, seed: int | None = None, resources: int = 200
 ) -> list[bytes]:

@@ -50,11 +50,6 @@ PASSWORD = "s3cret-Blixard-pw"
 ROOT_PASSWORD = "r00t-pw-for-tests"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass(frozen=True)
 class Secure:
     cluster: EtcdCluster

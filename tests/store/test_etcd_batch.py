@@ -26,11 +26,6 @@ from tests.store.test_engine_suite import a_lock, new_version, state
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _prefix(tmp_path: Path) -> str:
     return f"/blixard-batch-test/{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]}/"
 

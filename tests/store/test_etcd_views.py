@@ -24,11 +24,6 @@ from tests.store.test_engine_suite import state
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Nodes:
     """Two servers' services, each on its own store and client, on one etcd prefix."""

@@ -511,11 +511,6 @@ async def test_damaged_files_are_refused_with_a_reason(store: Store) -> None:
 # --------------------------------------------------------------------------- across ciphers
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize(
     ("source_key", "target_key"),
     [(None, b"t" * 32), (b"s" * 32, None)],

@@ -14,11 +14,6 @@ from tests.store.test_engine_suite import append, state
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_second_process_on_same_file_is_refused(tmp_path: Path) -> None:
     first = SQLiteStore(tmp_path / "db.sqlite")
     await first.open()

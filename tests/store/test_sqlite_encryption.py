@@ -26,11 +26,6 @@ K3 = os.urandom(32)
 WHO_SECRET = "ops-laptop-SECRET-WHO"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def bodies(n: int, workspace: str = "w", seed: int = 1) -> list[bytes]:
     return suite_bodies(n, workspace, seed=seed, resources=300)
 
