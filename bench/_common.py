@@ -62,6 +62,40 @@ def member_pids(cluster: EtcdCluster) -> list[int]:
     return [m.process.pid for m in cluster.members if m.process is not None]
 
 
+def etcd_requests(cluster: EtcdCluster) -> dict[str, float]:
+    """What the members have done so far, from their /metrics: client Txn and Range
+    requests answered (all members); raft entries committed, WAL fsyncs, keys put and their
+    size (the most of any member: the leader's, each member applies the same)."""
+    import urllib.request
+
+    totals = {
+        "txn": 0.0,
+        "range": 0.0,
+        "raft entries": 0.0,
+        "wal fsyncs": 0.0,
+        "keys put": 0.0,
+        "KiB put": 0.0,
+    }
+    for endpoint in cluster.endpoints:
+        with urllib.request.urlopen(endpoint + "/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total{") and 'grpc_type="unary"' in line:
+                for method in ("Txn", "Range"):
+                    if f'grpc_method="{method}"' in line and "etcdserverpb.KV" in line:
+                        totals[method.lower()] += float(line.rsplit(" ", 1)[1])
+            for name, metric in (
+                ("raft entries", "etcd_server_proposals_committed_total "),
+                ("wal fsyncs", "etcd_disk_wal_fsync_duration_seconds_count "),
+                ("keys put", "etcd_mvcc_put_total "),
+                ("KiB put", "etcd_debugging_mvcc_total_put_size_in_bytes "),
+            ):
+                if line.startswith(metric):
+                    value = float(line.rsplit(" ", 1)[1]) / (1024 if name == "KiB put" else 1)
+                    totals[name] = max(totals[name], value)
+    return totals
+
+
 @contextlib.contextmanager
 def _serve(tmp: Path, env: dict[str, str] | None) -> Iterator[ServerProcess]:
     """A `blixard serve` with its data dir and log in `tmp`; shows a traceback it logged."""

@@ -34,7 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _tfstate
-from _common import fresh_etcd_servers, fresh_server, member_pids, percentile, process_cpu_seconds
+from _common import (
+    etcd_requests,
+    fresh_etcd_servers,
+    fresh_server,
+    member_pids,
+    percentile,
+    process_cpu_seconds,
+)
 from _http import HttpConnection, Response, loop_name, run
 
 STEPS = ("LOCK", "GET", "POST", "UNLOCK")
@@ -173,6 +180,7 @@ def report(
     server_cpu: float | None,
     client_cpu: float,
     etcd_cpu: float | None = None,
+    etcd_work: dict[str, float] | None = None,
 ) -> None:
     cycles = sorted(c for w in workers for c in w.stats.cycles)
     errors: Counter[str] = Counter()
@@ -205,6 +213,9 @@ def report(
         if server_cpu is not None:
             per.insert(0, f"server {1e3 * server_cpu / len(cycles):.2f}")
         print(f"    CPU ms per cycle: {'  '.join(per)}")
+        if etcd_work is not None:
+            work = "  ".join(f"{k} {v / len(cycles):.2f}" for k, v in etcd_work.items())
+            print(f"    etcd per cycle: {work}")
     if errors:
         print(f"    errors: {dict(errors)}")
         first = next(w.stats.first_error for w in workers if w.stats.first_error)
@@ -282,6 +293,7 @@ def main() -> None:
             cpu0 = time.process_time()
             scpu0 = sum(process_cpu_seconds(p) for p in pids)
             ecpu0 = sum(process_cpu_seconds(p) for p in members)
+            work0 = etcd_requests(cluster) if members else {}
             workers, elapsed = run(
                 run_level(
                     [s.url for s in servers], clients, args.seconds, args.warmup, state, args.client
@@ -290,6 +302,11 @@ def main() -> None:
             # CPU is measured over warm-up + run; scale to the measured window.
             share = elapsed / (elapsed + args.warmup)
             etcd_cpu = sum(process_cpu_seconds(p) for p in members) - ecpu0
+            work = (
+                {k: (v - work0[k]) * share for k, v in etcd_requests(cluster).items()}
+                if members
+                else None
+            )
             report(
                 clients,
                 workers,
@@ -297,6 +314,7 @@ def main() -> None:
                 (sum(process_cpu_seconds(p) for p in pids) - scpu0) * share,
                 (time.process_time() - cpu0) * share,
                 etcd_cpu * share if members else None,
+                work,
             )
 
 
