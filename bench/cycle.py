@@ -8,6 +8,7 @@ client; also per cycle). Figures only; nothing asserted.
 
     python bench/cycle.py                      # fresh server per run, 1 and 8 clients, 15 s
     python bench/cycle.py --engine etcd        # the same on a fresh 3-member etcd cluster
+    python bench/cycle.py --engine sqlite,etcd --rounds 3   # both, interleaved: medians, ratio
     GOMAXPROCS=1 python bench/cycle.py --engine etcd   # each member one core's worth
     python bench/cycle.py --clients 1,8,32 --seconds 5
     python bench/cycle.py --url http://127.0.0.1:8080   # an already-running server
@@ -22,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -181,7 +183,8 @@ def report(
     client_cpu: float,
     etcd_cpu: float | None = None,
     etcd_work: dict[str, float] | None = None,
-) -> None:
+) -> float:
+    """Print one level's figures; answers its cycles/s."""
     cycles = sorted(c for w in workers for c in w.stats.cycles)
     errors: Counter[str] = Counter()
     for w in workers:
@@ -220,6 +223,7 @@ def report(
         print(f"    errors: {dict(errors)}")
         first = next(w.stats.first_error for w in workers if w.stats.first_error)
         print(f"    first error: {first}")
+    return rate
 
 
 def main() -> None:
@@ -231,9 +235,15 @@ def main() -> None:
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw", help="HTTP client")
     ap.add_argument(
         "--engine",
-        choices=("sqlite", "etcd"),
         default="sqlite",
-        help="storage of the fresh server: SQLite, or a fresh 3-member etcd cluster here",
+        help="storage of the fresh server: sqlite, or etcd (a fresh 3-member cluster here); "
+        "sqlite,etcd benches both, alternating, and prints the ratio",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every engine and level this many times, interleaved; medians are reported",
     )
     ap.add_argument(
         "--etcd-flag",
@@ -252,10 +262,35 @@ def main() -> None:
     args = ap.parse_args()
 
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    if not engines or any(e not in ("sqlite", "etcd") for e in engines):
+        ap.error("--engine takes sqlite, etcd or sqlite,etcd")
     resources = _tfstate.resources_for_size(args.state_kib * 1024)
     state = _tfstate.make_state(resources, 0, _tfstate.new_lineage())
-    engine = "server at " + args.url if args.url else f"{args.engine} engine"
-    if args.engine == "etcd" and not args.url:
+    rates: dict[tuple[str, int], list[float]] = {}
+    for round_number in range(args.rounds):
+        for engine in engines:
+            if args.rounds > 1:
+                print(f"-- round {round_number + 1}/{args.rounds}")
+            for clients in levels:
+                first = clients == levels[0]
+                rate = bench_level(args, engine, clients, state, len(resources), first)
+                rates.setdefault((engine, clients), []).append(rate)
+    if args.rounds > 1 or len(engines) > 1:
+        summarize(engines, levels, rates)
+
+
+def bench_level(
+    args: argparse.Namespace,
+    engine_name: str,
+    clients: int,
+    state: bytes,
+    resource_count: int,
+    header: bool,
+) -> float:
+    """One level on a fresh server (and cluster): prints its figures, answers cycles/s."""
+    engine = "server at " + args.url if args.url else f"{engine_name} engine"
+    if engine_name == "etcd" and not args.url:
         engine += " (3 members on 127.0.0.1"
         # The members inherit the environment: GOMAXPROCS=1 gives each one core's worth.
         if os.environ.get("GOMAXPROCS"):
@@ -263,59 +298,76 @@ def main() -> None:
         engine += "".join(f" {flag}" for flag in args.etcd_flag) + ")"
         if args.nodes > 1:
             engine += f", {args.nodes} Blixard nodes"
-    print(
-        f"{engine}: Terraform write cycle LOCK->GET->POST->UNLOCK, "
-        f"state {len(state) / 1024:.0f} KiB "
-        f"({len(resources)} resources), {args.seconds:g} s per level after {args.warmup:g} s "
-        f"warm-up, client={args.client} on {loop_name()}"
-    )
-    for clients in levels:
-        if args.url:
-            cpu0 = time.process_time()
-            workers, elapsed = run(
-                run_level([args.url], clients, args.seconds, args.warmup, state, args.client)
+    if header:
+        print(
+            f"{engine}: Terraform write cycle LOCK->GET->POST->UNLOCK, "
+            f"state {len(state) / 1024:.0f} KiB "
+            f"({resource_count} resources), {args.seconds:g} s per level after "
+            f"{args.warmup:g} s warm-up, client={args.client} on {loop_name()}"
+        )
+    if args.url:
+        cpu0 = time.process_time()
+        workers, elapsed = run(
+            run_level([args.url], clients, args.seconds, args.warmup, state, args.client)
+        )
+        return report(clients, workers, elapsed, None, time.process_time() - cpu0)
+    with contextlib.ExitStack() as stack:
+        members: list[int] = []
+        if engine_name == "etcd":
+            servers, cluster = stack.enter_context(
+                fresh_etcd_servers(f"cycle{clients}", etcd_flags=args.etcd_flag, nodes=args.nodes)
             )
-            report(clients, workers, elapsed, None, time.process_time() - cpu0)
-            continue
-        with contextlib.ExitStack() as stack:
-            members: list[int] = []
-            if args.engine == "etcd":
-                servers, cluster = stack.enter_context(
-                    fresh_etcd_servers(
-                        f"cycle{clients}", etcd_flags=args.etcd_flag, nodes=args.nodes
-                    )
-                )
-                members = member_pids(cluster)
-            else:
-                server, _ = stack.enter_context(fresh_server(f"cycle{clients}"))
-                servers = [server]
-            pids = [server.proc.pid for server in servers if server.proc is not None]
-            cpu0 = time.process_time()
-            scpu0 = sum(process_cpu_seconds(p) for p in pids)
-            ecpu0 = sum(process_cpu_seconds(p) for p in members)
-            work0 = etcd_requests(cluster) if members else {}
-            workers, elapsed = run(
-                run_level(
-                    [s.url for s in servers], clients, args.seconds, args.warmup, state, args.client
-                )
+            members = member_pids(cluster)
+        else:
+            server, _ = stack.enter_context(fresh_server(f"cycle{clients}"))
+            servers = [server]
+        pids = [server.proc.pid for server in servers if server.proc is not None]
+        cpu0 = time.process_time()
+        scpu0 = sum(process_cpu_seconds(p) for p in pids)
+        ecpu0 = sum(process_cpu_seconds(p) for p in members)
+        work0 = etcd_requests(cluster) if members else {}
+        workers, elapsed = run(
+            run_level(
+                [s.url for s in servers], clients, args.seconds, args.warmup, state, args.client
             )
-            # CPU is measured over warm-up + run; scale to the measured window.
-            share = elapsed / (elapsed + args.warmup)
-            etcd_cpu = sum(process_cpu_seconds(p) for p in members) - ecpu0
-            work = (
-                {k: (v - work0[k]) * share for k, v in etcd_requests(cluster).items()}
-                if members
-                else None
+        )
+        # CPU is measured over warm-up + run; scale to the measured window.
+        share = elapsed / (elapsed + args.warmup)
+        etcd_cpu = sum(process_cpu_seconds(p) for p in members) - ecpu0
+        work = (
+            {k: (v - work0[k]) * share for k, v in etcd_requests(cluster).items()}
+            if members
+            else None
+        )
+        return report(
+            clients,
+            workers,
+            elapsed,
+            (sum(process_cpu_seconds(p) for p in pids) - scpu0) * share,
+            (time.process_time() - cpu0) * share,
+            etcd_cpu * share if members else None,
+            work,
+        )
+
+
+def summarize(
+    engines: list[str], levels: list[int], rates: dict[tuple[str, int], list[float]]
+) -> None:
+    """Median cycles/s per engine and level over the rounds, and etcd's share of SQLite's."""
+    print("\nsummary (median of rounds; min-max):")
+    medians: dict[tuple[str, int], float] = {}
+    for engine in engines:
+        for clients in levels:
+            values = sorted(rates[engine, clients])
+            medians[engine, clients] = statistics.median(values)
+            print(
+                f"  {engine:6} clients={clients:<3} {medians[engine, clients]:7.1f} cycles/s   "
+                f"({values[0]:.1f}-{values[-1]:.1f}, {len(values)} rounds)"
             )
-            report(
-                clients,
-                workers,
-                elapsed,
-                (sum(process_cpu_seconds(p) for p in pids) - scpu0) * share,
-                (time.process_time() - cpu0) * share,
-                etcd_cpu * share if members else None,
-                work,
-            )
+    if "sqlite" in engines and "etcd" in engines:
+        for clients in levels:
+            share = medians["etcd", clients] / medians["sqlite", clients]
+            print(f"  etcd / sqlite at clients={clients}: {100 * share:.0f}%")
 
 
 if __name__ == "__main__":
