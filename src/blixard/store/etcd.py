@@ -39,7 +39,7 @@ from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
-from blixard.store.etcd_batch import TxnBatcher, unavailable
+from blixard.store.etcd_batch import DirectKV, TxnBatcher, get_op, put_op, unavailable
 from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
@@ -184,6 +184,8 @@ class EtcdStore:
         self._conn: EtcdConnection | None = None
         self._client: Any = None
         self._kv: Any = None
+        #: Txn and point reads without etcd3aio's per-call wrapper (etcd_batch.DirectKV).
+        self._direct: DirectKV | None = None
         #: Group commit of Txns and point reads (etcd_batch.py); set while open.
         self._batcher: TxnBatcher | None = None
         #: Revisions this process's exports read at, by their pin's lease (see pinned_revision).
@@ -208,7 +210,8 @@ class EtcdStore:
             await self.close()
             raise
         self._kv = self._client.kv
-        self._batcher = TxnBatcher(self._kv, timeout=self.timeout)
+        self._direct = DirectKV(self._kv)
+        self._batcher = TxnBatcher(self._direct, timeout=self.timeout)
         try:
             found = await self._get(self._k("meta/import"))
             if found is not None:
@@ -221,7 +224,7 @@ class EtcdStore:
             await self._call(
                 self._kv.txn(
                     [self._kv.txn_compare_create_revision(schema, 0)],
-                    [self._kv.txn_op_put(schema, orjson.dumps({"schema": 1}))],
+                    [put_op(schema, orjson.dumps({"schema": 1}))],
                     [],
                     timeout=self.timeout,
                 )
@@ -287,7 +290,7 @@ class EtcdStore:
                 if kv is None
                 else self._cmp_mod(key, int(kv.mod_revision))
             )
-            resp = await self._txn([compare], [self._kv.txn_op_put(key, value)], [])
+            resp = await self._txn([compare], [put_op(key, value)], [])
             if resp.succeeded:
                 return
 
@@ -309,6 +312,7 @@ class EtcdStore:
         self._conn = None
         self._client = None
         self._kv = None
+        self._direct = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -375,7 +379,12 @@ class EtcdStore:
         revision), since such a failure would fail the whole batch."""
         if batch:
             return await self._call(self._batch.txn(compare, success, failure))
-        return await self._call(self._kv.txn(compare, success, failure, timeout=self.timeout))
+        if self._direct is None:
+            raise StorageUnavailable("The store is not open.")
+        from etcd3aio._protobuf import TxnRequest
+
+        request = TxnRequest(compare=compare, success=success, failure=failure)
+        return await self._call(self._direct.txn(request, self.timeout))
 
     def _cmp_ws(self, name: str, expect_revision: int | None) -> Any:
         from etcd3aio._protobuf import Compare
@@ -491,7 +500,7 @@ class EtcdStore:
 
     def _read_on_failure(self, name: str) -> list[Any]:
         """A Txn failure branch that reads the workspace record (see _remember_lost)."""
-        return [self._kv.txn_op_get(self._ws_key(name))]
+        return [get_op(self._ws_key(name))]
 
     async def recent_workspace(self, name: str) -> tuple[Workspace | None, float]:
         known = self._records.get(name)
@@ -533,14 +542,14 @@ class EtcdStore:
             return []
         event_id = event.id if event.id is not None else self._next_audit_id()
         value = orjson.dumps(replace(event, id=event_id))
-        ops = [self._kv.txn_op_put(self._k("audit/", inv(event_id)), value)]
+        ops = [put_op(self._k("audit/", inv(event_id)), value)]
         # Index copies (events are small) so a filtered listing reads only its own events.
         if event.workspace is not None:
             key = self._k("audit-ws/", event.workspace, "\x00", inv(event_id))
-            ops.append(self._kv.txn_op_put(key, value))
+            ops.append(put_op(key, value))
         if event.key_name is not None:
             key = self._k("audit-key/", event.key_name, "\x00", inv(event_id))
-            ops.append(self._kv.txn_op_put(key, value))
+            ops.append(put_op(key, value))
         return ops
 
     # -- reads ---------------------------------------------------------------------------
@@ -849,7 +858,7 @@ class EtcdStore:
         sent = time.monotonic()
         resp = await self._txn(
             [self._cmp_ws(name, expect_revision)],
-            [self._kv.txn_op_put(self._ws_key(name), value), *extra],
+            [put_op(self._ws_key(name), value), *extra],
             self._read_on_failure(name),
             batch=True,
         )
@@ -875,7 +884,7 @@ class EtcdStore:
             sent = time.monotonic()
             resp = await self._txn(
                 [self._cmp_ws(name, None)],
-                [self._kv.txn_op_put(self._ws_key(name), value), *self._audit_ops(audit)],
+                [put_op(self._ws_key(name), value), *self._audit_ops(audit)],
                 self._read_on_failure(name),
                 batch=True,
             )
@@ -981,8 +990,8 @@ class EtcdStore:
             ws, next_base, updated.version_count, updated.stored_bytes, updated.body_bytes
         )
         ops = [
-            self._kv.txn_op_put(self._ver_key(name, number), orjson.dumps(ver_doc)),
-            self._kv.txn_op_put(self._ws_key(name), value),
+            put_op(self._ver_key(name, number), orjson.dumps(ver_doc)),
+            put_op(self._ws_key(name), value),
             *self._audit_ops(replace(audit, version=number) if audit else None),
             *self._nest(publish),
         ]
@@ -1044,11 +1053,11 @@ class EtcdStore:
 
     def _key_ops(self, key: ApiKey) -> list[Any]:
         ops = [
-            self._kv.txn_op_put(self._k("keys/id/", key.id), self._key_doc(key)),
-            self._kv.txn_op_put(self._k("keys/used/", key.id), self._used_value(key.last_used_at)),
+            put_op(self._k("keys/id/", key.id), self._key_doc(key)),
+            put_op(self._k("keys/used/", key.id), self._used_value(key.last_used_at)),
         ]
         if key.revoked_at is None:
-            ops.append(self._kv.txn_op_put(self._k("keys/name/", key.name), key.id.encode()))
+            ops.append(put_op(self._k("keys/name/", key.name), key.id.encode()))
         return ops
 
     async def create_key(self, key: ApiKey, *, audit: AuditEvent | None = None) -> bool:
@@ -1102,7 +1111,7 @@ class EtcdStore:
                     )
                 ],
                 [
-                    self._kv.txn_op_put(self._k("keys/id/", key_id), self._key_doc(revoked)),
+                    put_op(self._k("keys/id/", key_id), self._key_doc(revoked)),
                     self._kv.txn_op_delete(name_key),
                     *self._audit_ops(audit),
                 ],
@@ -1123,7 +1132,7 @@ class EtcdStore:
                 RequestOp(
                     request_txn=TxnRequest(
                         compare=[self._kv.txn_compare_value(key, value, result=Compare.LESS)],
-                        success=[self._kv.txn_op_put(key, value)],
+                        success=[put_op(key, value)],
                     )
                 )
             )
@@ -1198,14 +1207,14 @@ class EtcdStore:
         run's entry is deleted."""
         document = self._seal_run(run.id, "document", orjson.dumps(run.to_document()))
         ops = [
-            self._kv.txn_op_put(self._k("runs/", run.id), document),
-            self._kv.txn_op_put(self._k("runrev/", run.id), str(run.revision).encode()),
+            put_op(self._k("runs/", run.id), document),
+            put_op(self._k("runrev/", run.id), str(run.revision).encode()),
         ]
         if not update:
-            ops.append(self._kv.txn_op_put(self._run_ws_key(run), b""))
+            ops.append(put_op(self._run_ws_key(run), b""))
         entry = self._run_entry(run)
         if entry is not None:
-            ops.append(self._kv.txn_op_put(self._k("runopen/", run.id), entry))
+            ops.append(put_op(self._k("runopen/", run.id), entry))
         elif update:
             ops.append(self._kv.txn_op_delete(self._k("runopen/", run.id)))
         return ops
@@ -1240,17 +1249,17 @@ class EtcdStore:
             key = self._k("runopen/", run.id)
             await self._txn(
                 [self._kv.txn_compare_value(self._k("runrev/", run.id), str(run.revision))],
-                [self._kv.txn_op_delete(key) if entry is None else self._kv.txn_op_put(key, entry)],
+                [self._kv.txn_op_delete(key) if entry is None else put_op(key, entry)],
                 [],
             )
         for i in range(0, len(missing), _OPS_PER_LEVEL):
             batch = missing[i : i + _OPS_PER_LEVEL]
-            await self._txn([], [self._kv.txn_op_put(key, b"") for key in batch], [])
+            await self._txn([], [put_op(key, b"") for key in batch], [])
         markers = [(open_marker, open_done, "runopen"), (ws_marker, ws_done, "runs-ws")]
         await self._txn(
             [],
             [
-                self._kv.txn_op_put(marker, orjson.dumps({name: 1}))
+                put_op(marker, orjson.dumps({name: 1}))
                 for marker, done, name in markers
                 if done is None
             ],
@@ -1289,8 +1298,8 @@ class EtcdStore:
         resp = await self._txn(
             [],
             [
-                self._kv.txn_op_get(self._k("runs/", run_id)),
-                self._kv.txn_op_get(self._k("runrev/", run_id)),
+                get_op(self._k("runs/", run_id)),
+                get_op(self._k("runrev/", run_id)),
             ],
             [],
             batch=True,
@@ -1423,17 +1432,13 @@ class EtcdStore:
     async def _put_value(self, key: bytes, data: bytes) -> None:
         """A possibly large value at `key`: inline, or chunks published with their pointer."""
         if len(data) <= INLINE_BYTES:
-            await self._txn(
-                [], [self._kv.txn_op_put(key, orjson.dumps({"inline": _b64(data)}))], [], batch=True
-            )
+            await self._txn([], [put_op(key, orjson.dumps({"inline": _b64(data)}))], [], batch=True)
             return
         chunks_at = self._chunks_prefix(key)
         lease_id, publish = await self._upload_chunks(chunks_at, data)
         try:
             pointer = {"chunks_at": chunks_at[len(self._p) :].decode(), "chunks": len(publish)}
-            await self._txn(
-                [], [self._kv.txn_op_put(key, orjson.dumps(pointer)), *self._nest(publish)], []
-            )
+            await self._txn([], [put_op(key, orjson.dumps(pointer)), *self._nest(publish)], [])
         finally:
             await self._revoke(lease_id)
 
@@ -1483,7 +1488,7 @@ class EtcdStore:
             key = prefix + f"{seq:08d}".encode()
             resp = await self._txn(
                 [self._kv.txn_compare_create_revision(key, 0)],
-                [self._kv.txn_op_put(key, self._seal_run(run_id, f"log{seq}", chunk))],
+                [put_op(key, self._seal_run(run_id, f"log{seq}", chunk))],
                 [],
                 batch=True,
             )
@@ -1592,7 +1597,7 @@ class EtcdStore:
         key = self._k("meta/pins/", secrets.token_hex(8))
         value = orjson.dumps({"since": time.time()})
         try:
-            resp = await self._txn([], [self._kv.txn_op_put(key, value, lease=lease_id)], [])
+            resp = await self._txn([], [put_op(key, value, lease=lease_id)], [])
         except BaseException:
             await self._revoke(lease_id)
             raise
@@ -1658,7 +1663,7 @@ class EtcdStore:
             if kv is None
             else self._cmp_mod(key, int(kv.mod_revision))
         )
-        claimed = await self._txn([compare], [self._kv.txn_op_put(key, record)], [])
+        claimed = await self._txn([compare], [put_op(key, record)], [])
         if not claimed.succeeded or target <= compacted:
             return None
         try:

@@ -62,7 +62,53 @@ MAX_BATCH_READS = 32
 
 def unavailable(exc: BaseException) -> StorageUnavailable:
     """What a caller sees when etcd did not answer (the same for a lone call and a batch)."""
+    import grpc
+
+    if isinstance(exc, grpc.aio.AioRpcError):  # its str() is a multi-line debug dump
+        return StorageUnavailable(f"etcd did not answer ({exc.code().name}: {exc.details()}).")
     return StorageUnavailable(f"etcd did not answer ({type(exc).__name__}: {exc}).")
+
+
+def put_op(key: bytes, value: bytes, *, lease: int = 0) -> Any:
+    """A put for a Txn's success or failure list (etcd3aio's builder, without its checks)."""
+    from etcd3aio._protobuf import PutRequest, RequestOp
+
+    return RequestOp(request_put=PutRequest(key=key, value=value, lease=lease))
+
+
+def get_op(key: bytes) -> Any:
+    """A point read for a Txn's success or failure list."""
+    from etcd3aio._protobuf import RangeRequest, RequestOp
+
+    return RequestOp(request_range=RangeRequest(key=key))
+
+
+class DirectKV:
+    """Txn and point Range sent straight on the gRPC stub of etcd3aio's KV service, with its
+    auth metadata. The library's wrapper adds, on every call, an `asyncio.timeout`, a retry
+    loop (set to one attempt here), list copies and a request built from parts: 40-100 us of
+    CPU and up to 0.1-0.3 ms of latency per call at one call in flight, on the path of every
+    LOCK, GET, POST and UNLOCK. Errors are raw `grpc.aio.AioRpcError`s, which every caller
+    maps (`unavailable`, `_refused`)."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+
+    def txn(self, request: Any, timeout: float) -> Awaitable[Any]:
+        service = self._service
+        call: Awaitable[Any] = service._stub.Txn(
+            request, metadata=service._metadata or None, timeout=timeout
+        )
+        return call
+
+    def range(self, request: Any, timeout: float) -> Awaitable[Any]:
+        service = self._service
+        call: Awaitable[Any] = service._stub.Range(
+            request, metadata=service._metadata or None, timeout=timeout
+        )
+        return call
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -85,6 +131,7 @@ def _refused(exc: BaseException) -> bool:
     if isinstance(exc, EtcdPermissionDeniedError):
         return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -195,7 +242,7 @@ class _Batch:
 class TxnBatcher:
     """Sends Txns and point reads to etcd, batching those that queue behind calls in flight."""
 
-    def __init__(self, kv: Any, *, timeout: float) -> None:
+    def __init__(self, kv: DirectKV, *, timeout: float) -> None:
         self._kv = kv
         self.timeout = timeout
         self._busy = 0
@@ -211,21 +258,20 @@ class TxnBatcher:
     async def txn(
         self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]
     ) -> Any:
-        """What `kv.txn(compare, success, failure)` answers, possibly as part of a batch."""
-        kv = self._kv
-        if self._free():
-            return await self._lone(kv.txn(compare, success, failure, timeout=self.timeout))
+        """What a Txn of (compare, success, failure) answers, possibly as part of a batch."""
         from etcd3aio._protobuf import RequestOp, TxnRequest
 
+        kv = self._kv
+        request = TxnRequest(compare=compare, success=success, failure=failure)
+        if self._free():
+            return await self._lone(kv.txn(request, self.timeout))
         if not compare and all(op.WhichOneof("request") == "request_range" for op in success):
             ops, kind = list(success), _READS
         else:
-            nested = TxnRequest(compare=compare, success=success, failure=failure)
-            ops, kind = [RequestOp(request_txn=nested)], _NESTED
+            ops, kind = [RequestOp(request_txn=request)], _NESTED
 
         def alone(timeout: float) -> Awaitable[Any]:
-            call: Awaitable[Any] = kv.txn(compare, success, failure, timeout=timeout)
-            return call
+            return kv.txn(request, timeout)
 
         waiter = self._waiter(alone, ops, kind)
         if kind == _NESTED:
@@ -234,16 +280,18 @@ class TxnBatcher:
         return await self._queued(waiter)
 
     async def get(self, key: bytes) -> Any:
-        """What `kv.get(key)` answers (a linearizable point read), possibly batched."""
+        """What a linearizable point read of `key` answers, possibly batched."""
+        from etcd3aio._protobuf import RangeRequest
+
         kv = self._kv
+        request = RangeRequest(key=key)
         if self._free():
-            return await self._lone(kv.get(key, timeout=self.timeout))
+            return await self._lone(kv.range(request, self.timeout))
 
         def alone(timeout: float) -> Awaitable[Any]:
-            call: Awaitable[Any] = kv.get(key, timeout=timeout)
-            return call
+            return kv.range(request, timeout)
 
-        return await self._queued(self._waiter(alone, [kv.txn_op_get(key)], _RANGE))
+        return await self._queued(self._waiter(alone, [get_op(key)], _RANGE))
 
     def close(self) -> None:
         """Fail what is queued and stop the drains (the store is closing)."""
@@ -341,12 +389,10 @@ class TxnBatcher:
             else:
                 self.batches += 1
                 self.batched += len(waiters)
-                answers = self._split(
-                    waiters,
-                    await self._kv.txn(
-                        [], [op for w in waiters for op in w.ops], [], timeout=timeout
-                    ),
-                )
+                from etcd3aio._protobuf import TxnRequest
+
+                request = TxnRequest(success=[op for w in waiters for op in w.ops])
+                answers = self._split(waiters, await self._kv.txn(request, timeout))
         except BaseException as exc:
             if len(waiters) > 1 and _refused(exc):
                 # Nothing of the batch applied: each request again alone, so each caller

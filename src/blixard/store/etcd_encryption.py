@@ -46,6 +46,7 @@ from blixard.store.encryption import (
     RotationProgress,
 )
 from blixard.store.etcd import EtcdStore, _b64, _prefix_end, _unb64
+from blixard.store.etcd_batch import get_op, put_op
 
 #: Old chunks of a re-sealed value live this long after the swap (for readers in flight).
 RETIRED_CHUNKS_TTL = 30
@@ -168,9 +169,7 @@ class EtcdEncryption:
         store = self.store
         found: list[_Value] = []
         for i in range(0, len(keys), _VALUES_PER_READ):
-            resp = await store._txn(
-                [], [store._kv.txn_op_get(key) for key in keys[i : i + _VALUES_PER_READ]], []
-            )
+            resp = await store._txn([], [get_op(key) for key in keys[i : i + _VALUES_PER_READ]], [])
             for response in resp.responses:
                 for kv in response.response_range.kvs:
                     found.append(_Value(bytes(kv.key), int(kv.mod_revision), bytes(kv.value)))
@@ -429,7 +428,7 @@ class EtcdEncryption:
             resp = await store._txn(
                 [store._cmp_mod(item.value.key, item.value.mod_revision)],
                 [
-                    store._kv.txn_op_put(item.value.key, item.new_raw),
+                    put_op(item.value.key, item.new_raw),
                     *store._nest([*item.publish, *retire]),
                 ],
                 [],
@@ -457,7 +456,7 @@ class EtcdEncryption:
                 keep[cipher.current_id] = _b64(cipher.canary())
             resp = await store._txn(
                 [store._cmp_mod(key, int(kv.mod_revision))],
-                [store._kv.txn_op_put(key, orjson.dumps({"canaries": keep}))],
+                [put_op(key, orjson.dumps({"canaries": keep}))],
                 [],
             )
             if resp.succeeded:
