@@ -83,8 +83,10 @@ AUDIT_LOW_BITS = 12
 #: Ids from here up were made by the earlier scheme, `(µs since 1970 << 8) | slot`; open()
 #: gives those events new ids below it, once per prefix (marker `meta/auditids`).
 OLD_AUDIT_IDS = 2**53
-#: Old events re-keyed per Txn (each: up to 3 deletes and 3 puts, a compare, a check).
-_REKEY_PAGE = 50
+#: Old events re-keyed per Txn: each is up to 3 deletes + 3 puts, so with the marker's put
+#: the Txn stays flat below 128 ops (a nested Txn may hold only 128 minus its parent's
+#: longest list: the per-event compares would cut into it).
+_REKEY_PAGE = 16
 
 
 def inv(number: int) -> str:
@@ -208,6 +210,8 @@ class EtcdStore:
         self._audit_slot = secrets.randbelow(1 << AUDIT_LOW_BITS)
         #: The newest audit id this instance gave (ids only grow per instance).
         self._last_audit = 0
+        #: New ids go above it: the newest id an upgrade or import left (`meta/auditids`).
+        self._audit_floor = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -549,12 +553,18 @@ class EtcdStore:
     # -- audit ---------------------------------------------------------------------------
 
     def _next_audit_id(self, after: int = 0) -> int:
-        """A new id above `after` and above every id this instance gave: the millisecond
-        in the high bits, this instance's offset plus a count within the millisecond below
-        (a burst spills into the next millisecond's values, still in order)."""
+        """A new id above `after`, above the prefix's floor and above every id this instance
+        gave. Normally this millisecond in the high bits and this instance's offset in the
+        low ones, counting up from it for more events in the same millisecond. A floor at or
+        above that (another node's clock is ahead, imported ids are) gives the millisecond
+        after the floor's, with this instance's offset: nodes that start from one floor do
+        not make the same ids."""
+        floor = max(after, self._audit_floor)
         ms = max(int(self._clock() * 1000) - AUDIT_EPOCH_MS, 0)
         candidate = (ms << AUDIT_LOW_BITS) + self._audit_slot
-        self._last_audit = max(candidate, self._last_audit + 1, after + 1)
+        if candidate <= floor:
+            candidate = (((floor >> AUDIT_LOW_BITS) + 1) << AUDIT_LOW_BITS) + self._audit_slot
+        self._last_audit = max(candidate, self._last_audit + 1)
         return self._last_audit
 
     def _audit_key(self, event_id: int) -> bytes:
@@ -596,8 +606,8 @@ class EtcdStore:
 
         Each event key is compared `create_revision == 0` and counted in the failure branch
         (after the caller's `failure` ops, whose places do not move). A Txn that found one
-        of them taken (another node or store made the same id) is sent again with the next
-        ids, so the caller's own compares are decided again; any other lost compare is the
+        of them taken (another node or store made the same id) is sent again with new ids,
+        so the caller's own compares are decided again; any other lost compare is the
         caller's answer."""
         while True:
             ids = [self._next_audit_id(after) for _ in events]
@@ -616,7 +626,9 @@ class EtcdStore:
             checks = resp.responses[len(resp.responses) - len(keys) :] if keys else []
             if resp.succeeded or not any(c.response_range.count for c in checks):
                 return resp, written
-            self._audit_slot = secrets.randbelow(1 << AUDIT_LOW_BITS)  # a clash may repeat
+            # Another sequence runs where this one does: leave it, at a new offset.
+            self._audit_slot = secrets.randbelow(1 << AUDIT_LOW_BITS)
+            after = max(after, ids[-1])
 
     async def _upgrade_audit_ids(self, floor: int = 0) -> None:
         """Give events written with the earlier ids (`(µs << 8) | slot`, at least
@@ -639,7 +651,7 @@ class EtcdStore:
             doc = orjson.loads(kv.value) if kv is not None else {"next": OLD_AUDIT_IDS}
             floor = max(floor, doc.get("floor", 0))
             if doc.get("done"):
-                self._last_audit = max(self._last_audit, floor)
+                self._audit_floor = max(self._audit_floor, floor)
                 return
             page = await self._range(self._k("audit/"), old_end, limit=_REKEY_PAGE)
             next_id, ops, ids = doc["next"], [], []
@@ -674,7 +686,7 @@ class EtcdStore:
                     else self._cmp_mod(key, int(kv.mod_revision)),
                     *(self._kv.txn_compare_create_revision(self._audit_key(i), 0) for i in ids),
                 ],
-                [self._kv.txn_op_put(key, orjson.dumps(marker)), *self._nest(ops)],
+                [self._kv.txn_op_put(key, orjson.dumps(marker)), *ops],
                 [self._count_op(self._audit_key(i)) for i in ids],
             )
             if not resp.succeeded:  # another node moved the marker, or an id is taken
