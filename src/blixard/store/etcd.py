@@ -83,10 +83,10 @@ AUDIT_LOW_BITS = 12
 #: Ids from here up were made by the earlier scheme, `(µs since 1970 << 8) | slot`; open()
 #: gives those events new ids below it, once per prefix (marker `meta/auditids`).
 OLD_AUDIT_IDS = 2**53
-#: Old events re-keyed per Txn: each is up to 3 deletes + 3 puts, so with the marker's put
-#: the Txn stays flat below 128 ops (a nested Txn may hold only 128 minus its parent's
-#: longest list: the per-event compares would cut into it).
-_REKEY_PAGE = 16
+#: Old events read per re-keying Txn; those whose deletes + puts (2-6 each) fit in one flat
+#: Txn of 128 ops go (a nested Txn may hold only 128 minus its parent's longest list, which
+#: the per-event compares would cut into).
+_REKEY_PAGE = 64
 
 
 def inv(number: int) -> str:
@@ -570,19 +570,20 @@ class EtcdStore:
     def _audit_key(self, event_id: int) -> bytes:
         return self._k("audit/", inv(event_id))
 
-    def _audit_ops(self, event: AuditEvent) -> list[Any]:
-        """The puts of an event that has its id: the event and its index copies."""
+    def _event_keys(self, event: AuditEvent) -> list[bytes]:
+        """Where an event with an id is kept: its key, and index copies (events are small)
+        so that a listing filtered by workspace or key reads only its own events."""
         assert event.id is not None
-        value = orjson.dumps(event)
-        ops = [self._kv.txn_op_put(self._audit_key(event.id), value)]
-        # Index copies (events are small) so a filtered listing reads only its own events.
+        keys = [self._audit_key(event.id)]
         if event.workspace is not None:
-            key = self._k("audit-ws/", event.workspace, "\x00", inv(event.id))
-            ops.append(self._kv.txn_op_put(key, value))
+            keys.append(self._k("audit-ws/", event.workspace, "\x00", inv(event.id)))
         if event.key_name is not None:
-            key = self._k("audit-key/", event.key_name, "\x00", inv(event.id))
-            ops.append(self._kv.txn_op_put(key, value))
-        return ops
+            keys.append(self._k("audit-key/", event.key_name, "\x00", inv(event.id)))
+        return keys
+
+    def _audit_ops(self, event: AuditEvent) -> list[Any]:
+        value = orjson.dumps(event)
+        return [self._kv.txn_op_put(key, value) for key in self._event_keys(event)]
 
     def _count_op(self, key: bytes) -> Any:
         from etcd3aio._protobuf import RangeRequest, RequestOp
@@ -632,67 +633,68 @@ class EtcdStore:
 
     async def _upgrade_audit_ids(self, floor: int = 0) -> None:
         """Give events written with the earlier ids (`(µs << 8) | slot`, at least
-        OLD_AUDIT_IDS) new ids below it, once per prefix, then start this instance's ids
+        OLD_AUDIT_IDS) new ids below it, once per prefix, then make this instance's ids go
         above every id there (the marker's `floor`; `floor` here: the newest id an import
         wrote below OLD_AUDIT_IDS).
 
-        Old events go newest first, a page per Txn that deletes their keys (event and index
-        copies) and puts them under the new id: `min(their millisecond's highest id, the
-        previous one's id - 1)`, so the order is kept and they sort before new events. The
-        Txn also rewrites `meta/auditids` (`next` = the last id given, `floor`, `done` on
-        the last page) compared on its mod_revision, so nodes opening at once take turns
-        and an interrupted run resumes where it stopped; each new key is compared absent,
-        and an id found taken is skipped."""
+        Old events go newest first, as many per Txn as fit in 128 ops: the Txn deletes their
+        keys (event and index copies) and puts them under their new id, `min(the highest id
+        of their millisecond, the previous one's new id - 1)`, so the order is kept and they
+        sort before new events. The same Txn rewrites `meta/auditids` (`next`: the last id
+        given, `floor`, `done` after the last event) compared on its mod_revision, so nodes
+        opening at once take turns and an interrupted run resumes where it stopped. Each new
+        key is compared absent; an id found taken is skipped."""
         key = self._k("meta/auditids")
         old_end = self._audit_key(OLD_AUDIT_IDS - 1)  # keys before it hold old ids
+        fresh = {"next": OLD_AUDIT_IDS, "floor": floor}
+        found = await self._get(key)
+        doc = orjson.loads(found.value) if found is not None else fresh
+        revision = int(found.mod_revision) if found is not None else 0
         taken: set[int] = set()
-        while True:
-            kv = await self._get(key)
-            doc = orjson.loads(kv.value) if kv is not None else {"next": OLD_AUDIT_IDS}
-            floor = max(floor, doc.get("floor", 0))
-            if doc.get("done"):
-                self._audit_floor = max(self._audit_floor, floor)
-                return
+        while not doc.get("done"):
             page = await self._range(self._k("audit/"), old_end, limit=_REKEY_PAGE)
-            next_id, ops, ids = doc["next"], [], []
+            next_id, top = doc["next"], doc["floor"]
+            ops: list[Any] = []
+            ids: list[int] = []
             for old in page.kvs:
                 event = AuditEvent(**orjson.loads(old.value))
                 assert event.id is not None
                 ms = max((event.id >> 8) // 1000 - AUDIT_EPOCH_MS, 0)
-                next_id = min(((ms + 1) << AUDIT_LOW_BITS) - 1, next_id - 1)
-                while next_id in taken:
-                    next_id -= 1
-                floor = max(floor, next_id)
-                ids.append(next_id)
-                ops.append(self._kv.txn_op_delete(bytes(old.key)))
-                if event.workspace is not None:
-                    ops.append(
-                        self._kv.txn_op_delete(
-                            self._k("audit-ws/", event.workspace, "\x00", inv(event.id))
-                        )
-                    )
-                if event.key_name is not None:
-                    ops.append(
-                        self._kv.txn_op_delete(
-                            self._k("audit-key/", event.key_name, "\x00", inv(event.id))
-                        )
-                    )
-                ops += self._audit_ops(replace(event, id=next_id))
-            marker = {"next": next_id, "floor": floor, "done": not page.more}
+                new_id = min(((ms + 1) << AUDIT_LOW_BITS) - 1, next_id - 1)
+                while new_id in taken:
+                    new_id -= 1
+                moved = [self._kv.txn_op_delete(k) for k in self._event_keys(event)]
+                moved += self._audit_ops(replace(event, id=new_id))
+                if len(ops) + len(moved) >= 128:  # + the marker's put
+                    break
+                next_id, top = new_id, max(top, new_id)
+                ops += moved
+                ids.append(new_id)
+            marker = {
+                "next": next_id,
+                "floor": top,
+                "done": not page.more and len(ids) == len(page.kvs),
+            }
             resp = await self._txn(
                 [
-                    self._kv.txn_compare_create_revision(key, 0)
-                    if kv is None
-                    else self._cmp_mod(key, int(kv.mod_revision)),
+                    self._cmp_mod(key, revision)
+                    if revision
+                    else self._kv.txn_compare_create_revision(key, 0),
                     *(self._kv.txn_compare_create_revision(self._audit_key(i), 0) for i in ids),
                 ],
                 [self._kv.txn_op_put(key, orjson.dumps(marker)), *ops],
                 [self._count_op(self._audit_key(i)) for i in ids],
             )
-            if not resp.succeeded:  # another node moved the marker, or an id is taken
-                taken |= {
-                    i for i, r in zip(ids, resp.responses, strict=True) if r.response_range.count
-                }
+            if resp.succeeded:
+                doc, revision = marker, int(resp.header.revision)
+                continue
+            # Another node moved the marker, or an id is taken.
+            answers = zip(ids, resp.responses, strict=True)
+            taken |= {i for i, r in answers if r.response_range.count}
+            found = await self._get(key)
+            doc = orjson.loads(found.value) if found is not None else fresh
+            revision = int(found.mod_revision) if found is not None else 0
+        self._audit_floor = max(self._audit_floor, doc["floor"])
 
     # -- reads ---------------------------------------------------------------------------
 
