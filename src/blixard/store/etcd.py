@@ -39,7 +39,7 @@ from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
-from blixard.store.etcd_batch import TxnBatcher, unavailable
+from blixard.store.etcd_batch import MAX_TXN_OPS, TxnBatcher, unavailable
 from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
@@ -637,7 +637,7 @@ class EtcdStore:
         above every id there (the marker's `floor`; `floor` here: the newest id an import
         wrote below OLD_AUDIT_IDS).
 
-        Old events go newest first, as many per Txn as fit in 128 ops: the Txn deletes their
+        Old events go newest first, as many per Txn as fit in its ops: the Txn deletes their
         keys (event and index copies) and puts them under their new id, `min(the highest id
         of their millisecond, the previous one's new id - 1)`, so the order is kept and they
         sort before new events. The same Txn rewrites `meta/auditids` (`next`: the last id
@@ -665,7 +665,7 @@ class EtcdStore:
                     new_id -= 1
                 moved = [self._kv.txn_op_delete(k) for k in self._event_keys(event)]
                 moved += self._audit_ops(replace(event, id=new_id))
-                if len(ops) + len(moved) >= 128:  # + the marker's put
+                if len(ops) + len(moved) >= MAX_TXN_OPS:  # + the marker's put
                     break
                 next_id, top = new_id, max(top, new_id)
                 ops += moved
