@@ -454,6 +454,25 @@ async def test_audit_is_listed_newest_first_filtered_and_paged(store: Store) -> 
     assert await store.list_audit(before_id=page[-1].id, limit=5) == everything[5:10]
 
 
+async def test_audit_ids_are_exact_as_json_doubles_and_page_without_gaps(store: Store) -> None:
+    """A client parsing ids as doubles (JavaScript, jq) pages with exactly the ids it got."""
+    from blixard.domain.access import AuditEvent
+
+    await store.append_audit(
+        [AuditEvent(at=float(i), action="admin", outcome="ok", detail=str(i)) for i in range(250)]
+    )
+    everything = await store.list_audit(limit=1000)
+    assert [e.detail for e in everything] == [str(i) for i in reversed(range(250))]
+    pages: list[AuditEvent] = []
+    before: int | None = None
+    while page := await store.list_audit(before_id=before, limit=37):
+        pages += page
+        parsed = orjson.loads(orjson.dumps({"next_before": page[-1].id}))
+        before = int(float(parsed["next_before"]))  # what a double-only parser hands back
+        assert before == page[-1].id and before < 2**53
+    assert pages == everything
+
+
 async def test_node_leases_expire_unless_renewed(store: Store) -> None:
     """A node is listed while it renews its lease; one that stops renewing drops out."""
     kept = await store.grant_node_lease("node-kept", {"version": "1"}, ttl=1)

@@ -212,6 +212,34 @@ async def test_keys_and_audit_batch_with_nested_txns(stores: tuple[EtcdStore, Et
     assert [e.action for e in await b.list_audit(workspace="x")] == ["test.batch"]
 
 
+async def test_a_long_nested_txn_shares_a_batch_only_with_what_leaves_it_room(
+    stores: tuple[EtcdStore, EtcdStore],
+) -> None:
+    """An audit append of 33 events with index copies is a nested Txn of 99 puts: etcd
+    allows it beside at most 29 ops, so it must not join a batch of 50 (which etcd would
+    refuse whole, every request then sent again alone)."""
+    a, b = stores
+    for i in range(50):
+        assert await a.put_lock(f"w{i}", None, expect_revision=None, now=1.0)
+    records = [await a.get_workspace(f"w{i}") for i in range(50)]
+    events = [
+        AuditEvent(at=2.0, action="test.many", outcome="ok", workspace="x", key_name="k")
+        for _ in range(33)
+    ]
+    assert a._batcher is not None
+    refused = a._batcher.refused
+    calls: list[Awaitable[object]] = [
+        a.put_lock(ws.name, a_lock(), expect_revision=ws.revision, now=2.0)
+        for ws in records
+        if ws is not None
+    ]
+    calls.insert(10, a.append_audit(events))
+    results = await asyncio.gather(*calls)
+    assert a._batcher.refused == refused
+    assert all(ws is not None for i, ws in enumerate(results) if i != 10)
+    assert len(await b.list_audit(workspace="x", limit=100)) == 33
+
+
 async def test_reads_and_writes_share_a_batch(stores: tuple[EtcdStore, EtcdStore]) -> None:
     a, b = stores
     bodies = {f"r{i}": state(1, salt=f"r{i}") for i in range(4)}

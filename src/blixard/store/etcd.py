@@ -39,7 +39,7 @@ from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
-from blixard.store.etcd_batch import DirectKV, TxnBatcher, get_op, put_op, unavailable
+from blixard.store.etcd_batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
 from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
@@ -75,6 +75,18 @@ _INV_WIDTH = 20
 _INV_MAX = 10**_INV_WIDTH - 1
 #: The statuses `runopen/` indexes (list_runs asking only for these reads the index).
 _OPEN_STATUSES = frozenset(status.value for status in OPEN)
+#: Audit ids are `(milliseconds since AUDIT_EPOCH_MS << AUDIT_LOW_BITS) + low bits`: below
+#: 2**53 (exact as a JSON double) until 2093. The low bits start at a random offset per store
+#: instance and count up within a millisecond (docs/etcd-notes.md §12, "Audit ids").
+AUDIT_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+AUDIT_LOW_BITS = 12
+#: Ids from here up were made by the earlier scheme, `(µs since 1970 << 8) | slot`; open()
+#: gives those events new ids below it, once per prefix (marker `meta/auditids`).
+OLD_AUDIT_IDS = 2**53
+#: Old events read per re-keying Txn; those whose deletes + puts (2-6 each) fit in one flat
+#: Txn of 128 ops go (a nested Txn may hold only 128 minus its parent's longest list, which
+#: the per-event compares would cut into).
+_REKEY_PAGE = 64
 
 
 def inv(number: int) -> str:
@@ -141,6 +153,9 @@ class _Record:
     stored_bytes: int
     #: Sum of the plaintext sizes of the versions (snapshot counts).
     body_bytes: int = 0
+    #: The id of the newest audit event written with the record: the next one is above it
+    #: even if this node's clock is behind the node that wrote it.
+    last_audit: int = 0
 
 
 class EtcdStore:
@@ -157,6 +172,7 @@ class EtcdStore:
         timeout: float = 5.0,
         access: EtcdAccess | None = None,
         compaction: Compaction | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if codec is not None and codec.cipher is not cipher:
             raise ValueError("the codec must use the store's cipher")
@@ -191,8 +207,13 @@ class EtcdStore:
         #: Revisions this process's exports read at, by their pin's lease (see pinned_revision).
         self._pins: dict[int, int] = {}
         self._compactor: asyncio.Task[None] | None = None
-        self._slot = secrets.randbelow(256)
-        self._last_audit_us = 0
+        #: The wall clock audit ids are made from (tests skew it).
+        self._clock = clock
+        self._audit_slot = secrets.randbelow(1 << AUDIT_LOW_BITS)
+        #: The newest audit id this instance gave (ids only grow per instance).
+        self._last_audit = 0
+        #: New ids go above it: the newest id an upgrade or import left (`meta/auditids`).
+        self._audit_floor = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -231,6 +252,7 @@ class EtcdStore:
             )
             await self._check_encryption()
             await self._index_runs()
+            await self._upgrade_audit_ids()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
         except BaseException:
@@ -415,6 +437,7 @@ class EtcdStore:
         version_count: int,
         stored_bytes: int,
         body_bytes: int = 0,
+        last_audit: int = 0,
     ) -> bytes:
         lock = ws.lock
         return orjson.dumps(
@@ -437,6 +460,7 @@ class EtcdStore:
                 "version_count": version_count,
                 "stored_bytes": stored_bytes,
                 "body_bytes": body_bytes,
+                "audit": last_audit,
             }
         )
 
@@ -464,7 +488,12 @@ class EtcdStore:
             deleted_at=doc["deleted_at"],
         )
         return _Record(
-            ws, doc["base"], doc["version_count"], doc["stored_bytes"], doc.get("body_bytes", 0)
+            ws,
+            doc["base"],
+            doc["version_count"],
+            doc["stored_bytes"],
+            doc.get("body_bytes", 0),
+            doc.get("audit", 0),
         )
 
     async def _record(self, name: str) -> _Record | None:
@@ -532,25 +561,149 @@ class EtcdStore:
 
     # -- audit ---------------------------------------------------------------------------
 
-    def _next_audit_id(self) -> int:
-        now_us = int(time.time() * 1_000_000)
-        self._last_audit_us = max(now_us, self._last_audit_us + 1)
-        return (self._last_audit_us << 8) | self._slot
+    def _next_audit_id(self, after: int = 0) -> int:
+        """A new id above `after`, above the prefix's floor and above every id this instance
+        gave. Normally this millisecond in the high bits and this instance's offset in the
+        low ones, counting up from it for more events in the same millisecond. A floor at or
+        above that (another node's clock is ahead, imported ids are) gives the millisecond
+        after the floor's, with this instance's offset: nodes that start from one floor do
+        not make the same ids."""
+        floor = max(after, self._audit_floor)
+        ms = max(int(self._clock() * 1000) - AUDIT_EPOCH_MS, 0)
+        candidate = (ms << AUDIT_LOW_BITS) + self._audit_slot
+        if candidate <= floor:
+            candidate = (((floor >> AUDIT_LOW_BITS) + 1) << AUDIT_LOW_BITS) + self._audit_slot
+        self._last_audit = max(candidate, self._last_audit + 1)
+        return self._last_audit
 
-    def _audit_ops(self, event: AuditEvent | None) -> list[Any]:
-        if event is None:
-            return []
-        event_id = event.id if event.id is not None else self._next_audit_id()
-        value = orjson.dumps(replace(event, id=event_id))
-        ops = [put_op(self._k("audit/", inv(event_id)), value)]
-        # Index copies (events are small) so a filtered listing reads only its own events.
+    def _audit_key(self, event_id: int) -> bytes:
+        return self._k("audit/", inv(event_id))
+
+    def _event_keys(self, event: AuditEvent) -> list[bytes]:
+        """Where an event with an id is kept: its key, and index copies (events are small)
+        so that a listing filtered by workspace or key reads only its own events."""
+        assert event.id is not None
+        keys = [self._audit_key(event.id)]
         if event.workspace is not None:
-            key = self._k("audit-ws/", event.workspace, "\x00", inv(event_id))
-            ops.append(put_op(key, value))
+            keys.append(self._k("audit-ws/", event.workspace, "\x00", inv(event.id)))
         if event.key_name is not None:
-            key = self._k("audit-key/", event.key_name, "\x00", inv(event_id))
-            ops.append(put_op(key, value))
-        return ops
+            keys.append(self._k("audit-key/", event.key_name, "\x00", inv(event.id)))
+        return keys
+
+    def _audit_ops(self, event: AuditEvent) -> list[Any]:
+        value = orjson.dumps(event)
+        return [put_op(key, value) for key in self._event_keys(event)]
+
+    def _count_op(self, key: bytes) -> Any:
+        from etcd3aio._protobuf import RangeRequest, RequestOp
+
+        return RequestOp(request_range=RangeRequest(key=key, count_only=True))
+
+    async def _audited(
+        self,
+        events: Sequence[AuditEvent],
+        compare: Sequence[Any],
+        success: Sequence[Any],
+        failure: Sequence[Any] = (),
+        *,
+        put_newest: Callable[[int], Any] | None = None,
+        after: int = 0,
+        batch: bool = True,
+    ) -> tuple[Any, list[AuditEvent]]:
+        """One Txn with `events` given new ids (above `after`) and put only if no event holds
+        those ids yet; returns its answer and the events as written. `put_newest(id)`: an op
+        that records the newest id (the workspace record's).
+
+        Each event key is compared `create_revision == 0` and counted in the failure branch
+        (after the caller's `failure` ops, whose places do not move). A Txn that found one
+        of them taken (another node or store made the same id) is sent again with new ids,
+        so the caller's own compares are decided again; any other lost compare is the
+        caller's answer."""
+        while True:
+            ids = [self._next_audit_id(after) for _ in events]
+            written = [replace(e, id=i) for e, i in zip(events, ids, strict=True)]
+            keys = [self._audit_key(i) for i in ids]
+            resp = await self._txn(
+                [*compare, *(self._kv.txn_compare_create_revision(k, 0) for k in keys)],
+                [
+                    *success,
+                    *([put_newest(ids[-1] if ids else after)] if put_newest else []),
+                    *(op for e in written for op in self._audit_ops(e)),
+                ],
+                [*failure, *(self._count_op(k) for k in keys)],
+                batch=batch,
+            )
+            checks = resp.responses[len(resp.responses) - len(keys) :] if keys else []
+            if resp.succeeded or not any(c.response_range.count for c in checks):
+                return resp, written
+            # Another sequence runs where this one does: leave it, at a new offset.
+            self._audit_slot = secrets.randbelow(1 << AUDIT_LOW_BITS)
+            after = max(after, ids[-1])
+
+    async def _upgrade_audit_ids(self, floor: int = 0) -> None:
+        """Give events written with the earlier ids (`(µs << 8) | slot`, at least
+        OLD_AUDIT_IDS) new ids below it, once per prefix, then make this instance's ids go
+        above every id there (the marker's `floor`; `floor` here: the newest id an import
+        wrote below OLD_AUDIT_IDS).
+
+        Old events go newest first, as many per Txn as fit in its ops: the Txn deletes their
+        keys (event and index copies) and puts them under their new id, `min(the highest id
+        of their millisecond, the previous one's new id - 1)`, so the order is kept and they
+        sort before new events. The same Txn rewrites `meta/auditids` (`next`: the last id
+        given, `floor`, `done` after the last event) compared on its mod_revision, so nodes
+        opening at once take turns and an interrupted run resumes where it stopped. Each new
+        key is compared absent; an id found taken is skipped."""
+        key = self._k("meta/auditids")
+        old_end = self._audit_key(OLD_AUDIT_IDS - 1)  # keys before it hold old ids
+        fresh = {"next": OLD_AUDIT_IDS, "floor": floor}
+        found = await self._get(key)
+        doc = orjson.loads(found.value) if found is not None else fresh
+        revision = int(found.mod_revision) if found is not None else 0
+        taken: set[int] = set()
+        while not doc.get("done"):
+            page = await self._range(self._k("audit/"), old_end, limit=_REKEY_PAGE)
+            next_id, top = doc["next"], doc["floor"]
+            ops: list[Any] = []
+            ids: list[int] = []
+            for old in page.kvs:
+                event = AuditEvent(**orjson.loads(old.value))
+                assert event.id is not None
+                ms = max((event.id >> 8) // 1000 - AUDIT_EPOCH_MS, 0)
+                new_id = min(((ms + 1) << AUDIT_LOW_BITS) - 1, next_id - 1)
+                while new_id in taken:
+                    new_id -= 1
+                moved = [self._kv.txn_op_delete(k) for k in self._event_keys(event)]
+                moved += self._audit_ops(replace(event, id=new_id))
+                if len(ops) + len(moved) >= MAX_TXN_OPS:  # + the marker's put
+                    break
+                next_id, top = new_id, max(top, new_id)
+                ops += moved
+                ids.append(new_id)
+            marker = {
+                "next": next_id,
+                "floor": top,
+                "done": not page.more and len(ids) == len(page.kvs),
+            }
+            resp = await self._txn(
+                [
+                    self._cmp_mod(key, revision)
+                    if revision
+                    else self._kv.txn_compare_create_revision(key, 0),
+                    *(self._kv.txn_compare_create_revision(self._audit_key(i), 0) for i in ids),
+                ],
+                [put_op(key, orjson.dumps(marker)), *ops],
+                [self._count_op(self._audit_key(i)) for i in ids],
+            )
+            if resp.succeeded:
+                doc, revision = marker, int(resp.header.revision)
+                continue
+            # Another node moved the marker, or an id is taken.
+            answers = zip(ids, resp.responses, strict=True)
+            taken |= {i for i, r in answers if r.response_range.count}
+            found = await self._get(key)
+            doc = orjson.loads(found.value) if found is not None else fresh
+            revision = int(found.mod_revision) if found is not None else 0
+        self._audit_floor = max(self._audit_floor, doc["floor"])
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -837,37 +990,60 @@ class EtcdStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def _write_record(
+    async def _cas_record(
         self,
         name: str,
-        expect_revision: int,
-        build: Callable[[_Record], tuple[_Record, list[Any]]],
+        expect_revision: int | None,
+        updated: _Record,
+        audit: AuditEvent | None,
+        extra: Sequence[Any] = (),
+        *,
+        batch: bool = True,
     ) -> Workspace | None:
-        """Read the record, build the new one (+ extra ops), and CAS it on its revision."""
-        current = await self._record_at(name, expect_revision)
-        if current is None:
-            return None
-        updated, extra = build(current)
-        value = self._encode_record(
-            updated.ws,
-            updated.base,
-            updated.version_count,
-            updated.stored_bytes,
-            updated.body_bytes,
-        )
+        """Put `updated` (+ `extra` ops and `audit`, which becomes the record's newest event)
+        compared on `expect_revision` (None: the record must not exist); None if lost."""
+
+        def put_record(newest: int) -> Any:
+            value = self._encode_record(
+                updated.ws,
+                updated.base,
+                updated.version_count,
+                updated.stored_bytes,
+                updated.body_bytes,
+                newest,
+            )
+            return put_op(self._ws_key(name), value)
+
         sent = time.monotonic()
-        resp = await self._txn(
+        resp, written = await self._audited(
+            [audit] if audit else [],
             [self._cmp_ws(name, expect_revision)],
-            [put_op(self._ws_key(name), value), *extra],
+            extra,
             self._read_on_failure(name),
-            batch=True,
+            put_newest=put_record,
+            after=updated.last_audit,
+            batch=batch,
         )
         if not resp.succeeded:
             self._remember_lost(name, resp, sent)
             return None
         ws = replace(updated.ws, revision=int(resp.header.revision))
-        self._remember(replace(updated, ws=ws), sent)
+        newest = written[-1].id if written else None
+        self._remember(replace(updated, ws=ws, last_audit=newest or updated.last_audit), sent)
         return ws
+
+    async def _write_record(
+        self,
+        name: str,
+        expect_revision: int,
+        build: Callable[[_Record], _Record],
+        audit: AuditEvent | None,
+    ) -> Workspace | None:
+        """Read the record, build the new one, and CAS it (with `audit`) on its revision."""
+        current = await self._record_at(name, expect_revision)
+        if current is None:
+            return None
+        return await self._cas_record(name, expect_revision, build(current), audit)
 
     async def put_lock(
         self,
@@ -879,27 +1055,13 @@ class EtcdStore:
         audit: AuditEvent | None = None,
     ) -> Workspace | None:
         if expect_revision is None:
-            ws = Workspace(name, 0, now, now, lock=lock)
-            value = self._encode_record(ws, None, 0, 0)
-            sent = time.monotonic()
-            resp = await self._txn(
-                [self._cmp_ws(name, None)],
-                [put_op(self._ws_key(name), value), *self._audit_ops(audit)],
-                self._read_on_failure(name),
-                batch=True,
-            )
-            if not resp.succeeded:
-                self._remember_lost(name, resp, sent)
-                return None
-            created = replace(ws, revision=int(resp.header.revision))
-            self._remember(_Record(created, None, 0, 0), sent)
-            return created
+            created = _Record(Workspace(name, 0, now, now, lock=lock), None, 0, 0)
+            return await self._cas_record(name, None, created, audit)
 
-        def build(current: _Record) -> tuple[_Record, list[Any]]:
-            ws = replace(current.ws, lock=lock, updated_at=now)
-            return replace(current, ws=ws), self._audit_ops(audit)
+        def build(current: _Record) -> _Record:
+            return replace(current, ws=replace(current.ws, lock=lock, updated_at=now))
 
-        return await self._write_record(name, expect_revision, build)
+        return await self._write_record(name, expect_revision, build, audit)
 
     async def set_deleted(
         self,
@@ -910,11 +1072,11 @@ class EtcdStore:
         now: float,
         audit: AuditEvent | None = None,
     ) -> Workspace | None:
-        def build(current: _Record) -> tuple[_Record, list[Any]]:
+        def build(current: _Record) -> _Record:
             ws = replace(current.ws, deleted_at=deleted_at, updated_at=now)
-            return replace(current, ws=ws), self._audit_ops(audit)
+            return replace(current, ws=ws)
 
-        return await self._write_record(name, expect_revision, build)
+        return await self._write_record(name, expect_revision, build, audit)
 
     async def _delta_base(self, record: _Record | None, body_size: int) -> DeltaBase | None:
         if record is None or record.base is None:
@@ -985,39 +1147,30 @@ class EtcdStore:
             (record.version_count if record else 0) + 1,
             (record.stored_bytes if record else 0) + len(encoded.blob),
             (record.body_bytes if record else 0) + len(body),
-        )
-        value = self._encode_record(
-            ws, next_base, updated.version_count, updated.stored_bytes, updated.body_bytes
+            record.last_audit if record else 0,
         )
         ops = [
             put_op(self._ver_key(name, number), orjson.dumps(ver_doc)),
-            put_op(self._ws_key(name), value),
-            *self._audit_ops(replace(audit, version=number) if audit else None),
             *self._nest(publish),
         ]
-        sent = time.monotonic()
         try:
-            resp = await self._txn(
-                [self._cmp_ws(name, expect_revision)],
+            stored = await self._cas_record(
+                name,
+                expect_revision,
+                updated,
+                replace(audit, version=number) if audit else None,
                 ops,
-                self._read_on_failure(name),
                 batch=not publish,  # publishing re-puts leased chunks with ignore_value
             )
-        except BaseException:
+        finally:
             if lease_id:
+                # Published chunks no longer hold the lease; unpublished ones go with it.
                 await self._revoke(lease_id)
-            raise
-        if lease_id:
-            # Published chunks no longer hold the lease; unpublished ones go with it.
-            await self._revoke(lease_id)
-        if not resp.succeeded:
-            self._remember_lost(name, resp, sent)
+        if stored is None:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
-        ws = replace(ws, revision=int(resp.header.revision))
-        self._remember(replace(updated, ws=ws), sent)
-        return ws
+        return stored
 
     # -- keys and audit ------------------------------------------------------------------
 
@@ -1064,9 +1217,7 @@ class EtcdStore:
         compare = [self._kv.txn_compare_create_revision(self._k("keys/id/", key.id), 0)]
         if key.revoked_at is None:
             compare.append(self._kv.txn_compare_create_revision(self._k("keys/name/", key.name), 0))
-        resp = await self._txn(
-            compare, [*self._key_ops(key), *self._audit_ops(audit)], [], batch=True
-        )
+        resp, _ = await self._audited([audit] if audit else [], compare, self._key_ops(key))
         return bool(resp.succeeded)
 
     async def list_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
@@ -1087,8 +1238,6 @@ class EtcdStore:
     async def revoke_key(
         self, name: str, at: float, *, audit: AuditEvent | None = None
     ) -> ApiKey | None:
-        from etcd3aio._protobuf import Compare
-
         name_key = self._k("keys/name/", name)
         while True:
             pointer = await self._get(name_key)
@@ -1101,23 +1250,12 @@ class EtcdStore:
                 return None
             key = self._key_from(bytes(kv.value), bytes(used.value) if used else None)
             revoked = replace(key, revoked_at=at)
-            resp = await self._txn(
-                [
-                    Compare(
-                        result=Compare.EQUAL,
-                        target=Compare.MOD,
-                        key=name_key,
-                        mod_revision=int(pointer.mod_revision),
-                    )
-                ],
-                [
-                    put_op(self._k("keys/id/", key_id), self._key_doc(revoked)),
-                    self._kv.txn_op_delete(name_key),
-                    *self._audit_ops(audit),
-                ],
-                [],
-                batch=True,
-            )
+            ops = [
+                put_op(self._k("keys/id/", key_id), self._key_doc(revoked)),
+                self._kv.txn_op_delete(name_key),
+            ]
+            compare = [self._cmp_mod(name_key, int(pointer.mod_revision))]
+            resp, _ = await self._audited([audit] if audit else [], compare, ops)
             if resp.succeeded:
                 return revoked
 
@@ -1143,8 +1281,7 @@ class EtcdStore:
         # An event and its index copies always go in the same Txn (at most 3 ops each).
         per_txn = _OPS_PER_LEVEL // 3
         for i in range(0, len(events), per_txn):
-            ops = [op for event in events[i : i + per_txn] for op in self._audit_ops(event)]
-            await self._txn([], ops, [], batch=True)
+            await self._audited(events[i : i + per_txn], [], [])
 
     async def list_audit(
         self,
@@ -1286,12 +1423,9 @@ class EtcdStore:
         self, run: Run, *, expect_revision: int, audit: AuditEvent | None = None
     ) -> Run | None:
         stored = replace(run, revision=expect_revision + 1)
-        resp = await self._txn(
-            [self._kv.txn_compare_value(self._k("runrev/", run.id), str(expect_revision))],
-            [*self._run_ops(stored, update=True), *self._audit_ops(audit)],
-            [],
-            batch=True,
-        )
+        compare = [self._kv.txn_compare_value(self._k("runrev/", run.id), str(expect_revision))]
+        ops = self._run_ops(stored, update=True)
+        resp, _ = await self._audited([audit] if audit else [], compare, ops)
         return stored if resp.succeeded else None
 
     async def get_run(self, run_id: str) -> Run | None:

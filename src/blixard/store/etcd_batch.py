@@ -19,9 +19,13 @@ What etcd refuses for the whole Txn, and how a batch avoids it (etcd 3.4,
   txn request", `checkIntervals`). And every compare of every nested Txn is evaluated
   against the state before the batch (`compareToPath`). So requests whose keys (compared,
   put or deleted) meet never share a batch; the later one waits for the next batch.
-- more than `--max-txn-ops` (128) ops in one list (`checkTxnRequest`, per level: a nested
-  Txn is one op at its parent's level and its own lists are checked alone). A batch holds
-  at most `max_ops` top-level ops; each caller's own lists are valid alone.
+- more than `--max-txn-ops` (128) ops in one list (`checkTxnRequest`). A nested Txn is
+  one op at its parent's level, and its own lists may hold at most 128 minus its parent's
+  longest list (`checkRequestOp(u, maxTxnOps-opc)`; measured: beside 50 ops, a nested
+  list of 78 is accepted, 79 refused). So a batch holds at most MAX_BATCH_OPS top-level
+  ops, and its ops plus the longest list of any request in it stay within MAX_TXN_OPS
+  (an audit append of 33 events with index copies is 99 puts: it shares a batch with at
+  most 29 ops); each caller's own lists are valid alone.
 - a request larger than `--max-request-bytes` (1.5 MiB): a batch stops at `max_bytes` of
   encoded ops, except that its first request always goes (it was valid alone).
 - an op that fails at apply time (a put with a lease that is gone, `ignore_value` on a
@@ -55,6 +59,8 @@ IN_FLIGHT = 1
 MAX_BATCH_BYTES = 1024 * 1024
 #: Top-level ops of one batch (etcd's --max-txn-ops is 128 per list).
 MAX_BATCH_OPS = 100
+#: etcd's --max-txn-ops: a batch's top-level ops plus the longest list of a nested Txn in it.
+MAX_TXN_OPS = 128
 #: Plain reads in one batch: a version record may be ~700 KiB, and the whole answer must
 #: stay well below the client's 64 MiB receive limit.
 MAX_BATCH_READS = 32
@@ -154,6 +160,8 @@ class _Waiter:
     size: int
     deadline: float
     future: asyncio.Future[Any]
+    #: The longest list (compare, success, failure) of its nested Txn; 0 for reads.
+    width: int = 0
     points: set[bytes] = field(default_factory=set)
     spans: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -206,6 +214,7 @@ class _Batch:
         self.size = 0
         self.ops = 0
         self.reads = 0
+        self.width = 0
 
     def conflicts(self, w: _Waiter) -> bool:
         if not self.points.isdisjoint(w.points):
@@ -222,8 +231,10 @@ class _Batch:
         if not self.waiters:
             return True
         reads = self.reads + (w.kind != _NESTED) * len(w.ops)
+        ops = self.ops + len(w.ops)
         return (
-            self.ops + len(w.ops) <= MAX_BATCH_OPS
+            ops <= MAX_BATCH_OPS
+            and ops + max(self.width, w.width) <= MAX_TXN_OPS
             and self.size + w.size <= MAX_BATCH_BYTES
             and reads <= MAX_BATCH_READS
             and not self.conflicts(w)
@@ -235,6 +246,7 @@ class _Batch:
         self.spans += w.spans
         self.size += w.size
         self.ops += len(w.ops)
+        self.width = max(self.width, w.width)
         if w.kind != _NESTED:
             self.reads += len(w.ops)
 
@@ -275,6 +287,7 @@ class TxnBatcher:
 
         waiter = self._waiter(alone, ops, kind)
         if kind == _NESTED:
+            waiter.width = max(len(compare), len(success), len(failure))
             _touched(compare, success, waiter)
             _touched((), failure, waiter)
         return await self._queued(waiter)

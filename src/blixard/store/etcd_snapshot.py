@@ -243,6 +243,8 @@ class _Importer:
         self._run_ids: set[str] = set()
         self._current: _Current | None = None
         self._last_audit_id = 0
+        #: The newest imported audit id below OLD_AUDIT_IDS (ids above it are re-keyed).
+        self._newest_id = 0
         self._announced: SnapshotCounts | None = None
         self._ops: list[Any] = []
         self._bytes = 0
@@ -268,7 +270,15 @@ class _Importer:
                 "only into an empty store"
             )
         marker = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
-        await store._txn([], [self.kv.txn_op_put(store._k("meta/import"), marker)], [])
+        # The audit id marker open() wrote goes: finish() writes it again for what came in.
+        await store._txn(
+            [],
+            [
+                self.kv.txn_op_put(store._k("meta/import"), marker),
+                self.kv.txn_op_delete(store._k("meta/auditids")),
+            ],
+            [],
+        )
 
     async def _op(self, op: Any, size: int = 256) -> None:
         if self._ops and self._bytes + size > _BATCH_BYTES:
@@ -323,6 +333,8 @@ class _Importer:
                 for op in store._key_ops(record.key):
                     await self._op(op)
             elif isinstance(record, AuditRecord):
+                from blixard.store.etcd import OLD_AUDIT_IDS
+
                 event = record.event
                 if event.id is None or event.id <= self._last_audit_id:
                     raise SnapshotCorrupt(
@@ -330,6 +342,8 @@ class _Importer:
                         f"{self._last_audit_id})"
                     )
                 self._last_audit_id = event.id
+                if event.id < OLD_AUDIT_IDS:
+                    self._newest_id = event.id
                 for op in store._audit_ops(event):
                     await self._op(op)
             elif isinstance(record, RunRecord):
@@ -439,6 +453,9 @@ class _Importer:
                     "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
                 )
         await self._flush()
+        # Events of an etcd export from before the ids changed get new ones now; new events
+        # will have ids above every imported one.
+        await self.store._upgrade_audit_ids(floor=self._newest_id)
         await self.store._txn([], [self.kv.txn_op_delete(self.store._k("meta/import"))], [])
 
 
