@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -525,6 +526,19 @@ def leader_endpoint(endpoints: list[str]) -> str:
     return next(
         e for e, s in zip(endpoints, statuses, strict=True) if s["header"]["member_id"] == leader
     )
+
+
+@contextlib.contextmanager
+def private_cluster(size: int = 1) -> Iterator[EtcdCluster]:
+    """A cluster of the caller's own, for a test that changes cluster-wide state (an alarm)
+    that must not reach tests using the shared cluster at the same time (parallel workers);
+    its data is deleted when it stops."""
+    base = Path(tempfile.mkdtemp(prefix="blixard-etcd-own-"))
+    try:
+        with EtcdCluster(base, size) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 _shared_lock = threading.Lock()

@@ -19,12 +19,17 @@ import httpx
 TEST_ENGINES = [e for e in ("sqlite", "etcd") if os.environ.get("BLIXARD_TEST_ENGINE", e) == e]
 
 
+def etcd_url(endpoints: list[str], prefix: str) -> str:
+    """A storage URL for `prefix` on the (plaintext) etcd members at `endpoints`."""
+    hosts = ",".join(e.removeprefix("http://") for e in endpoints)
+    return f"etcd://{hosts}/{prefix}"
+
+
 def shared_etcd_url(prefix: str) -> str:
     """A storage URL for `prefix` on the session's shared 3-member etcd test cluster."""
     from tests.etcd_cluster import shared_cluster_endpoints
 
-    hosts = ",".join(e.removeprefix("http://") for e in shared_cluster_endpoints())
-    return f"etcd://{hosts}/{prefix}"
+    return etcd_url(shared_cluster_endpoints(), prefix)
 
 
 def free_port() -> int:

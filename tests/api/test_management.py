@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from starlette.testclient import TestClient
 
 from tests.api.conftest import ClientFactory, lock_info, snapshot, tfstate
+from tests.etcd_cluster import EtcdCluster, private_cluster
+from tests.harness import etcd_url
 
 API = "/api/tofu"
 
@@ -188,29 +193,43 @@ def test_openapi_documents_every_route(make_client: ClientFactory) -> None:
     assert client.get("/docs").status_code == 200
 
 
-def etcd_space_alarm(action: str) -> None:
-    """ACTIVATE or DEACTIVATE etcd's NOSPACE alarm on the shared cluster: what etcd raises
-    when its quota is used up; until it is disarmed every write is refused."""
-    from tests.etcd_cluster import Gateway, shared_cluster_endpoints
+@pytest.fixture
+def own_etcd(engine: str) -> Iterator[EtcdCluster | None]:
+    """On etcd, a 1-member cluster of the test's own: the NOSPACE alarm is cluster-wide and
+    would refuse the writes of every other test on the shared cluster meanwhile (parallel
+    workers). None on SQLite."""
+    if engine != "etcd":
+        yield None
+        return
+    with private_cluster(1) as cluster:
+        yield cluster
 
-    with Gateway(shared_cluster_endpoints()[0]) as gateway:
+
+def etcd_space_alarm(cluster: EtcdCluster, action: str) -> None:
+    """ACTIVATE or DEACTIVATE etcd's NOSPACE alarm: what etcd raises when its quota is used
+    up; until it is disarmed every write is refused."""
+    with cluster.gateway(cluster.members[0]) as gateway:
         member = gateway.status()["header"]["member_id"]
         body = {"action": action, "memberID": member, "alarm": "NOSPACE"}
         gateway.call("maintenance/alarm", body)
 
 
 def test_storage_full_is_503_with_retry_after_and_recovers(
-    make_client: ClientFactory, engine: str
+    own_etcd: EtcdCluster | None, make_client: ClientFactory
 ) -> None:
-    client = make_client()
+    # own_etcd comes first: its cluster stops only after make_client closed the app.
+    overrides = {}
+    if own_etcd is not None:
+        overrides["storage_url"] = etcd_url(own_etcd.endpoints, "blixard-api-test/full")
+    client = make_client(**overrides)
     write(client, "w", tfstate(1))
     before = snapshot(client, "w")
     store = client.app_state.service.store  # type: ignore[attr-defined]
 
     def full(yes: bool) -> None:
         """The "disk" is full (or has room again)."""
-        if engine == "etcd":
-            etcd_space_alarm("ACTIVATE" if yes else "DEACTIVATE")
+        if own_etcd is not None:
+            etcd_space_alarm(own_etcd, "ACTIVATE" if yes else "DEACTIVATE")
             return
         limit = 1_000_000
         if yes:
@@ -233,6 +252,8 @@ def test_storage_full_is_503_with_retry_after_and_recovers(
         assert response.status_code == 503, response.text
         assert response.json()["error"] == "storage_unavailable"
         assert response.headers["retry-after"] == "1"
+        # Reads are still served, and show that nothing changed.
+        assert client.get(f"{API}/state/w").content == tfstate(1)
         assert snapshot(client, "w") == before
     finally:
         full(False)

@@ -5,7 +5,8 @@ The servers here get PATH=/usr/bin:/bin, so no `terraform`/`tofu` binary is foun
 embedded engine is used, as on a machine with only `pip install 'blixard[embedded]'`.
 Configurations use only `terraform_data` (no provider download). Workspaces are unique
 per test; one server (authentication on) is shared by the module, plus one open server
-that the restart test kills with SIGKILL.
+that the restart test kills with SIGKILL. The run listing tests also run on a server on a
+prefix of the shared etcd test cluster (`lister`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +30,7 @@ import httpx
 import pytest
 
 from tests.e2e.tfkit import unique_name
-from tests.harness import ServerProcess
+from tests.harness import TEST_ENGINES, ServerProcess, shared_etcd_url
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +99,7 @@ class Runs:
     """The run routes, with one credential."""
 
     def __init__(self, url: str, key: str | None) -> None:
+        self.url = url
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=url + "/api/tofu", headers=headers, timeout=30.0)
 
@@ -255,6 +258,31 @@ def keys(admin: Runs) -> dict[str, str]:
     return secrets
 
 
+@pytest.fixture(scope="module", params=TEST_ENGINES)
+def lister(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, root: Path
+) -> Iterator[Runs]:
+    """The admin of a server per engine, for the run listing tests: on SQLite the module's
+    server, on etcd one on a prefix of the shared test cluster (the `runs-ws/` index)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("admin")
+        return
+    base = tmp_path_factory.mktemp("blixard-runs-etcd")
+    url = shared_etcd_url(f"blixard-e2e-runs-{uuid.uuid4().hex[:8]}")
+    server = ServerProcess(
+        base / "data",
+        env=server_env(root, BLIXARD_ADMIN_KEY=ADMIN_KEY, BLIXARD_STORAGE_URL=url),
+        log_path=base / "server.log",
+    ).start(timeout=60)
+    runs = Runs(server.url, ADMIN_KEY)
+    try:
+        yield runs
+    finally:
+        runs.close()
+        server.stop()
+    check_log(server)
+
+
 @pytest.fixture
 def ws(request: pytest.FixtureRequest) -> str:
     return unique_name(request.node.name)
@@ -378,20 +406,91 @@ def test_stale_plan_is_refused_after_another_write(admin: Runs, root: Path, ws: 
 
 
 def test_two_plans_on_one_workspace_run_one_after_the_other(
-    admin: Runs, root: Path, ws: str
+    lister: Runs, root: Path, ws: str
 ) -> None:
     directory = config_dir(root, "queue")
-    first = admin.create(ws, directory, auto_approve=True, variables={"sleep": "2"})
-    second = admin.create(ws, directory, variables={"value": "two"})
-    admin.wait(first["plan_id"], "applying")
-    assert admin.get(second["plan_id"])["status"] == "queued"  # a worker is free, but not ws
-    done = admin.wait(first["plan_id"], "applied")
-    planned = admin.wait(second["plan_id"], "planned")
+    first = lister.create(ws, directory, auto_approve=True, variables={"sleep": "2"})
+    second = lister.create(ws, directory, variables={"value": "two"})
+    lister.wait(first["plan_id"], "applying")
+    assert lister.get(second["plan_id"])["status"] == "queued"  # a worker is free, but not ws
+    done = lister.wait(first["plan_id"], "applied")
+    planned = lister.wait(second["plan_id"], "planned")
     assert when(planned["started_at"]) >= when(done["finished_at"])
-    assert planned["plan_serial"] == admin.state(ws)["serial"]  # planned against the new state
+    assert planned["plan_serial"] == lister.state(ws)["serial"]  # planned against the new state
     assert planned["summary"]["change"] == 1, planned
-    listed = [run["plan_id"] for run in admin.plans(ws)]
-    assert listed == [second["plan_id"], first["plan_id"]]  # newest first
+    listed = lister.plans(ws)
+    assert listed == [planned, done]  # newest first, each as GET /plan/{id} shows it
+
+
+def test_runs_are_listed_newest_first_in_pages(lister: Runs, root: Path, ws: str) -> None:
+    """GET /plans/{ws} and `blixard plans`: the workspace's runs only, newest first, paged by
+    `next_before` with no gap or repeat, each with its current status. One real run holds
+    the workspace, so the others stay queued (cheap) until discarded or cancelled."""
+    directory = config_dir(root, "listing")
+    holder = lister.create(ws, directory, auto_approve=True, variables={"sleep": "60"})
+    queued = [lister.create(ws, directory)["plan_id"] for _ in range(6)]
+    # A workspace whose name extends this one's keeps its runs apart.
+    other = lister.create(f"{ws}x", directory)["plan_id"]
+    assert lister.http.post(f"/plans/{other}/cancel").status_code == 200
+    for plan_id in queued[1], queued[4]:
+        assert lister.http.post(f"/plans/{plan_id}/discard").status_code == 200
+    assert lister.http.post(f"/plans/{queued[2]}/cancel").json()["status"] == "cancelled"
+    status = {plan_id: "queued" for plan_id in queued}
+    status.update({queued[1]: "discarded", queued[4]: "discarded", queued[2]: "cancelled"})
+    newest_first = sorted([holder["plan_id"], *queued], reverse=True)  # ids sort by time
+
+    pages: list[list[str]] = []
+    before = None
+    while True:
+        params = {"limit": 3} if before is None else {"limit": 3, "before": before}
+        resp = lister.http.get(f"/plans/{ws}", params=params)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        assert page["workspace"] == ws
+        pages.append([run["plan_id"] for run in page["plans"]])
+        for run in page["plans"]:
+            assert run["workspace"] == ws
+            if run["plan_id"] == holder["plan_id"]:
+                assert run["status"] in ("queued", "planning", "planned", "applying"), run
+            else:
+                assert run["status"] == status[run["plan_id"]], run
+        before = page["next_before"]
+        if before is None:
+            break
+        assert before == pages[-1][-1]
+    assert pages == [newest_first[0:3], newest_first[3:6], newest_first[6:]]
+    assert [run["plan_id"] for run in lister.plans(f"{ws}x")] == [other]
+    assert lister.plans(f"{ws}-none") == []
+    refused = lister.http.get(f"/plans/{ws}", params={"limit": 0})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+
+    table = _cli(["plans", ws, "--limit", "3"], lister.url, ADMIN_KEY)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.startswith("run-")}
+    assert sorted(rows, reverse=True) == newest_first[:3], table.stdout
+    for plan_id in newest_first[:3]:
+        if plan_id != holder["plan_id"]:
+            assert status[plan_id] in rows[plan_id], table.stdout
+    assert f"--before {newest_first[2]}" in table.stdout
+    older = _cli(
+        ["plans", ws, "--limit", "3", "--before", newest_first[2], "--json"], lister.url, ADMIN_KEY
+    )
+    assert older.returncode == 0, older.stderr
+    assert (
+        json.loads(older.stdout)
+        == lister.http.get(f"/plans/{ws}", params={"limit": 3, "before": newest_first[2]}).json()
+    )
+
+    # The rest ends: the listing shows every run's final status.
+    for plan_id in queued[0], queued[3], queued[5]:
+        assert lister.http.post(f"/plans/{plan_id}/discard").status_code == 200
+        status[plan_id] = "discarded"
+    assert lister.http.post(f"/plans/{holder['plan_id']}/cancel").status_code == 200
+    status[holder["plan_id"]] = lister.wait(holder["plan_id"], "cancelled")["status"]
+    listed = lister.plans(ws)
+    assert [(run["plan_id"], run["status"]) for run in listed] == [
+        (plan_id, status[plan_id]) for plan_id in newest_first
+    ]
 
 
 def test_config_dir_outside_the_plan_roots_is_refused(

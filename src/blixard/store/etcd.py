@@ -811,8 +811,9 @@ class EtcdStore:
 
     async def _probe_member(self, client_urls: list[str], deadline: float) -> Any | None:
         """One member's maintenance status on its own client URL (over TLS with this store's
-        certificates when the URL is https), or None if it does not answer within
-        `deadline`. Status needs no auth token."""
+        certificates when the URL is https), on connections of its own (a member that is
+        back answers at once), or None if it does not answer within `deadline`. Status needs
+        no auth token."""
         import grpc
         from etcd3aio.errors import EtcdError
         from etcd3aio.maintenance import MaintenanceService
@@ -824,7 +825,7 @@ class EtcdStore:
             parsed = urlparse(url if "://" in url else f"http://{url}")
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 continue
-            channel = conn.channel(parsed.netloc, tls=parsed.scheme == "https")
+            channel = conn.channel(parsed.netloc, tls=parsed.scheme == "https", fresh=True)
             try:
                 service = MaintenanceService(channel, max_attempts=1)
                 return await service.status(timeout=deadline)

@@ -578,21 +578,29 @@ class EtcdConnection:
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
 
-    def channel(self, endpoint: str, *, tls: bool, address: str | None = None) -> Any:
+    def channel(
+        self, endpoint: str, *, tls: bool, address: str | None = None, fresh: bool = False
+    ) -> Any:
         """A channel to one `host:port`, with this connection's TLS settings when `tls`.
 
         With `address` (a gRPC `ipv4:`/`ipv6:` target) it connects there but checks the
-        certificate against the host of `endpoint`, as the channel to the name would."""
+        certificate against the host of `endpoint`, as the channel to the name would.
+        With `fresh` it dials on connections of its own: gRPC otherwise shares subchannels
+        process-wide by target and options, so a probe would reuse the store's connection to
+        a member that was down, still waiting out its reconnect backoff (1 s growing x1.6 up
+        to 120 s), and report the member dead for that long after it is back."""
         import grpc
 
         target = address or f"dns:///{endpoint}"
+        options = list(_CHANNEL_OPTIONS)
+        if fresh:
+            options.append(("grpc.use_local_subchannel_pool", 1))
         if not tls:
-            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(target, options=options)
         access = self.access
         credentials = grpc.ssl_channel_credentials(
             root_certificates=access.ca, private_key=access.key, certificate_chain=access.cert
         )
-        options = list(_CHANNEL_OPTIONS)
         server_name = access.server_name or (_host(endpoint) if address else None)
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
