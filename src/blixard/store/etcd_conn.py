@@ -609,11 +609,13 @@ class EtcdConnection:
     async def _diagnose(self) -> list[str]:
         """Why each address fails, asked one by one: a channel reports only its last error,
         which may be about an address nobody listens on (localhost's ::1 when etcd listens
-        on 127.0.0.1) rather than the TLS problem on the one that matters."""
+        on 127.0.0.1) rather than the TLS problem on the one that matters. Each probe dials
+        on its own connection (`fresh`), not on the failed channel's, which may still be
+        waiting out a reconnect backoff and would only repeat its last error."""
         from etcd3aio.maintenance import MaintenanceService
 
         async def probe(endpoint: str, address: str) -> str | None:
-            channel = self.channel(endpoint, tls=self.access.tls, address=address)
+            channel = self.channel(endpoint, tls=self.access.tls, address=address, fresh=True)
             try:
                 await MaintenanceService(channel, max_attempts=1).status(timeout=2.0)
                 return None
