@@ -69,9 +69,4 @@ def main() -> None:
     # gRPC (the etcd engine) logs TLS handshake failures and the like to stderr at INFO;
     # Blixard reports them itself, in one line.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    # gRPC's client connections on its older I/O layer instead of the EventEngine one it
-    # defaults to since 1.6x: ~100 us less CPU and ~0.1 ms less latency per etcd call at
-    # one call in flight (docs/etcd-notes.md §12). Read when grpc is first imported, which
-    # no module does before this; an operator's own GRPC_EXPERIMENTS wins.
-    os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client")
     app()

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:
     from blixard.config import Settings
+
+
+def _prefer_grpc_legacy_client() -> None:
+    """Run gRPC's client connections on its older I/O layer rather than the EventEngine one
+    it defaults to since 1.6x: ~100 us less CPU and ~0.1 ms less latency per etcd call at
+    one call in flight (docs/etcd-notes.md §12). gRPC reads GRPC_EXPERIMENTS once, when it
+    is first imported, which this package only does lazily, after this module; so servers,
+    CLI and tests all run the same transport. An operator's own GRPC_EXPERIMENTS wins."""
+    if "grpc" not in sys.modules:
+        os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client")
+
+
+_prefer_grpc_legacy_client()
 
 log = logging.getLogger(__name__)
 
