@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -151,3 +152,17 @@ def dir_bytes(path: Path) -> dict[str, int]:
     return {
         str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()
     }
+
+
+async def open_twice(store: Any) -> tuple[float, float]:
+    """Seconds to open a store the first time (with whatever one-time work it does at
+    open: index backfills, id re-keying) and then again; it is left open."""
+    import time
+
+    started = time.perf_counter()
+    await store.open()
+    first = time.perf_counter() - started
+    await store.close()
+    started = time.perf_counter()
+    await store.open()
+    return first, time.perf_counter() - started

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.etcd_cluster; blixard comes from PYTHONPATH
 
+from _common import open_twice  # noqa: E402
+
 from blixard.domain.access import AuditEvent  # noqa: E402
 from blixard.store.etcd import OLD_AUDIT_IDS, EtcdStore, _prefix_end  # noqa: E402
 
@@ -50,13 +52,7 @@ async def measure(endpoints: list[str], events: int) -> None:
             await store._txn([], [op for e in old[i : i + 30] for op in store._audit_ops(e)], [])
         await store._kv.delete(store._k("meta/auditids"))
         reopened = EtcdStore(endpoints, prefix)
-        started = time.perf_counter()
-        await reopened.open()
-        first = time.perf_counter() - started
-        await reopened.close()
-        started = time.perf_counter()
-        await reopened.open()
-        again = time.perf_counter() - started
+        first, again = await open_twice(reopened)
         try:
             listed = await reopened.list_audit(limit=events)
         finally:

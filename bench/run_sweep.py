@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.etcd_cluster; blixard comes from PYTHONPATH
 
+from _common import open_twice  # noqa: E402
+
 from blixard.domain.runs import PlanSummary, Run, RunStatus  # noqa: E402
 from blixard.store.crypto import Cipher  # noqa: E402
 from blixard.store.etcd import EtcdStore, _prefix_end  # noqa: E402
@@ -117,13 +119,7 @@ async def backfill(
         await store._kv.delete(store._k(index), _prefix_end(store._k(index)))
         await store._kv.delete(store._k(marker))
     reopened = EtcdStore(endpoints, prefix, cipher=cipher)
-    started = time.perf_counter()
-    await reopened.open()
-    first = time.perf_counter() - started
-    await reopened.close()
-    started = time.perf_counter()
-    await reopened.open()
-    again = time.perf_counter() - started
+    first, again = await open_twice(reopened)
     try:
         found = await reopened.list_runs(statuses=OPEN, limit=10_000)
         page = await reopened.list_runs(workspace="ws-01", limit=50)
