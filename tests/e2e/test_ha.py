@@ -24,7 +24,16 @@ import httpx
 import pytest
 
 from tests.e2e.test_runs import Runs, config_dir, orphans_under
-from tests.e2e.tfkit import STYLES, Api, TfProject, lock_info, resource_config, unique_name
+from tests.e2e.tfkit import (
+    STYLES,
+    Api,
+    TfProject,
+    lock_info,
+    lock_race,
+    race_winner,
+    resource_config,
+    unique_name,
+)
 from tests.etcd_cluster import EtcdCluster, b64
 from tests.harness import ServerProcess
 
@@ -204,46 +213,6 @@ def test_lock_through_a_blocks_terraform_through_b(
 # --------------------------------------------------------------------------- lock race
 
 
-#: Every lock route of the contract; contenders spread over them and over both nodes.
-LOCK_ROUTES = [("LOCK", "lock"), ("POST", "lock"), ("LOCK", "state")]
-
-
-def race(
-    clients: list[httpx.Client], ws: str, round_no: int
-) -> list[tuple[dict[str, str], httpx.Response]]:
-    """CONTENDERS LOCKs with distinct IDs, released together by a barrier."""
-    infos = [
-        lock_info(f"r{round_no}-c{i}-{uuid.uuid4()}", who=f"racer-{i}@node-{'ab'[i % 2]}")
-        for i in range(CONTENDERS)
-    ]
-    barrier = threading.Barrier(CONTENDERS)
-    results: list[httpx.Response | BaseException | None] = [None] * CONTENDERS
-
-    def contend(i: int) -> None:
-        method, route = LOCK_ROUTES[(i // 2 + round_no) % len(LOCK_ROUTES)]
-        try:
-            barrier.wait(10)
-            results[i] = clients[i].request(
-                method,
-                f"/{route}/{ws}",
-                content=json.dumps(infos[i]),
-                headers={"Content-Type": "application/json"},
-            )
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(CONTENDERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(40)
-    out = []
-    for info, res in zip(infos, results, strict=True):
-        assert isinstance(res, httpx.Response), res
-        out.append((info, res))
-    return out
-
-
 def test_32_concurrent_locks_over_both_nodes(nodes: Nodes) -> None:
     urls = [nodes.a.url, nodes.b.url]
     clients = [
@@ -254,18 +223,16 @@ def test_32_concurrent_locks_over_both_nodes(nodes: Nodes) -> None:
             assert client.get("/workspaces").status_code == 200
         ws = unique_name("ha-race")
         for round_no in range(LOCK_ROUNDS):
-            outcome = race(clients, ws, round_no)
-            statuses = sorted(resp.status_code for _, resp in outcome)
-            assert statuses == [200] + [423] * (CONTENDERS - 1), (round_no, statuses)
-            (winner,) = [info for info, resp in outcome if resp.status_code == 200]
-            for info, resp in outcome:
-                body: dict[str, Any] = resp.json()
-                if resp.status_code == 200:
-                    assert body["ID"] == info["ID"], body
-                    continue
-                assert body["error"] == "locked", body
-                assert body["ID"] == winner["ID"], (body, winner)
-                assert body["Who"] == winner["Who"], (body, winner)
+            # Contenders alternate nodes (client i on node i % 2) and routes.
+            outcome = lock_race(
+                clients,
+                ws,
+                round_no,
+                who=lambda i: f"racer-{i}@node-{'ab'[i % 2]}",
+                route_slot=lambda i: i // 2,
+                join_seconds=40,
+            )
+            winner = race_winner(outcome)
             for api in (nodes.api_a, nodes.api_b):
                 status = api.lock_status(ws).json()
                 assert status["locked"] is True and status["lock"]["ID"] == winner["ID"]

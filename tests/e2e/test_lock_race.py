@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.tfkit import Api, lock_info
+from tests.e2e.tfkit import Api, LockOutcome, lock_race, race_winner
 from tests.harness import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -19,8 +16,6 @@ pytestmark = pytest.mark.e2e
 CONTENDERS = 32
 ROUNDS = 10
 FRESH_WORKSPACE_ROUNDS = 3
-# Every lock route of the contract; contenders spread over them all race for the same lock.
-LOCK_ROUTES = [("LOCK", "lock"), ("POST", "lock"), ("LOCK", "state")]
 
 
 @pytest.fixture(scope="module")
@@ -36,55 +31,12 @@ def clients(server: ServerProcess) -> Iterator[list[httpx.Client]]:
         client.close()
 
 
-def race(
-    clients: list[httpx.Client], ws: str, round_no: int
-) -> list[tuple[dict[str, str], httpx.Response]]:
-    infos = [
-        lock_info(f"r{round_no}-c{i}-{uuid.uuid4()}", who=f"racer-{i}@host")
-        for i in range(CONTENDERS)
-    ]
-    barrier = threading.Barrier(CONTENDERS)
-    results: list[httpx.Response | BaseException | None] = [None] * CONTENDERS
-
-    def contend(i: int) -> None:
-        method, route = LOCK_ROUTES[(i + round_no) % len(LOCK_ROUTES)]
-        body = json.dumps(infos[i])
-        try:
-            barrier.wait(10)
-            results[i] = clients[i].request(
-                method, f"/{route}/{ws}", content=body, headers={"Content-Type": "application/json"}
-            )
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(CONTENDERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    out = []
-    for info, res in zip(infos, results, strict=True):
-        assert isinstance(res, httpx.Response), res
-        out.append((info, res))
-    return out
+def race(clients: list[httpx.Client], ws: str, round_no: int) -> LockOutcome:
+    return lock_race(clients, ws, round_no, who=lambda i: f"racer-{i}@host")
 
 
-def check_round(
-    api: Api, ws: str, outcome: list[tuple[dict[str, str], httpx.Response]]
-) -> dict[str, str]:
-    statuses = sorted(resp.status_code for _, resp in outcome)
-    assert statuses == [200] + [423] * (CONTENDERS - 1), statuses
-    (winner,) = [info for info, resp in outcome if resp.status_code == 200]
-    for info, resp in outcome:
-        body: dict[str, Any] = resp.json()
-        if resp.status_code == 200:
-            assert body["ID"] == info["ID"], body
-            continue
-        assert body["error"] == "locked", body
-        assert body["message"], body
-        assert body["ID"] == winner["ID"], (body, winner)
-        assert body["Who"] == winner["Who"], (body, winner)
-        assert body["Operation"] == winner["Operation"], body
+def check_round(api: Api, ws: str, outcome: LockOutcome) -> dict[str, str]:
+    winner = race_winner(outcome)
     status = api.lock_status(ws).json()
     assert status["locked"] is True
     assert status["lock"]["ID"] == winner["ID"]

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -254,6 +254,69 @@ def lock_info(
         "Created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "Path": "",
     }
+
+
+#: Every lock route of the contract; a lock race spreads its contenders over them.
+LOCK_ROUTES = [("LOCK", "lock"), ("POST", "lock"), ("LOCK", "state")]
+
+LockOutcome = list[tuple[dict[str, str], httpx.Response]]
+
+
+def lock_race(
+    clients: list[httpx.Client],
+    ws: str,
+    round_no: int,
+    *,
+    who: Callable[[int], str],
+    route_slot: Callable[[int], int] = lambda i: i,
+    join_seconds: float = 60,
+) -> LockOutcome:
+    """One LOCK per client, each with its own ID, released together by a barrier; contender
+    i uses LOCK_ROUTES[route_slot(i) + round_no] and is `who(i)`."""
+    contenders = len(clients)
+    infos = [lock_info(f"r{round_no}-c{i}-{uuid.uuid4()}", who=who(i)) for i in range(contenders)]
+    barrier = threading.Barrier(contenders)
+    results: list[httpx.Response | BaseException | None] = [None] * contenders
+
+    def contend(i: int) -> None:
+        method, route = LOCK_ROUTES[(route_slot(i) + round_no) % len(LOCK_ROUTES)]
+        body = json.dumps(infos[i])
+        try:
+            barrier.wait(10)
+            results[i] = clients[i].request(
+                method, f"/{route}/{ws}", content=body, headers={"Content-Type": "application/json"}
+            )
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_seconds)
+    out = []
+    for info, res in zip(infos, results, strict=True):
+        assert isinstance(res, httpx.Response), res
+        out.append((info, res))
+    return out
+
+
+def race_winner(outcome: LockOutcome) -> dict[str, str]:
+    """The one contender that got the lock; every other was told, with a 423, who holds it."""
+    statuses = sorted(resp.status_code for _, resp in outcome)
+    assert statuses == [200] + [423] * (len(outcome) - 1), statuses
+    (winner,) = [info for info, resp in outcome if resp.status_code == 200]
+    for info, resp in outcome:
+        body: dict[str, Any] = resp.json()
+        if resp.status_code == 200:
+            assert body["ID"] == info["ID"], body
+            continue
+        assert body["error"] == "locked", body
+        assert body["message"], body
+        assert body["ID"] == winner["ID"], (body, winner)
+        assert body["Who"] == winner["Who"], (body, winner)
+        assert body["Operation"] == winner["Operation"], body
+    return winner
 
 
 def sha256_hex(data: bytes) -> str:
