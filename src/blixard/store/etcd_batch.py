@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blixard.domain.errors import StorageUnavailable
+from blixard.store.etcd_conn import grpc_detail
 
 #: Calls in flight at once, each a lone request or a batch. Two made batches smaller and
 #: cost more CPU per cycle for no more cycles/s (bench/cycle.py, docs/etcd-notes.md §12).
@@ -67,12 +68,12 @@ MAX_BATCH_READS = 32
 
 
 def unavailable(exc: BaseException) -> StorageUnavailable:
-    """What a caller sees when etcd did not answer (the same for a lone call and a batch)."""
-    import grpc
-
-    if isinstance(exc, grpc.aio.AioRpcError):  # its str() is a multi-line debug dump
-        return StorageUnavailable(f"etcd did not answer ({exc.code().name}: {exc.details()}).")
-    return StorageUnavailable(f"etcd did not answer ({type(exc).__name__}: {exc}).")
+    """What a caller sees when etcd did not answer (the same for a lone call and a batch):
+    a gRPC error as `CODE: details` (its str() is a multi-line debug dump)."""
+    code, details = grpc_detail(exc)
+    if code is None:
+        return StorageUnavailable(f"etcd did not answer ({type(exc).__name__}: {exc}).")
+    return StorageUnavailable(f"etcd did not answer ({code.name}: {details}).")
 
 
 def put_op(key: bytes, value: bytes, *, lease: int = 0) -> Any:

@@ -272,7 +272,7 @@ def _host(endpoint: str) -> str:
     return endpoint.rpartition(":")[0].strip("[]")
 
 
-def _detail(exc: BaseException) -> tuple[Any, str]:
+def grpc_detail(exc: BaseException) -> tuple[Any, str]:
     """The gRPC status code and details behind an etcd3aio error, on one line."""
     import grpc
 
@@ -485,7 +485,7 @@ class _LeaderWatch:
             try:
                 await self.refresh()
             except Exception as exc:  # a look that fails is retried; calls go round robin
-                log.debug("looking for the etcd leader failed: %s", _detail(exc)[1])
+                log.debug("looking for the etcd leader failed: %s", grpc_detail(exc)[1])
 
     async def _targets(self) -> list[tuple[str, Any]]:
         """Every channel to ask, with what it reaches: endpoint channels, or per-address
@@ -635,7 +635,7 @@ class EtcdConnection:
                 await MaintenanceService(channel, max_attempts=1).status(timeout=2.0)
                 return None
             except Exception as exc:
-                return _detail(exc)[1]
+                return grpc_detail(exc)[1]
             finally:
                 await channel.close()
 
@@ -688,7 +688,7 @@ class EtcdConnection:
         except Exception as exc:
             import grpc
 
-            code, detail = _detail(exc)
+            code, detail = grpc_detail(exc)
             details = [detail]
             if code == grpc.StatusCode.UNAVAILABLE:
                 details += await self._diagnose()
@@ -705,7 +705,7 @@ class EtcdConnection:
                 self.access.user, self.access.password, timeout=self.timeout
             )
         except (EtcdError, grpc.aio.AioRpcError) as exc:
-            if "authentication is not enabled" not in _detail(exc)[1]:
+            if "authentication is not enabled" not in grpc_detail(exc)[1]:
                 raise
             log.warning(
                 "etcd authentication is not enabled on the cluster: user %r is not used",
