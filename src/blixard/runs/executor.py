@@ -388,6 +388,7 @@ class RunExecutor:
         async with self._workdir(run) as paths:
             await self._materialize(run, paths)
             env = self._env(run, paths)
+            live.redactor.add(env["TF_HTTP_PASSWORD"])
             await self._step(run, binary, ["init", "-input=false", "-no-color"], paths, env, live)
             args = ["plan", "-input=false", "-no-color", f"-out={PLAN_FILE}", "-detailed-exitcode"]
             if run.destroy:
@@ -422,6 +423,7 @@ class RunExecutor:
             await self._materialize(run, paths)
             (paths.host_run / "config" / PLAN_FILE).write_bytes(plan)
             env = self._env(run, paths)
+            live.redactor.add(env["TF_HTTP_PASSWORD"])
             await self._step(run, binary, ["init", "-input=false", "-no-color"], paths, env, live)
             await self._step(
                 run, binary, ["apply", "-input=false", "-no-color", PLAN_FILE], paths, env, live
@@ -612,7 +614,8 @@ class RunExecutor:
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *self._argv(binary, args, paths),
-            cwd=paths.host_run,
+            # Sandboxed, bwrap chooses the directory: no host path in the run's $PWD.
+            cwd="/" if self.sandbox.enabled else paths.host_run,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

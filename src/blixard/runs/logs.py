@@ -4,6 +4,7 @@ the values of the run's variables, which never reach the log (`(redacted)`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -19,11 +20,18 @@ class Redactor:
     """Replaces every occurrence of the given values (also inside longer strings)."""
 
     def __init__(self, values: Iterable[str]) -> None:
-        secrets = sorted(
-            {v.encode() for v in values if len(v.encode()) >= MIN_REDACTED_LENGTH},
-            key=len,
-            reverse=True,  # the longest first: a value containing another is hidden whole
-        )
+        self._values: set[bytes] = set()
+        self.longest = 0
+        self._pattern: re.Pattern[bytes] | None = None
+        self.add(*values)
+
+    def add(self, *values: str) -> None:
+        """Also hide these (e.g. the run's own credential, issued once the log exists)."""
+        for value in values:
+            if len(value.encode()) >= MIN_REDACTED_LENGTH:
+                self._values |= {form.encode() for form in _quoted_forms(value)}
+        # The longest first: a value that contains another is hidden whole.
+        secrets = sorted(self._values, key=len, reverse=True)
         self.longest = len(secrets[0]) if secrets else 0
         self._pattern = re.compile(b"|".join(map(re.escape, secrets))) if secrets else None
 
@@ -59,6 +67,15 @@ class Redactor:
         cut = max(position, limit)
         out += pending[position:cut]
         return bytes(out), pending[cut:]
+
+
+def _quoted_forms(value: str) -> set[str]:
+    """The value as is, and as Terraform quotes it in what it prints (JSON and HCL escapes:
+    `"`, `\\`, newlines, `${`), so a value shown inside a quoted string is hidden too."""
+    escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+    forms = {value, escaped, json.dumps(value)[1:-1]}
+    forms.add(escaped.replace("${", "$${").replace("%{", "%%{"))
+    return forms
 
 
 class LiveLog:

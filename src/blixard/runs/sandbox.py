@@ -159,7 +159,7 @@ class RunSandbox:
         self.enabled = enabled
         self.network = network
         self.hidden = sorted({os.path.realpath(path) for path in hidden})
-        self.bwrap = bwrap or shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin")
+        self.bwrap = bwrap or shutil.which("bwrap")
         self.extra_readonly = tuple(extra_readonly)
         self._state: SandboxState | None = None
         self._lock = threading.Lock()
