@@ -439,3 +439,123 @@ def test_run_credential_writes_only_its_own_workspace(hostile: Hostile) -> None:
 def test_health_reports_the_sandbox(hostile: Hostile) -> None:
     report = httpx.get(hostile.srv.url + "/health/hiqlite").json()
     assert report["runner"] == {"sandbox": "bubblewrap", "available": True, "network": "host"}
+
+
+# --------------------------------------------------------------------------- settings
+
+REACH = r"""
+variable "nonce" { type = string }
+variable "elsewhere" { type = string }
+
+resource "terraform_data" "reach" {
+  triggers_replace = var.nonce
+
+  provisioner "local-exec" {
+    command = "curl -s -m 3 ${var.elsewhere} >/dev/null && echo reached-elsewhere || echo cut-off"
+  }
+}
+"""
+
+
+def _server(base: Path, **env: str) -> ServerProcess:
+    root = base / "plan-root"
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "PATH": "/usr/bin:/bin",
+        "BLIXARD_PLAN_ROOTS": str(root),
+        "BLIXARD_ADMIN_KEY": ADMIN_KEY,
+        "BLIXARD_TOFU_BIN": "embedded",
+        "BLIXARD_LOG_LEVEL": "info",
+        **env,
+    }
+    return ServerProcess(base / "data", env=settings, log_path=base / "server.log").start(60)
+
+
+def _admin(srv: ServerProcess) -> httpx.Client:
+    return httpx.Client(
+        base_url=srv.url + "/api/tofu",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30.0,
+    )
+
+
+def test_without_network_a_run_reaches_only_this_server(tmp_path: Path) -> None:
+    """BLIXARD_RUN_NETWORK=none: the state still reaches the server (through the
+    forwarder); another service on the host's loopback does not."""
+    elsewhere = ServerProcess(tmp_path / "other-data").start(60)  # any HTTP service
+    srv = _server(tmp_path, BLIXARD_RUN_NETWORK="none")
+    try:
+        with _admin(srv) as admin:
+            report = httpx.get(srv.url + "/health/hiqlite").json()["runner"]
+            assert report == {"sandbox": "bubblewrap", "available": True, "network": "none"}
+            assert httpx.get(elsewhere.url + "/health").status_code == 200
+            ws = unique_name("offline")
+            resp = admin.post(
+                "/plan",
+                params={
+                    "workspace": ws,
+                    "auto_approve": "true",
+                    "var": [f"nonce={uuid.uuid4().hex}", f"elsewhere={elsewhere.url}/health"],
+                },
+                content=archive({"main.tf": REACH}),
+                headers={"Content-Type": "application/gzip"},
+            )
+            assert resp.status_code == 202, resp.text
+            plan_id = resp.json()["plan_id"]
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while (run := admin.get(f"/plan/{plan_id}").json())["status"] not in FINAL - {
+                "planned"
+            }:
+                assert time.monotonic() < deadline, run
+                time.sleep(0.1)
+            log = admin.get(f"/plan/{plan_id}/logs").text
+            assert run["status"] == "applied", log
+            assert "(local-exec): cut-off" in log, log
+            assert admin.get(f"/history/{ws}").json()["versions"][0]["written_by"] == (
+                f"run:{plan_id}"
+            )
+    finally:
+        srv.stop()
+        elsewhere.stop()
+
+
+def test_no_sandbox_no_runs(tmp_path: Path) -> None:
+    """Without bubblewrap, creating a run is 503 runner_unavailable saying why and
+    /health/hiqlite says so; BLIXARD_RUN_SANDBOX=off runs unsandboxed, with a warning."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    srv = _server(tmp_path / "missing", PATH=str(empty))  # no bwrap on the server's PATH
+    try:
+        report = httpx.get(srv.url + "/health/hiqlite").json()["runner"]
+        assert report["available"] is False and "bubblewrap" in report["reason"], report
+        with _admin(srv) as admin:
+            ws = unique_name("nosandbox")
+            resp = admin.post(
+                "/plan",
+                params={"workspace": ws},
+                content=archive({"main.tf": ""}),
+                headers={"Content-Type": "application/gzip"},
+            )
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"] == "runner_unavailable"
+            assert "bubblewrap" in resp.json()["message"]
+            assert admin.get(f"/plans/{ws}").json()["plans"] == []
+    finally:
+        srv.stop()
+    assert "runs are unavailable" in srv.log_path.read_text()
+
+    srv = _server(tmp_path / "off", PATH=str(empty), BLIXARD_RUN_SANDBOX="off")
+    try:
+        report = httpx.get(srv.url + "/health/hiqlite").json()["runner"]
+        assert report == {"sandbox": "off", "available": True, "network": "host"}
+        with _admin(srv) as admin:
+            resp = admin.post(
+                "/plan",
+                params={"workspace": unique_name("unsandboxed"), "var": "nonce=1"},
+                content=archive({"main.tf": SHADOW_CONFIG}),
+                headers={"Content-Type": "application/gzip"},
+            )
+            assert resp.status_code == 202, resp.text
+    finally:
+        srv.stop()
+    assert "UNSANDBOXED" in srv.log_path.read_text()

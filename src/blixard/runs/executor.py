@@ -493,7 +493,7 @@ class RunExecutor:
             paths.host_cli_config.write_text(cli_config_text(paths.plugin_cache))
             if self.sandbox.forwarding:
                 forwarder = await asyncio.start_unix_server(
-                    self._forward_to_api, path=str(paths.host_socket)
+                    self._forward_to_api, sock=_unix_listener(paths.host_socket)
                 )
             yield paths
         finally:
@@ -698,6 +698,21 @@ class RunExecutor:
 _DIE_WITH_PARENT: tuple[str, ...] = (
     (setpriv, "--pdeathsig", "KILL", "--") if (setpriv := shutil.which("setpriv")) else ()
 )
+
+
+def _unix_listener(path: Path) -> socket.socket:
+    """A unix socket bound at `path`, however long (a socket address holds 107 bytes: bind
+    through /proc/self/fd/<directory>, which the kernel resolves)."""
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(f"/proc/self/fd/{directory}/{path.name}")
+    except OSError:
+        listener.close()
+        raise
+    finally:
+        os.close(directory)
+    return listener
 
 
 def _secret_paths(settings: Settings) -> list[Path]:

@@ -14,7 +14,7 @@ BLIXARD_RUN_NETWORK=none), as an unprivileged uid/gid, and sees:
 
 It never sees the server's environment (bwrap passes on the environment the executor built,
 nothing else), its data directory or key files, even when one of them lies inside a
-directory that is bound (they are covered by an empty tmpfs or /dev/null).
+directory that is bound (they are covered by an empty tmpfs or an empty file).
 
 With BLIXARD_RUN_NETWORK=none the run still reaches this server: the executor listens on a
 unix socket in the work directory (SOCKET_NAME) that only connects to the server's own
@@ -125,6 +125,12 @@ class RunPaths:
     @property
     def host_socket(self) -> Path:
         return self.work / SOCKET_NAME
+
+    @property
+    def host_empty(self) -> Path:
+        """An empty file that covers a hidden file (a device node such as /dev/null cannot
+        be read from the sandbox's nodev mounts)."""
+        return self.work / "empty"
 
 
 def python_roots() -> list[str]:
@@ -293,6 +299,8 @@ class RunSandbox:
         args += ["--dir", "/etc"]
         for name in ETC_ENTRIES:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        # Before the binds below: a bound directory may lie in /tmp.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         readonly = [*python_roots(), *self.extra_readonly]
         real_binary = os.path.realpath(binary)
         if not any(_inside(real_binary, root) for root in [*bound, *readonly]):
@@ -312,14 +320,9 @@ class RunSandbox:
             if os.path.isdir(hidden):
                 args += ["--tmpfs", hidden]
             elif os.path.exists(hidden):
-                args += ["--ro-bind", os.devnull, hidden]
+                paths.host_empty.touch(mode=0o444, exist_ok=True)
+                args += ["--ro-bind", str(paths.host_empty), hidden]
         args += [
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
             "--bind",
             str(paths.host_run),
             WORK_INSIDE,
