@@ -15,6 +15,7 @@ import pytest
 from blixard.domain.runs import PlanSummary
 from blixard.runs.archive import make_archive
 from blixard.runs.binary import resolve_binary
+from blixard.runs.executor import RunFailed, _read_run_file
 from blixard.runs.logs import LiveLog, Redactor
 from blixard.runs.sandbox import RUN_UID, WORK_INSIDE, RunPaths, RunSandbox
 from blixard.runs.workdir import (
@@ -277,3 +278,23 @@ def test_embedded_engine_ignores_the_working_directory(tmp_path: Path) -> None:
     )
     assert done.returncode == 0 and "shadowed" not in done.stderr, done.stderr
     assert binary.argv[:2] == (sys.executable, "-I")
+
+
+def test_files_the_run_wrote_are_read_without_following_its_links(tmp_path: Path) -> None:
+    """The server reads the plan file from the run's directory: a link planted there (to
+    the file, or to a directory on the way) is not followed."""
+    secret = tmp_path / "blixard.db"
+    secret.write_bytes(b"SQLite format 3\0")
+    run = tmp_path / "run"
+    (run / "config").mkdir(parents=True)
+    (run / "config" / "plan").write_bytes(b"a plan")
+    assert _read_run_file(run, "config", "plan") == b"a plan"
+    (run / "config" / "plan").unlink()
+    (run / "config" / "plan").symlink_to(secret)
+    with pytest.raises(RunFailed, match="no readable config/plan"):
+        _read_run_file(run, "config", "plan")
+    (run / "config" / "plan").unlink()
+    (run / "config").rmdir()
+    (run / "config").symlink_to(tmp_path)
+    with pytest.raises(RunFailed, match="no readable"):
+        _read_run_file(run, "config", "blixard.db")

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -397,8 +398,8 @@ class RunExecutor:
             await self._step(run, binary, args, paths, env, live, ok=(0, 2))
             shown = await self._capture(run, binary, ["show", "-json", PLAN_FILE], paths, env)
             summary = live.redactor.summary(summarize_plan(orjson.loads(shown)))
-            plan_file = paths.host_run / "config" / PLAN_FILE
-            await self.store.put_run_blob(run.id, "plan", plan_file.read_bytes())
+            plan = await asyncio.to_thread(_read_run_file, paths.host_run, "config", PLAN_FILE)
+            await self.store.put_run_blob(run.id, "plan", plan)
         await live.write(
             f"[blixard] plan: {summary.add} to add, {summary.change} to change, "
             f"{summary.destroy} to destroy\n".encode()
@@ -698,6 +699,31 @@ class RunExecutor:
 _DIE_WITH_PARENT: tuple[str, ...] = (
     (setpriv, "--pdeathsig", "KILL", "--") if (setpriv := shutil.which("setpriv")) else ()
 )
+
+
+def _read_run_file(directory: Path, *parts: str) -> bytes:
+    """A file the run wrote, read without following any link it may have planted there
+    (a plan file replaced by a link to the server's database must not be stored)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    name = "/".join(parts)
+    fd = os.open(directory, flags | os.O_DIRECTORY)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            try:
+                next_fd = os.open(part, flags | (0 if last else os.O_DIRECTORY), dir_fd=fd)
+            except OSError as exc:
+                raise RunFailed(f"the run left no readable {name}: {exc.strerror}") from None
+            os.close(fd)
+            fd = next_fd
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFailed(f"the run's {name} is not a file")
+        with os.fdopen(fd, "rb") as file:
+            fd = -1
+            return file.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _unix_listener(path: Path) -> socket.socket:
