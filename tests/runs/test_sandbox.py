@@ -74,6 +74,9 @@ def test_what_a_sandboxed_step_sees(tmp_path: Path) -> None:
             ls -A {data} | wc -l
             cat {key}; echo "key=$?"
             test -e {host_tmp} && echo host-tmp-visible
+            for f in /etc/shadow /etc/ssl/private /etc/passwd /root /home; do
+                test -e $f && echo "visible:$f"
+            done
             id -u; pwd; echo "secret=${{SECRET:-unset}}"
             ls /proc | grep -c '^[0-9]'
             echo hi > {WORK_INSIDE}/config/out && echo wrote-work
@@ -89,7 +92,7 @@ def test_what_a_sandboxed_step_sees(tmp_path: Path) -> None:
     assert lines[0] == "visible"
     assert lines[1] == "0", out  # the data directory is an empty tmpfs
     assert "KEY" not in out and "key=0" in out  # an empty file in its place
-    assert "host-tmp-visible" not in out
+    assert "host-tmp-visible" not in out and "visible:" not in out, out
     assert str(RUN_UID) in lines and WORK_INSIDE in lines
     assert "secret=unset" in out
     assert int(lines[lines.index("secret=unset") + 1]) <= 4, out  # bwrap, sh, ls, grep

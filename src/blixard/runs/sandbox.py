@@ -63,10 +63,11 @@ ETC_ENTRIES = (
     "gai.conf",
     "services",
     "protocols",
-    "ssl",
-    "ca-certificates",
+    "ssl/certs",  # not /etc/ssl/private
+    "ssl/openssl.cnf",
     "ca-certificates.conf",
-    "pki",
+    "pki/tls/certs",
+    "pki/ca-trust",
     "crypto-policies",
     "localtime",
     "timezone",
@@ -267,9 +268,7 @@ class RunSandbox:
         it). With `forward_port` (network none), the forwarder starts first and then runs
         `inner`.
         """
-        if not self.enabled:
-            return list(inner)
-        assert self.bwrap is not None
+        assert self.enabled and self.bwrap is not None
         args = [
             self.bwrap,
             "--unshare-user",
@@ -299,6 +298,7 @@ class RunSandbox:
         args += ["--dir", "/etc"]
         for name in ETC_ENTRIES:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+            bound.append(os.path.realpath(f"/etc/{name}"))
         # Before the binds below: a bound directory may lie in /tmp.
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         readonly = [*python_roots(), *self.extra_readonly]
@@ -307,8 +307,8 @@ class RunSandbox:
             readonly.append(real_binary)
         for path in readonly:
             real = os.path.realpath(path)
-            if any(_inside(real, root) for root in bound):
-                continue
+            if real == "/" or any(_inside(real, root) for root in bound):
+                continue  # never the whole filesystem, whatever the interpreter's prefix
             args += ["--ro-bind-try", real, real]
             bound.append(real)
             if real != os.path.abspath(path) and os.path.lexists(path):
