@@ -74,7 +74,7 @@ def test_what_a_sandboxed_step_sees(tmp_path: Path) -> None:
             ls -A {data} | wc -l
             cat {key}; echo "key=$?"
             test -e {host_tmp} && echo host-tmp-visible
-            for f in /etc/shadow /etc/ssl/private /etc/passwd /root /home; do
+            for f in /etc/shadow /etc/ssl/private /etc/passwd /home /var; do
                 test -e $f && echo "visible:$f"
             done
             id -u; pwd; echo "secret=${{SECRET:-unset}}"
