@@ -282,6 +282,43 @@ def test_environment_and_database_exfiltration(hostile: Hostile, how: str) -> No
     assert "BLIXARD_" not in outputs["parent_environ"] + outputs["init_environ"]
     assert not marker.exists()
     assert hostile.snapshot() == before, "a file appeared outside the run's directory"
+    for value in variables.values():
+        assert value not in log  # (redacted), also inside the longer paths printed
+
+
+SECRET_CONFIG = r"""
+variable "nonce" { type = string }
+variable "secret" { type = string }
+
+resource "terraform_data" "keyed" {
+  for_each         = toset(["key-${var.secret}"])
+  triggers_replace = var.nonce
+
+  provisioner "local-exec" {
+    command = "echo 'said: ${var.secret}!' && echo 'quoted: \"${var.secret}\"'"
+  }
+}
+
+output "wrapped" {
+  value = "prefix-${var.secret}-suffix"
+}
+"""
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_variable_values_are_redacted_from_logs_and_summaries(hostile: Hostile, how: str) -> None:
+    secret = f"hunter2-{uuid.uuid4().hex[:12]}"
+    plan_id = hostile.submit(how, {"main.tf": SECRET_CONFIG}, {"secret": secret})
+    run, log = hostile.assert_nothing_leaked(plan_id)
+    assert run["status"] == "applied", log
+    assert secret not in log and secret not in str(run)
+    assert "said: (redacted)!" in log, log
+    addresses = [change["address"] for change in run["summary"]["resource_changes"]]
+    # (the previous submission's instance, keyed by its own value, is replaced)
+    assert 'terraform_data.keyed["key-(redacted)"]' in addresses, addresses
+    assert run["variables"] == ["nonce", "secret"]
+    state = hostile.admin.get(f"/state/{hostile.ws}").json()  # state keeps what Terraform wrote
+    assert state["outputs"]["wrapped"]["value"] == f"prefix-{secret}-suffix"
 
 
 PROVIDER = """
