@@ -126,6 +126,8 @@ class RunExecutor:
         state = await asyncio.to_thread(self.sandbox.probe)
         if state.sandbox == "off":
             log.warning(describe_off())
+            if state.network == "none":
+                log.warning("BLIXARD_RUN_NETWORK=none has no effect without the sandbox")
         elif not state.available:
             log.error("runs are unavailable: %s", state.reason)
         else:
