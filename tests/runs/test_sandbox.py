@@ -269,6 +269,10 @@ def test_redaction_in_logs_and_summaries() -> None:
     )
     assert summary.resource_changes[0]["address"] == 'a.b["(redacted)"]'
     assert redactor.text(f"error: {secret}") == "error: (redacted)"
+    multi = Redactor(["first line of it\nsecond line\nok"])
+    assert multi.text("  first line of it\n  second line\n  ok\n") == (
+        "  (redacted)\n  (redacted)\n  ok\n"
+    )
 
 
 def test_embedded_engine_ignores_the_working_directory(tmp_path: Path) -> None:

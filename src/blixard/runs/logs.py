@@ -75,7 +75,10 @@ def _quoted_forms(value: str) -> set[str]:
     escaped = json.dumps(value, ensure_ascii=False)[1:-1]
     forms = {value, escaped, json.dumps(value)[1:-1]}
     forms.add(escaped.replace("${", "$${").replace("%{", "%%{"))
-    return forms
+    # A multi-line value is printed as an indented heredoc: hide each of its lines too.
+    if "\n" in value:
+        forms |= {line.strip() for line in value.splitlines()}
+    return {form for form in forms if len(form.encode()) >= MIN_REDACTED_LENGTH}
 
 
 class LiveLog:
