@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+# Runs execute in a bubblewrap sandbox (docs/security.md): install it when missing and we may.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q bubblewrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }
+fi
 scripts/install-etcd.sh >/dev/null  # a real etcd cluster: engine tests, and tests/api + real Terraform on etcd too
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(
         10.0, ge=0, description="After SIGINT, how long a cancelled run may take before SIGKILL."
     )
+    run_sandbox: Literal["on", "off"] = Field(
+        "on", description="on: runs execute in a bubblewrap sandbox; off: unsandboxed (unsafe)."
+    )
+    run_network: Literal["host", "none"] = Field(
+        "host", description="host: runs reach the network; none: only this server's API."
+    )
     node_ttl: int = Field(
         10,
         ge=2,

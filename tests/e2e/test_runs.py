@@ -11,11 +11,9 @@ prefix of the shared etcd test cluster (`lister`).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -199,17 +197,19 @@ class Runs:
         return self.wait(run["plan_id"], "applied")
 
 
-def orphans_under(directory: Path) -> list[int]:
-    """Processes whose working directory is under `directory` (a killed server's runs)."""
+def run_processes(server: ServerProcess) -> list[int]:
+    """Processes of the server's runs: their environment names its backend address (their
+    working directory is inside the sandbox, so it says nothing on the host)."""
+    marker = f"TF_HTTP_ADDRESS=http://127.0.0.1:{server.port}/".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cwd = os.readlink(entry / "cwd")
+            environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if cwd.startswith(str(directory)):
+        if marker in environ:
             found.append(int(entry.name))
     return found
 
@@ -656,12 +656,14 @@ def test_server_killed_during_a_run_marks_it_interrupted(
         )
         runs.wait_log(run["plan_id"], "Provisioning with 'local-exec'")
         assert runs.locked(ws)
+        assert run_processes(server), "the run's processes are not found"
         server.kill()
-        # The run's terraform is in its own session and outlives the server: stop it
-        # (this test started it) so that it cannot write after the restart.
-        for pid in orphans_under(tmp_path / "data"):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        # The sandbox dies with the server (parent-death signals down to the sandbox's PID
+        # namespace), so nothing of the run can write after the restart.
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while left := run_processes(server):
+            assert time.monotonic() < deadline, f"run processes outlived the server: {left}"
+            time.sleep(0.05)
         server.start(timeout=60)
         interrupted = runs.get(run["plan_id"])
         assert interrupted["status"] == "errored", interrupted

@@ -46,7 +46,7 @@ def empty_path(tmp_path: Path) -> str:
 def test_embedded_when_nothing_on_path(empty_path: str) -> None:
     found = resolve_binary(None, search_path=empty_path, cache=False)
     assert found.kind == "embedded"
-    assert found.argv == (sys.executable, "-m", "blixard.runs.embedded")
+    assert found.argv == (sys.executable, "-I", "-m", "blixard.runs.embedded")
     assert found.name == "terraform"
     assert found.version.startswith("Terraform v1.")
 
@@ -161,7 +161,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _embedded(*args: str) -> list[str]:
-    return [sys.executable, "-m", "blixard.runs.embedded", *args]
+    return [sys.executable, "-I", "-m", "blixard.runs.embedded", *args]
 
 
 def test_embedded_exit_codes_chdir_and_env(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import pytest
 
 from blixard.runs.binary import TerraformBinary, resolve_binary
 from blixard.runs.workdir import (
-    CLI_CONFIG_NAME,
     OVERRIDE_NAME,
     UnsupportedConfig,
     backend_env,
@@ -166,18 +165,16 @@ def test_env_configured_backend_is_used(
     assert sorted(p.name for p in work.iterdir()) == sorted(
         [
             ".terraform.lock.hcl",
-            CLI_CONFIG_NAME,
             "main.tf",
             OVERRIDE_NAME,
             *(["backend.tf"] if block else []),
         ]
     )
-    assert (work / CLI_CONFIG_NAME).read_text() == ""
 
-    env = run_environment(backend_env(server.url, ws, "run-1", "ephemeral", workdir=work))
+    env = run_environment(backend_env(server.url, ws, "run-1", "ephemeral"))
     init = run_terraform(terraform, work, env, "init", "-input=false")
     assert 'Successfully configured the backend "http"' in init.stdout
-    assert "Warning" not in init.stderr  # the empty CLI config file is used
+    assert "Warning" not in init.stderr  # TF_CLI_CONFIG_FILE=/dev/null: an empty CLI config
     apply = run_terraform(terraform, work, env, "apply", "-auto-approve", "-input=false")
     assert "Apply complete! Resources: 1 added" in apply.stdout
 
@@ -203,11 +200,11 @@ def test_saved_plan_applies_with_the_credential_of_its_own_environment(
     (source / "main.tf").write_text(RESOURCE)
     work = tmp_path / "work"
     prepare_workdir(source, work)
-    plan_env = run_environment(backend_env(server.url, ws, "run-2", "plan-secret", workdir=work))
+    plan_env = run_environment(backend_env(server.url, ws, "run-2", "plan-secret"))
     run_terraform(terraform, work, plan_env, "init", "-input=false")
     run_terraform(terraform, work, plan_env, "plan", "-out=run.tfplan", "-input=false")
     assert b"plan-secret" not in (work / "run.tfplan").read_bytes()
-    apply_env = run_environment(backend_env(server.url, ws, "run-2", "apply-secret", workdir=work))
+    apply_env = run_environment(backend_env(server.url, ws, "run-2", "apply-secret"))
     run_terraform(terraform, work, apply_env, "apply", "-input=false", "run.tfplan")
     assert [v["version"] for v in history(server, ws)] == [1]
 
@@ -225,7 +222,7 @@ def test_later_user_override_does_not_win(
     prepare_workdir(source, work)
     ours = "zzzz_override_blixard_override.tf"
     assert (work / ours).exists() and not (work / OVERRIDE_NAME).exists()
-    env = run_environment(backend_env(server.url, ws, "run-3", "pw", workdir=work))
+    env = run_environment(backend_env(server.url, ws, "run-3", "pw"))
     run_terraform(terraform, work, env, "init", "-input=false")
     run_terraform(terraform, work, env, "apply", "-auto-approve", "-input=false")
     assert [v["version"] for v in history(server, ws)] == [1]
@@ -260,9 +257,8 @@ def test_backend_env() -> None:
         "CHECKPOINT_DISABLE": "1",
         "TF_CLI_CONFIG_FILE": os.devnull,
     }
-    with_dir = backend_env("http://x", "ws", "u", "p", workdir=Path("/w"), ca_certificate_pem="PEM")
-    assert with_dir["TF_CLI_CONFIG_FILE"] == f"/w/{CLI_CONFIG_NAME}"
-    assert with_dir["TF_HTTP_CLIENT_CA_CERTIFICATE_PEM"] == "PEM"
+    with_ca = backend_env("http://x", "ws", "u", "p", ca_certificate_pem="PEM")
+    assert with_ca["TF_HTTP_CLIENT_CA_CERTIFICATE_PEM"] == "PEM"
 
 
 def test_run_environment_drops_inherited_terraform_and_blixard_settings() -> None:
@@ -311,7 +307,6 @@ def test_copy_rules(tmp_path: Path) -> None:
     files = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
     assert files == sorted(
         [
-            CLI_CONFIG_NAME,
             OVERRIDE_NAME,
             "hook.sh",
             "linked.tf",

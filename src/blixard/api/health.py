@@ -43,6 +43,8 @@ async def storage_health(request: Request) -> Response:
     # Where data lives and how to reach the store is nobody's business but the operator's:
     # this endpoint needs no credentials.
     report = {key: value for key, value in report.items() if key != "path"}
+    # Whether this node can execute runs (the sandbox is probed at start and after a failure).
+    report["runner"] = request.app.state.runs.executor.sandbox.state.report()
     if "members" in report:  # copies: the engine may keep these dicts
         report["members"] = [
             {key: value for key, value in member.items() if key != "client_urls"}

@@ -28,7 +28,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
-from blixard.runs.workdir import walk_config
+from blixard.runs.workdir import open_checked, walk_config
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 64 * 1024
@@ -335,19 +335,20 @@ def extract_archive(
     return extractor.written
 
 
-def make_archive(directory: Path) -> bytes:
+def make_archive(directory: Path, *, allowed_roots: list[Path] | None = None) -> bytes:
     """A deterministic tar.gz of a configuration directory, for uploading it.
 
     Leaves out `.terraform/`, `.git/` and `*.tfstate*` (see workdir.walk_config; keeps
     `.terraform.lock.hcl`). Entries are sorted, with zeroed times and owners and
-    normalised modes, so the same files always give the same bytes.
+    normalised modes, so the same files always give the same bytes. With `allowed_roots`,
+    the walk that builds the archive refuses whatever lies outside them (OutsideRoots).
     """
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(filename="", fileobj=buffer, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for entry in walk_config(Path(directory)):
+        for entry in walk_config(Path(directory), allowed_roots=allowed_roots):
             info = tarfile.TarInfo(entry.relpath)
             info.mtime = 0
             info.uid = info.gid = 0
@@ -363,7 +364,7 @@ def make_archive(directory: Path) -> bytes:
                 tar.addfile(info)
             else:
                 info.mode = 0o755 if entry.executable else 0o644
-                with open(entry.source, "rb") as fh:
+                with os.fdopen(open_checked(entry), "rb") as fh:
                     info.size = os.fstat(fh.fileno()).st_size
                     tar.addfile(info, fh)
     return buffer.getvalue()

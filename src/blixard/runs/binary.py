@@ -53,7 +53,9 @@ class TerraformBinary:
 
 
 def embedded_argv() -> tuple[str, ...]:
-    return (sys.executable, "-m", EMBEDDED_MODULE)
+    """Isolated mode (-I): neither the working directory nor PYTHON* variables decide
+    which code runs, so a configuration holding a `blixard/` package shadows nothing."""
+    return (sys.executable, "-I", "-m", EMBEDDED_MODULE)
 
 
 def embedded_available() -> bool:

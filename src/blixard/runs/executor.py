@@ -22,12 +22,14 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -47,9 +49,10 @@ from blixard.domain.runs import (
 from blixard.domain.service import StateService
 from blixard.runs.archive import extract_archive
 from blixard.runs.binary import BinaryNotFound, TerraformBinary, resolve_binary
-from blixard.runs.logs import LiveLog
+from blixard.runs.logs import LiveLog, Redactor
 from blixard.runs.nodes import NodePresence
-from blixard.runs.workdir import backend_env, prepare_workdir
+from blixard.runs.sandbox import RunPaths, RunSandbox, SandboxUnavailable, describe_off
+from blixard.runs.workdir import UnsupportedConfig, backend_env, cli_config_text, prepare_workdir
 from blixard.store.protocol import Store
 
 log = logging.getLogger("blixard.runs")
@@ -91,6 +94,13 @@ class RunExecutor:
         self._cancelling: set[str] = set()
         self.live: dict[str, LiveLog] = {}
         self.work_root = settings.data_dir / "runs"
+        self.plugin_cache_root = settings.data_dir / "plugin-cache"
+        self.sandbox = RunSandbox(
+            enabled=settings.run_sandbox == "on",
+            network=settings.run_network,
+            hidden=_secret_paths(settings),
+            extra_readonly=[os.environ["SSL_CERT_FILE"]] if "SSL_CERT_FILE" in os.environ else [],
+        )
         #: Stable across restarts of this node, distinct between nodes sharing a store (the
         #: data directory as a digest: the id is shown on unauthenticated /health/hiqlite).
         digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:6]
@@ -113,6 +123,15 @@ class RunExecutor:
 
     async def start(self) -> None:
         self.work_root.mkdir(parents=True, exist_ok=True)
+        state = await asyncio.to_thread(self.sandbox.probe)
+        if state.sandbox == "off":
+            log.warning(describe_off())
+            if state.network == "none":
+                log.warning("BLIXARD_RUN_NETWORK=none has no effect without the sandbox")
+        elif not state.available:
+            log.error("runs are unavailable: %s", state.reason)
+        else:
+            log.info("runs execute in a bubblewrap sandbox (network: %s)", state.network)
         for leftover in self.work_root.iterdir():  # work dirs of runs a crash interrupted
             shutil.rmtree(leftover, ignore_errors=True)
         await self.presence.start()
@@ -298,7 +317,10 @@ class RunExecutor:
         if job.run_id in self._cancelling or run.cancel_requested:
             await self._save(run, lambda r: r.request_cancel(r.cancelled_by))
             return
-        live = LiveLog(lambda chunk: self.store.append_run_log(job.run_id, chunk))
+        live = LiveLog(
+            lambda chunk: self.store.append_run_log(job.run_id, chunk),
+            Redactor(run.variables.values()),
+        )
         self.live[job.run_id] = live
         flusher = asyncio.create_task(self._flush_periodically(live))
         try:
@@ -337,7 +359,7 @@ class RunExecutor:
             return
         interrupted = self._interrupted.get(run_id)
         cancelled = interrupted is None and (run_id in self._cancelling or run.cancel_requested)
-        reason = interrupted or reason
+        reason = live.redactor.text(interrupted or reason)
         outcome = "cancelled" if cancelled else f"failed: {reason}"
         await live.write(f"\n[blixard] run {outcome}\n".encode())
 
@@ -366,19 +388,20 @@ class RunExecutor:
             ),
         )
         await live.write(f"[blixard] planning {run.workspace} with {binary.version}\n".encode())
-        async with self._workdir(run) as work:
-            config = work / "config"
-            await self._materialize(run, work, config)
-            env = self._env(run, work)
-            await self._step(run, binary, ["init", "-input=false", "-no-color"], config, env, live)
+        async with self._workdir(run) as paths:
+            await self._materialize(run, paths)
+            env = self._env(run, paths)
+            live.redactor.add(env["TF_HTTP_PASSWORD"])
+            await self._step(run, binary, ["init", "-input=false", "-no-color"], paths, env, live)
             args = ["plan", "-input=false", "-no-color", f"-out={PLAN_FILE}", "-detailed-exitcode"]
             if run.destroy:
                 args.append("-destroy")
             args += [f"-target={target}" for target in run.targets]
-            await self._step(run, binary, args, config, env, live, ok=(0, 2))
-            shown = await self._capture(binary, ["show", "-json", PLAN_FILE], config, env)
-            summary = summarize_plan(orjson.loads(shown))
-            await self.store.put_run_blob(run.id, "plan", (config / PLAN_FILE).read_bytes())
+            await self._step(run, binary, args, paths, env, live, ok=(0, 2))
+            shown = await self._capture(run, binary, ["show", "-json", PLAN_FILE], paths, env)
+            summary = live.redactor.summary(summarize_plan(orjson.loads(shown)))
+            plan = await asyncio.to_thread(_read_run_file, paths.host_run, "config", PLAN_FILE)
+            await self.store.put_run_blob(run.id, "plan", plan)
         await live.write(
             f"[blixard] plan: {summary.add} to add, {summary.change} to change, "
             f"{summary.destroy} to destroy\n".encode()
@@ -399,14 +422,14 @@ class RunExecutor:
         plan = await self.store.get_run_blob(run.id, "plan")
         if plan is None:
             raise RunFailed("the stored plan file is missing")
-        async with self._workdir(run) as work:
-            config = work / "config"
-            await self._materialize(run, work, config)
-            (config / PLAN_FILE).write_bytes(plan)
-            env = self._env(run, work)
-            await self._step(run, binary, ["init", "-input=false", "-no-color"], config, env, live)
+        async with self._workdir(run) as paths:
+            await self._materialize(run, paths)
+            (paths.host_run / "config" / PLAN_FILE).write_bytes(plan)
+            env = self._env(run, paths)
+            live.redactor.add(env["TF_HTTP_PASSWORD"])
+            await self._step(run, binary, ["init", "-input=false", "-no-color"], paths, env, live)
             await self._step(
-                run, binary, ["apply", "-input=false", "-no-color", PLAN_FILE], config, env, live
+                run, binary, ["apply", "-input=false", "-no-color", PLAN_FILE], paths, env, live
             )
         ws = await self.store.get_workspace(run.workspace)
         version = ws.head.version if ws and ws.head else None
@@ -456,31 +479,95 @@ class RunExecutor:
         raise RunConflict(f"run {run.id} keeps changing")
 
     @contextlib.asynccontextmanager
-    async def _workdir(self, run: Run) -> AsyncIterator[Path]:
-        work = Path(tempfile.mkdtemp(prefix=f"{run.id}-", dir=self.work_root))
+    async def _workdir(self, run: Run) -> AsyncIterator[RunPaths]:
+        """A phase's work directory: `run/` is what the run may write (its configuration,
+        Terraform's data directory, its home); the CLI configuration and the API socket
+        next to it are the server's."""
         try:
-            yield work
+            await asyncio.to_thread(self.sandbox.require)
+        except SandboxUnavailable as exc:
+            raise RunFailed(f"runner unavailable: {exc}") from None
+        work = Path(tempfile.mkdtemp(prefix=f"{run.id}-", dir=self.work_root))
+        cache = self._plugin_cache(run.workspace)
+        paths = self.sandbox.paths(work, cache)
+        forwarder: asyncio.Server | None = None
+        try:
+            (paths.host_run / "home").mkdir(parents=True)
+            paths.host_cli_config.write_text(cli_config_text(paths.plugin_cache))
+            if self.sandbox.forwarding:
+                forwarder = await asyncio.start_unix_server(
+                    self._forward_to_api, sock=_unix_listener(paths.host_socket)
+                )
+            yield paths
         finally:
+            if forwarder is not None:
+                forwarder.close()
             await asyncio.to_thread(shutil.rmtree, work, True)
 
-    async def _materialize(self, run: Run, work: Path, config: Path) -> None:
+    def _plugin_cache(self, workspace: str) -> Path:
+        """One provider cache per workspace: a run can only ever poison its own
+        workspace's cache (which its configuration controls anyway)."""
+        digest = hashlib.sha256(workspace.encode()).hexdigest()[:32]
+        cache = self.plugin_cache_root / digest
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return cache
+
+    async def _forward_to_api(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A connection from a sandbox without network: to this server's API, nowhere else."""
+        target = urlsplit(self.settings.self_url)
+        port = target.port or (443 if target.scheme == "https" else 80)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(target.hostname, port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def _forward_port(self) -> int | None:
+        if not self.sandbox.forwarding:
+            return None
+        target = urlsplit(self.settings.self_url)
+        return target.port or (443 if target.scheme == "https" else 80)
+
+    async def _materialize(self, run: Run, paths: RunPaths) -> None:
         """The configuration as reviewed: the archive stored with the run."""
         archive = await self.store.get_run_blob(run.id, "config")
         if archive is None:
             raise RunFailed("the run's configuration is missing")
-        source = work / "source"
+        source = paths.work / "source"
         await asyncio.to_thread(
             extract_archive, archive, source, max_bytes=self.settings.max_config_bytes
         )
-        await asyncio.to_thread(prepare_workdir, source, config)
+        try:
+            await asyncio.to_thread(prepare_workdir, source, paths.host_run / "config")
+        except UnsupportedConfig as exc:
+            raise RunFailed(str(exc)) from None
+        await asyncio.to_thread(shutil.rmtree, source, True)
 
-    def _env(self, run: Run, work: Path) -> dict[str, str]:
+    def _env(self, run: Run, paths: RunPaths) -> dict[str, str]:
+        """The whole environment of a step: nothing of the server's but PATH and locale."""
         secret = self.keyring.issue_ephemeral(run.credential_name, Role.writer, (run.workspace,))
         env = {
             name: os.environ[name]
-            for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE")
+            for name in ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE")
             if name in os.environ
         }
+        env["HOME"] = f"{paths.run}/home"
+        env["TMPDIR"] = "/tmp" if self.sandbox.enabled else str(paths.host_run / "home")
         env.update(
             backend_env(
                 self.settings.self_url,
@@ -490,7 +577,8 @@ class RunExecutor:
                 ca_certificate_pem=self._server_ca(),
             )
         )
-        env["TF_DATA_DIR"] = str(work / "tfdata")
+        env["TF_DATA_DIR"] = f"{paths.run}/tfdata"
+        env["TF_CLI_CONFIG_FILE"] = paths.cli_config
         # Variables travel in the environment, not argv, where `ps` would show their values.
         env.update({f"TF_VAR_{name}": value for name, value in run.variables.items()})
         return env
@@ -501,18 +589,40 @@ class RunExecutor:
         source = self.settings.run_ca_file or self.settings.tls_cert
         return source.read_text() if source is not None else None
 
+    def _argv(self, binary: TerraformBinary, args: list[str], paths: RunPaths) -> list[str]:
+        """The step's command line: from the run directory, never from the configuration
+        (`-chdir`), in the sandbox unless BLIXARD_RUN_SANDBOX=off."""
+        inner = [*binary.argv, f"-chdir={paths.run}/config", *args]
+        if not self.sandbox.enabled:
+            return [*_DIE_WITH_PARENT, *inner]
+        sandboxed = self.sandbox.command(
+            inner,
+            paths,
+            binary=binary.argv[0],
+            forward_port=self._forward_port(),
+        )
+        # bwrap must outlive a cancel's SIGINT (sent to the whole process group) so that
+        # Terraform stops gracefully: it starts with SIGINT ignored, which Terraform and the
+        # embedded engine undo for themselves.
+        return [*_DIE_WITH_PARENT, "/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *sandboxed]
+
     async def _spawn(
-        self, binary: TerraformBinary, args: list[str], cwd: Path, env: dict[str, str]
+        self,
+        binary: TerraformBinary,
+        args: list[str],
+        paths: RunPaths,
+        env: dict[str, str],
+        *,
+        stderr: int = asyncio.subprocess.STDOUT,
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *_DIE_WITH_PARENT,
-            *binary.argv,
-            *args,
-            cwd=cwd,
+            *self._argv(binary, args, paths),
+            # Sandboxed, bwrap chooses the directory: no host path in the run's $PWD.
+            cwd="/" if self.sandbox.enabled else paths.host_run,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=stderr,
             start_new_session=True,  # its own process group: signals reach the whole tree
         )
 
@@ -521,7 +631,7 @@ class RunExecutor:
         run: Run,
         binary: TerraformBinary,
         args: list[str],
-        cwd: Path,
+        paths: RunPaths,
         env: dict[str, str],
         live: LiveLog,
         ok: tuple[int, ...] = (0,),
@@ -529,7 +639,7 @@ class RunExecutor:
         if run.id in self._cancelling:
             raise RunFailed("cancelled")
         await live.write(f"\n$ {binary.name} {' '.join(args)}\n".encode())
-        process = await self._spawn(binary, args, cwd, env)
+        process = await self._spawn(binary, args, paths, env)
         self._processes[run.id] = process
         marker = f"{boot_id()}:{process.pid}"
         if run.process_group != marker:
@@ -548,21 +658,22 @@ class RunExecutor:
         return code
 
     async def _capture(
-        self, binary: TerraformBinary, args: list[str], cwd: Path, env: dict[str, str]
+        self,
+        run: Run,
+        binary: TerraformBinary,
+        args: list[str],
+        paths: RunPaths,
+        env: dict[str, str],
     ) -> bytes:
-        process = await asyncio.create_subprocess_exec(
-            *binary.argv,
-            *args,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        out, err = await process.communicate()
+        process = await self._spawn(binary, args, paths, env, stderr=asyncio.subprocess.PIPE)
+        self._processes[run.id] = process
+        try:
+            out, err = await process.communicate()
+        finally:
+            self._processes.pop(run.id, None)
         if process.returncode != 0:
-            raise RunFailed(f"`{binary.name} {args[0]}` failed: {err.decode(errors='replace')}")
+            detail = Redactor(run.variables.values()).text(err.decode(errors="replace"))
+            raise RunFailed(f"`{binary.name} {args[0]}` failed: {detail}")
         return out
 
     async def _flush_periodically(self, live: LiveLog) -> None:
@@ -590,6 +701,63 @@ class RunExecutor:
 _DIE_WITH_PARENT: tuple[str, ...] = (
     (setpriv, "--pdeathsig", "KILL", "--") if (setpriv := shutil.which("setpriv")) else ()
 )
+
+
+def _read_run_file(directory: Path, *parts: str) -> bytes:
+    """A file the run wrote, read without following any link it may have planted there
+    (a plan file replaced by a link to the server's database must not be stored)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    name = "/".join(parts)
+    fd = os.open(directory, flags | os.O_DIRECTORY)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            try:
+                next_fd = os.open(part, flags | (0 if last else os.O_DIRECTORY), dir_fd=fd)
+            except OSError as exc:
+                raise RunFailed(f"the run left no readable {name}: {exc.strerror}") from None
+            os.close(fd)
+            fd = next_fd
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFailed(f"the run's {name} is not a file")
+        with os.fdopen(fd, "rb") as file:
+            fd = -1
+            return file.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _unix_listener(path: Path) -> socket.socket:
+    """A unix socket bound at `path`, however long (a socket address holds 107 bytes: bind
+    through /proc/self/fd/<directory>, which the kernel resolves)."""
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(f"/proc/self/fd/{directory}/{path.name}")
+    except OSError:
+        listener.close()
+        raise
+    finally:
+        os.close(directory)
+    return listener
+
+
+def _secret_paths(settings: Settings) -> list[Path]:
+    """What a sandboxed run must never see, even inside a directory it is given."""
+    paths = [settings.data_dir]
+    for path in (
+        settings.tls_key,
+        settings.encryption_key_file,
+        settings.etcd_password_file,
+        settings.etcd_client_key,
+    ):
+        if path is not None:
+            paths.append(path)
+    url = settings.resolved_storage_url
+    if url.startswith("sqlite:///"):
+        paths.append(Path(url.removeprefix("sqlite:///").split("?", 1)[0]).parent)
+    return paths
 
 
 def boot_id() -> str:

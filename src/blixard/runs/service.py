@@ -22,6 +22,8 @@ from blixard.domain.runs import EXECUTING, Run, RunConflict, RunStatus, new_run_
 from blixard.runs.archive import UnsafeArchive, extract_archive, make_archive
 from blixard.runs.binary import BinaryNotFound, resolve_binary
 from blixard.runs.executor import RunExecutor
+from blixard.runs.sandbox import SandboxUnavailable
+from blixard.runs.workdir import REFUSED_IN_UPLOADS, OutsideRoots, UnsupportedConfig, walk_config
 from blixard.store.protocol import Store
 
 
@@ -53,6 +55,10 @@ class RunService:
             await asyncio.to_thread(resolve_binary, self.settings.tofu_bin)
         except BinaryNotFound as exc:
             raise RunnerUnavailable(str(exc)) from None
+        try:
+            await asyncio.to_thread(self.executor.sandbox.require)
+        except SandboxUnavailable as exc:
+            raise RunnerUnavailable(f"Runs cannot be sandboxed: {exc}") from None
         now = time.time()
         run = Run(
             id=new_run_id(now),
@@ -71,7 +77,7 @@ class RunService:
         elif request.config_dir is not None:
             directory = self._allowed_dir(request.config_dir)
             run = replace(run, source="dir", config_dir=str(directory))
-            archive = await asyncio.to_thread(make_archive, directory)
+            archive = await asyncio.to_thread(self._archive_dir, request.config_dir, directory)
             if len(archive) > self.settings.max_archive_bytes:
                 raise InvalidInput("The configuration directory is larger than the archive limit.")
         else:
@@ -99,22 +105,31 @@ class RunService:
             )
         if not directory.is_dir():
             raise InvalidInput(f"config_dir {config_dir} is not a directory.")
-        for path in directory.rglob("*"):
-            if path.is_symlink() and not any(path.resolve().is_relative_to(root) for root in roots):
-                raise PermissionDenied(
-                    f"config_dir {config_dir} holds a link ({path.relative_to(directory)}) to a "
-                    "file outside BLIXARD_PLAN_ROOTS; runs may only read configuration under "
-                    "those directories."
-                )
         return directory
+
+    def _archive_dir(self, config_dir: str, directory: Path) -> bytes:
+        """The archive of a config_dir, checked on the very walk that builds it."""
+        try:
+            return make_archive(directory, allowed_roots=self.settings.plan_root_paths)
+        except OutsideRoots as exc:
+            raise PermissionDenied(
+                f"config_dir {config_dir}: {exc}; runs may only read configuration under "
+                "those directories."
+            ) from None
+        except UnsupportedConfig as exc:
+            raise InvalidInput(f"config_dir {config_dir}: {exc}.") from None
 
     def _check_archive(self, archive: bytes) -> None:
         """Refuse an unsafe archive at once, rather than when the run starts."""
         scratch = Path(tempfile.mkdtemp(prefix="blixard-check-"))
         try:
             extract_archive(archive, scratch / "x", max_bytes=self.settings.max_config_bytes)
+            for _ in walk_config(scratch / "x", refused_names=REFUSED_IN_UPLOADS):
+                pass
         except UnsafeArchive as exc:
             raise InvalidInput(f"Unsafe or invalid archive: {exc}") from None
+        except UnsupportedConfig as exc:
+            raise InvalidInput(f"Refused archive: {exc}.") from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -43,8 +43,12 @@ OVERRIDE_TEXT = (
     "# cloud block of the configuration.\n"
     'terraform {\n  backend "http" {}\n}\n'
 )
-CLI_CONFIG_NAME = ".blixard.tfrc"  # empty CLI configuration (a dot file: not loaded as config)
 EXCLUDED_NAMES = frozenset({".terraform", ".git"})
+#: Terraform's implied local provider mirror: an upload must not bring its own providers.
+REFUSED_NAMES = frozenset({"terraform.d"})
+#: Refused in an uploaded archive too (a config_dir's `.terraform/` is a local working
+#: copy's cache, left out as before; the CLI never uploads one).
+REFUSED_IN_UPLOADS = REFUSED_NAMES | {".terraform"}
 EXCLUDED_PATTERNS = ("*.tfstate*",)  # terraform.tfstate, *.backup, terraform.tfstate.d/, ...
 CONFIG_SUFFIXES = (".tf", ".tf.json", ".tofu", ".tofu.json")
 
@@ -61,6 +65,25 @@ _KEPT = frozenset({"TF_PLUGIN_CACHE_DIR", "TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_
 
 class UnsupportedConfig(ValueError):
     """The configuration cannot be run by the server (the message says why)."""
+
+
+class OutsideRoots(UnsupportedConfig):
+    """A config_dir reaches outside the directories runs may read (a link, a hard link)."""
+
+
+def cli_config_text(plugin_cache: str) -> str:
+    """The CLI configuration every run gets (TF_CLI_CONFIG_FILE): providers come from their
+    registries over the network, through the workspace's plugin cache, and from nowhere
+    else. An explicit `provider_installation` block also turns off Terraform's implied
+    local mirrors (`terraform.d/plugins` in the working directory, `~/.terraform.d/plugins`,
+    the XDG data directories and /usr/share/terraform/plugins)."""
+    quoted = plugin_cache.replace("\\", "\\\\").replace('"', '\\"')
+    return (
+        "# Written by Blixard for this run.\n"
+        f'plugin_cache_dir = "{quoted}"\n'
+        "disable_checkpoint = true\n"
+        "provider_installation {\n  direct {}\n}\n"
+    )
 
 
 def is_excluded(name: str) -> bool:
@@ -94,33 +117,72 @@ class ConfigEntry:
     source: Path
     target: str = ""
     executable: bool = False
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of a file as the walk checked it
 
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def walk_config(directory: Path) -> Iterator[ConfigEntry]:
+@dataclass(frozen=True)
+class _Walk:
+    root: str
+    allowed: tuple[str, ...] | None
+    refused: frozenset[str]
+
+    def check(self, rel: str, resolved: str) -> None:
+        """A followed link must land inside the allowed roots: what is checked here is
+        exactly what is copied (no second walk that could follow links differently)."""
+        if self.allowed is not None and not any(_inside(resolved, r) for r in self.allowed):
+            raise OutsideRoots(
+                f"{rel} is a link to {resolved}, outside the directories runs may read "
+                "configuration from (BLIXARD_PLAN_ROOTS)"
+            )
+
+
+def walk_config(
+    directory: Path,
+    *,
+    allowed_roots: list[Path] | None = None,
+    refused_names: frozenset[str] = REFUSED_NAMES,
+) -> Iterator[ConfigEntry]:
     """Entries of a configuration directory in a deterministic (sorted, depth-first) order.
 
     Leaves out `.terraform/`, `.git/` and `*.tfstate*` at any depth, and anything that is
-    not a file, directory or symlink. Relative symlinks that stay in the tree are kept as
+    not a file, directory or symlink; raises UnsupportedConfig for a `refused_names` entry
+    (`terraform.d/`) at any depth. Relative symlinks that stay in the tree are kept as
     links; other symlinks are followed (their file or directory content is taken, with a
     guard against cycles); broken ones are skipped.
+
+    With `allowed_roots` (a config_dir), every followed link must resolve inside one of
+    them and a file with several hard links is refused (OutsideRoots): the walk that
+    builds the archive is the one that checks it. Each file entry records its
+    (device, inode), so that a reader can verify it opened what was checked.
     """
     root = os.path.realpath(directory)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"{directory} is not a directory")
-    yield from _walk(root, root, "", (root,))
+    allowed = None
+    if allowed_roots is not None:
+        allowed = tuple(os.path.realpath(r) for r in allowed_roots)
+    yield from _walk(_Walk(root, allowed, refused_names), root, "", (root,))
 
 
-def _walk(root: str, real_dir: str, rel_dir: str, stack: tuple[str, ...]) -> Iterator[ConfigEntry]:
+def _walk(
+    walk: _Walk, real_dir: str, rel_dir: str, stack: tuple[str, ...]
+) -> Iterator[ConfigEntry]:
+    root = walk.root
     with os.scandir(real_dir) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
+        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        if entry.name in walk.refused:
+            raise UnsupportedConfig(
+                f"the configuration holds {rel}/: providers are installed by the server, "
+                "not uploaded (remove it)"
+            )
         if is_excluded(entry.name):
             continue
-        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
         path = os.path.join(real_dir, entry.name)
         if entry.is_symlink():
             target = os.readlink(path)
@@ -136,24 +198,52 @@ def _walk(root: str, real_dir: str, rel_dir: str, stack: tuple[str, ...]) -> Ite
             if in_tree:
                 yield ConfigEntry(rel, "symlink", Path(path), target=target)
                 continue
+            if not os.path.exists(resolved):
+                continue  # broken link
+            walk.check(rel, resolved)
             if os.path.isdir(resolved):
                 if any(_inside(ancestor, resolved) for ancestor in stack):
                     continue  # a link to an ancestor: following it would never end
                 yield ConfigEntry(rel, "dir", Path(resolved))
-                yield from _walk(root, resolved, rel, (*stack, resolved))
+                yield from _walk(walk, resolved, rel, (*stack, resolved))
             elif os.path.isfile(resolved):
-                mode = os.stat(resolved).st_mode
-                yield ConfigEntry(rel, "file", Path(resolved), executable=bool(mode & 0o111))
-            continue  # broken link, or a link to a device/FIFO/socket
+                yield _file_entry(walk, rel, resolved, os.stat(resolved))
+            continue  # a link to a device/FIFO/socket
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
         if stat.S_ISDIR(st.st_mode):
             yield ConfigEntry(rel, "dir", Path(path))
-            yield from _walk(root, path, rel, (*stack, path))
+            yield from _walk(walk, path, rel, (*stack, path))
         elif stat.S_ISREG(st.st_mode):
-            yield ConfigEntry(rel, "file", Path(path), executable=bool(st.st_mode & 0o111))
+            yield _file_entry(walk, rel, path, st)
+
+
+def _file_entry(walk: _Walk, rel: str, path: str, st: os.stat_result) -> ConfigEntry:
+    if walk.allowed is not None and st.st_nlink > 1:
+        raise OutsideRoots(
+            f"{rel} has {st.st_nlink} hard links: its other names may lie outside the "
+            "directories runs may read configuration from (copy the file instead)"
+        )
+    return ConfigEntry(
+        rel,
+        "file",
+        Path(path),
+        executable=bool(st.st_mode & 0o111),
+        identity=(st.st_dev, st.st_ino),
+    )
+
+
+def open_checked(entry: ConfigEntry) -> int:
+    """Open a walked file for reading, refusing it if it is no longer the file the walk
+    checked (replaced by a link or another file since)."""
+    fd = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != entry.identity or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OutsideRoots(f"{entry.relpath} changed while the configuration was being read")
+    return fd
 
 
 def override_file_name(root_names: list[str]) -> str:
@@ -182,8 +272,7 @@ def prepare_workdir(source: Path, dest: Path) -> None:
     """Copy the configuration in `source` into `dest` and point its backend at Blixard.
 
     Leaves out `.terraform/`, `.git/` and `*.tfstate*` (keeps `.terraform.lock.hcl`: it pins
-    the providers), adds the backend override file and an empty CLI configuration file
-    (`dest/.blixard.tfrc`, used by `backend_env(..., workdir=dest)`).
+    the providers), refuses `terraform.d/`, and adds the backend override file.
     `dest` must not exist or be empty. Raises UnsupportedConfig when `source` is not a
     directory or has no configuration files in its root (planning an empty configuration
     would propose destroying everything in the workspace).
@@ -203,7 +292,8 @@ def prepare_workdir(source: Path, dest: Path) -> None:
         elif entry.kind == "symlink":
             os.symlink(entry.target, target)
         else:
-            shutil.copyfile(entry.source, target, follow_symlinks=True)
+            with os.fdopen(open_checked(entry), "rb") as src, open(target, "xb") as out:
+                shutil.copyfileobj(src, out)
             target.chmod(0o755 if entry.executable else 0o644)
         if "/" not in entry.relpath and entry.kind != "dir":
             root_names.append(entry.relpath)
@@ -212,7 +302,6 @@ def prepare_workdir(source: Path, dest: Path) -> None:
             f"no Terraform configuration files (*.tf, *.tf.json, *.tofu) in {source}"
         )
     _write_new(dest / override_file_name(root_names), OVERRIDE_TEXT)
-    _write_new(dest / CLI_CONFIG_NAME, "")
 
 
 def backend_env(
@@ -221,20 +310,18 @@ def backend_env(
     username: str,
     password: str,
     *,
-    workdir: Path | None = None,
     ca_certificate_pem: str | None = None,
 ) -> dict[str, str]:
     """Environment variables that configure the override's `backend "http" {}`.
 
     Stock LOCK/UNLOCK methods on /lock/WS and /unlock/WS, POST on /state/WS, Basic auth
     with `username`/`password`, modest retries; plus TF_IN_AUTOMATION, TF_INPUT=0,
-    CHECKPOINT_DISABLE and TF_CLI_CONFIG_FILE (the empty file prepare_workdir wrote in
-    `workdir`, else /dev/null, which Terraform reads as an empty configuration).
+    CHECKPOINT_DISABLE and TF_CLI_CONFIG_FILE=/dev/null (an empty configuration; the
+    executor replaces it with the run's own, see cli_config_text).
     `ca_certificate_pem` is the PEM bundle that verifies an HTTPS `server_url`.
     """
     base = server_url.rstrip("/") + "/api/tofu"
     ws = quote(workspace, safe="")
-    cli_config = str(Path(workdir) / CLI_CONFIG_NAME) if workdir is not None else os.devnull
     env = {
         "TF_HTTP_ADDRESS": f"{base}/state/{ws}",
         "TF_HTTP_UPDATE_METHOD": "POST",
@@ -250,7 +337,7 @@ def backend_env(
         "TF_IN_AUTOMATION": "1",
         "TF_INPUT": "0",
         "CHECKPOINT_DISABLE": "1",
-        "TF_CLI_CONFIG_FILE": cli_config,
+        "TF_CLI_CONFIG_FILE": os.devnull,
     }
     if ca_certificate_pem is not None:
         env["TF_HTTP_CLIENT_CA_CERTIFICATE_PEM"] = ca_certificate_pem
