@@ -106,10 +106,12 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         print(f"blixard: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     from blixard.api.app import asgi_app, create_app
+    from blixard.api.limits import LimitedHttpToolsProtocol
 
     app = create_app(settings)
     uvicorn.run(
         asgi_app(app),
+        http=LimitedHttpToolsProtocol,  # request heads capped while they are received
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

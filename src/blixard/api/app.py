@@ -12,7 +12,7 @@ from blixard import __version__
 from blixard.api import admin, backend, encryption, health, management, runs
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
-from blixard.api.limits import HeaderLimits
+from blixard.api.limits import RequestLimits
 from blixard.api.metrics import Metrics, MetricsMiddleware
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
@@ -98,4 +98,4 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 def asgi_app(app: FastAPI, *, fast_path: bool = True) -> ASGIApp:
     """What the server runs: metrics around the protocol fast path around the FastAPI app."""
     inner: ASGIApp = ProtocolFastPath(app, root=app) if fast_path else app
-    return MetricsMiddleware(HeaderLimits(inner), app.state.metrics)
+    return MetricsMiddleware(RequestLimits(inner), app.state.metrics)

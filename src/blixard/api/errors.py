@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from blixard.api.security import record_refusal
 from blixard.domain import errors as e
@@ -20,6 +21,7 @@ STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
     (e.Unauthenticated, 401),
     (e.PermissionDenied, 403),
     (e.PayloadTooLarge, 413),
+    (e.BodyTimeout, 408),
     (e.InvalidInput, 400),
     (e.NotFound, 404),
     (e.Locked, 423),
@@ -36,6 +38,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -80,6 +83,17 @@ def refusal_response(request: Request, error: e.DomainError) -> Response:
     return response
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this path (Starlette's 405 names only the first
+    route that matched the path, and each protocol method is its own route here)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.DomainError)
     async def _domain(request: Request, exc: e.DomainError) -> Response:
@@ -94,9 +108,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, "invalid_request", f"Invalid request: {problems}.")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
