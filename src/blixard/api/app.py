@@ -14,6 +14,7 @@ from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import RequestLimits
 from blixard.api.metrics import Metrics, MetricsMiddleware
+from blixard.api.openapi import install_openapi
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.audit = audit
     app.state.runs = run_service
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(backend.router)
     app.include_router(management.router)
     app.include_router(admin.router)

@@ -164,7 +164,7 @@ _LOCK_DOC: dict[str, Any] = dict(
         "asks again); 423 with the holder's LockInfo fields when another ID holds it."
     ),
     openapi_extra=_LOCK_INFO_BODY,
-    responses={200: {"description": "The granted LockInfo"}, 400: _ERROR, 423: _HOLDER},
+    responses={200: {"description": "The granted LockInfo"}, 409: _ERROR, 423: _HOLDER},
 )
 _UNLOCK_DOC: dict[str, Any] = dict(
     summary="Release the state lock",
@@ -173,7 +173,13 @@ _UNLOCK_DOC: dict[str, Any] = dict(
         "`terraform force-unlock` sends, releases any lock. 409 with the holder's fields when "
         "another ID holds it; 200 when nothing is locked."
     ),
-    responses={200: {"description": "The released lock, if any"}, 400: _ERROR, 409: _HOLDER},
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": _LOCK_INFO_BODY["requestBody"]["content"],
+        }
+    },
+    responses={200: {"description": "The released lock, if any"}, 409: _HOLDER},
 )
 
 

@@ -7,6 +7,7 @@ to OpenAPI here and parsed by the handler once `authorize` has passed.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import Path
@@ -14,6 +15,8 @@ from starlette.requests import Request
 
 from blixard.domain.errors import InvalidInput
 from blixard.domain.parsing import MAX_INT64, WORKSPACE_NAME, parse_count
+
+_DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,9})?")
 
 #: A workspace path segment, documented with the name rule it is checked against (by the
 #: handler, after authentication, so the pattern is documentation, not framework validation).
@@ -77,6 +80,16 @@ def query_limit(request: Request, *, default: int, maximum: int) -> int:
     """A page size: `default` when absent, 1 to `maximum` when given."""
     raw = request.query_params.get("limit")
     return default if raw is None else parse_count(raw, "limit", maximum=maximum)
+
+
+def query_seconds(request: Request, name: str, *, default: float, maximum: float) -> float:
+    """Seconds above 0 and at most `maximum`, as ASCII decimal (no exponent, inf or nan)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not _DECIMAL.fullmatch(raw) or not 0 < float(raw) <= maximum:
+        raise InvalidInput(f"'{name}' must be a number of seconds above 0 and at most {maximum:g}.")
+    return float(raw)
 
 
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
