@@ -58,8 +58,8 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
         for method, operation in operations.items():
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in sorted(_statuses(path, method, operation)):
-                responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
+            for code in sorted(_statuses(path, method, operation)):
+                responses.setdefault(str(code), {"description": _DESCRIPTIONS[code]})
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400 and "content" not in response:
                     response["content"] = _ERROR_CONTENT
