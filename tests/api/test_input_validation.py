@@ -3,12 +3,15 @@ is only good for the key that took it. Every engine, with and without the fast p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from blixard.api.app import asgi_app, create_app
+from blixard.config import Settings
 from tests.api.conftest import ClientFactory, lock_info, snapshot, tfstate
 
 API = "/api/tofu"
@@ -187,3 +190,18 @@ def test_a_lock_id_is_only_good_for_the_key_that_took_it(
     assert orjson.loads(client.get(f"{API}/state/app").content)["serial"] == 2
     released = client.request("UNLOCK", f"{API}/unlock/app", json={"ID": held["ID"]}, headers=alice)
     assert released.status_code == 200
+
+
+def test_a_typed_parameter_refused_by_the_framework_is_401_without_a_key(tmp_path: Path) -> None:
+    """Safety net for routes that declare typed parameters (FastAPI validates them before the
+    handler runs): a caller without a valid key gets 401, not a description of its input."""
+    app = create_app(Settings.load({"data_dir": tmp_path / "d", "auth": "required"}))
+
+    async def typed(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    app.add_api_route("/typed", typed)
+    with TestClient(asgi_app(app, fast_path=False)) as client:
+        refused = client.get("/typed", params={"n": "x"})
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "unauthorized"

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from blixard.api.security import record_refusal
+from blixard.api.security import record_refusal, require_known_caller
 from blixard.domain import errors as e
 
 log = logging.getLogger("blixard.api")
@@ -110,7 +110,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return refusal_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        # Routes parse their input after `authorize`; should one declare a typed parameter,
+        # a caller without a key still gets 401 rather than a description of its mistake.
+        try:
+            await require_known_caller(request)
+        except e.Unauthenticated as refusal:
+            return domain_error_response(refusal)
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
             for err in exc.errors()

@@ -110,6 +110,20 @@ async def authorize(request: Request, action: Action, workspace: str | None = No
     return actor
 
 
+async def require_known_caller(request: Request) -> None:
+    """Unauthenticated unless the request carries a valid key (or authentication is off).
+
+    For refusals made before a handler could call `authorize` (framework validation of a
+    typed parameter): a caller without a key learns nothing about its input but the 401.
+    """
+    keyring: KeyRing = request.app.state.keyring
+    if not await keyring.enabled():
+        return
+    secret = presented_key(request)
+    if secret is None or await keyring.verify(secret) is None:
+        raise Unauthenticated("This server requires a valid API key.")
+
+
 def record_refusal(request: Request, error: DomainError, status: int) -> None:
     """Audit every denied request, and every refused attempt to change something."""
     state = request.state
