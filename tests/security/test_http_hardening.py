@@ -62,8 +62,12 @@ def exchange(server: ServerProcess, data: bytes) -> RawResponse:
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(data)
         received = bytearray()
-        while chunk := sock.recv(65536):
-            received += chunk
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass  # closed with bytes of ours unread: what came before the reset is the answer
+    assert received, "no response before the connection closed"
     return RawResponse(bytes(received))
 
 
@@ -103,15 +107,15 @@ def test_a_stalled_body_answers_408_without_holding_its_declared_size(
 def test_an_unauthenticated_upload_is_refused_before_its_body_is_read(
     secured_server: ServerProcess,
 ) -> None:
-    """100 MiB declared, 64 KiB sent: the 401 comes back and the connection is closed, so the
-    client never has to send (and the server never reads) the rest."""
+    """100 MiB declared, not one byte of it sent: the 401 comes back anyway, and the server
+    closes the connection, so it never reads that body."""
     head = request_head(
         "POST",
         f"{API}/state/big",
         f"Content-Length: {100 * MiB}",
         "Content-Type: application/json",
     )
-    response = exchange(secured_server, head + b" " * (64 * 1024))
+    response = exchange(secured_server, head)
     assert response.status == 401
     assert response.json()["error"] == "unauthorized"
     assert response.headers["connection"] == "close"
