@@ -183,6 +183,17 @@ def test_request_heads_are_capped_while_they_arrive(open_server: ServerProcess) 
         assert client.get(f"{API}/state/big-body").content == state
 
 
+def test_a_request_head_that_stops_arriving_answers_408(open_server: ServerProcess) -> None:
+    """Slowloris: a head without its final empty line, or no bytes at all, does not hold a
+    connection open for ever (the body timeout applies to the head too)."""
+    partial = exchange(open_server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b")
+    assert partial.status == 408
+    assert partial.json()["error"] == "head_timeout"
+    assert exchange(open_server, b"").status == 408
+    with open_server.client() as client:
+        assert client.get("/health").status_code == 200
+
+
 def test_workspace_names_are_decoded_exactly_once(open_server: ServerProcess) -> None:
     """%252F is the name 'a%2Fb' (invalid), never 'a/b'; %2F is a path with a slash."""
     with open_server.client() as client:

@@ -3,13 +3,15 @@
 Two layers. `LimitedHttpToolsProtocol` is the HTTP protocol `blixard serve` gives uvicorn: it
 counts the bytes of a request's head (request line and headers) as they come off the socket
 and answers 431 once they pass MAX_HEADER_BYTES, so a megabyte of headers is never buffered
-(httptools itself accumulates a header of any size). `RequestLimits` is the ASGI layer: the
+(httptools itself accumulates a header of any size), and 408 when a head takes longer than
+the body timeout to arrive. `RequestLimits` is the ASGI layer: the
 header-count check for any server, and `Connection: close` on a response sent before the
 request's body was read (a 401 to a 200 MiB upload), so the rest of that body is never read.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -29,7 +31,12 @@ class _TooManyHeaders(Exception):
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the request head capped while it is received."""
+    """uvicorn's httptools protocol with the request head capped while it is received, in
+    size and in time: a head (or a new connection's first one) that has not arrived within
+    `head_timeout` seconds answers 408 and the connection closes (uvicorn has no such
+    timeout, so a client sending a header byte at a time held a connection forever)."""
+
+    head_timeout = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -38,6 +45,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._messages = 0
         self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self._in_head and not busy and not self.transport.is_closing():
+            self._answer_and_close(
+                408, "Request Timeout", "head_timeout", "The request head did not arrive in time."
+            )
 
     def data_received(self, data: bytes) -> None:
         if self._in_head and not self._refused:
@@ -59,6 +92,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._arm_head_timer()
         super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -70,6 +104,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._disarm_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -88,13 +123,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self) -> None:
         """431 as a JSON error, then close: the rest of this connection is never read."""
         self._refused = True
-        body = orjson.dumps({"error": "headers_too_large", "message": _TOO_LARGE_MESSAGE})
+        self._answer_and_close(
+            431, "Request Header Fields Too Large", "headers_too_large", _TOO_LARGE_MESSAGE
+        )
+
+    def _answer_and_close(self, status: int, reason: str, code: str, message: str) -> None:
+        self._disarm_head_timer()
+        body = orjson.dumps({"error": code, "message": message})
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason.encode(), len(body), body)
         )
         self.transport.close()
+
+
+def http_protocol(head_timeout: float) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class `blixard serve` hands uvicorn, with the configured head timeout."""
+    return type("BlixardHttpProtocol", (LimitedHttpToolsProtocol,), {"head_timeout": head_timeout})
 
 
 def _has_body(scope: Scope) -> bool:
