@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     max_state_bytes: int = Field(
         DEFAULT_MAX_STATE_BYTES, gt=0, description="Largest accepted state body (inclusive)."
     )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest pause while a request body arrives before 408."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     cache_bytes: int = Field(
         256 * 1024 * 1024, ge=0, description="Memory for recently used state bodies."

@@ -106,10 +106,13 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         print(f"blixard: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     from blixard.api.app import asgi_app, create_app
+    from blixard.api.limits import http_protocol
 
     app = create_app(settings)
     uvicorn.run(
         asgi_app(app),
+        # Request heads capped in size and time while they are received.
+        http=http_protocol(head_timeout=settings.body_timeout_seconds),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -247,7 +247,8 @@ def test_huge_pax_header_is_bounded(tmp_path: Path) -> None:
     info.pax_headers = {"comment": "x" * (20 * MiB)}
     bomb = build((info, data))
     assert len(bomb) < 256 * 1024
-    refused(bomb, tmp_path / "out", r"too large once decompressed")
+    # Refused from its 512-byte block: the 20 MiB of pax records are never read.
+    refused(bomb, tmp_path / "out", r"pax extended header of \d+ bytes .* larger than 12288")
 
 
 TRUNCATED_TAR = build(file("a.tf", bytes(range(256)) * 20), compress=False)
@@ -346,3 +347,69 @@ def test_make_archive_output_is_identical_across_copies(tmp_path: Path) -> None:
     os.utime(second / "main.tf", (1, 1))
     make: Callable[[Path], bytes] = make_archive
     assert make(first) == make(second)
+
+
+def raw_member(kind: bytes, data: bytes, name: str = "././@PaxHeader") -> bytes:
+    """One tar member of any type, header and padded data, written by hand."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data)
+    padding = (-len(data)) % tarfile.BLOCKSIZE
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * padding
+
+
+def record(keyword: bytes, value: bytes) -> bytes:
+    """A pax record `LENGTH KEYWORD=VALUE\\n` whose length counts its own digits."""
+    rest = b" " + keyword + b"=" + value + b"\n"
+    length = len(rest) + len(str(len(rest)))
+    length = len(rest) + len(str(length))
+    return str(length).encode() + rest
+
+
+def tar_of(*members: bytes) -> bytes:
+    plain = build(file("main.tf", b"# ok\n"), compress=False, fmt=tarfile.USTAR_FORMAT)
+    return gzip.compress(b"".join(members) + plain, mtime=0)
+
+
+def test_cve_2024_6232_pax_bomb_is_refused_from_its_header_block(tmp_path: Path) -> None:
+    """The stock parser's regex backtracks for hours on a pax header of digits; the block
+    that announces it is refused before any of it is read."""
+    # Half the size limit, so only the header check stands between it and the regex.
+    bomb = tar_of(raw_member(tarfile.XHDTYPE, b"0" * (MiB // 2)))
+    assert len(bomb) < 2048
+    refused(bomb, tmp_path / "out", r"pax extended header of 524288 bytes", max_bytes=MiB)
+
+
+@pytest.mark.parametrize(
+    ("records", "match"),
+    [
+        (b"0" * 12000, r"malformed pax record at offset 512: no length"),
+        (record(b"a", b"b") + b"1" * 11000, r"malformed pax record at offset 518"),
+        (record(b"GNU.sparse.map", b"0,1,2,3"), r"GNU sparse file \(GNU.sparse.map\)"),
+        (record(b"GNU.sparse.size", b"99"), r"GNU sparse file"),
+        (record(b"hdrcharset", b"BINARY"), r"non-UTF-8 names"),
+        (record(b"path", b"\xff\xfe"), r"not UTF-8"),
+        (record(b"size", "٣٣".encode()), r"size that is not a number"),
+        (b"99 path=short\n", r"malformed pax record"),
+    ],
+)
+def test_malformed_or_sparse_pax_records_are_refused(
+    tmp_path: Path, records: bytes, match: str
+) -> None:
+    refused(tar_of(raw_member(tarfile.XHDTYPE, records)), tmp_path / "out", match)
+
+
+def test_gnu_sparse_entries_and_huge_long_names_are_refused(tmp_path: Path) -> None:
+    refused(tar_of(raw_member(tarfile.GNUTYPE_SPARSE, b"x", "s")), tmp_path / "a", r"GNU sparse")
+    long_name = raw_member(tarfile.GNUTYPE_LONGNAME, b"a" * (64 * 1024), "././@LongLink")
+    refused(tar_of(long_name), tmp_path / "b", r"GNU long name of 65536 bytes")
+    global_size = raw_member(tarfile.XGLTYPE, record(b"size", b"99"))
+    refused(tar_of(global_size), tmp_path / "c", r"global pax header .* sets a size")
+
+
+def test_pax_records_within_limits_still_work(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 200] * 15) + "/main.tf"  # a 3 KiB path: a pax 'path' record
+    info, data = file(deep, b"# deep\n")
+    info.pax_headers = {"comment": "héllo", "mtime": "1700000000.5"}
+    extract_archive(build((info, data)), tmp_path / "out", max_bytes=MiB)
+    assert (tmp_path / "out" / deep).read_bytes() == b"# deep\n"

@@ -7,9 +7,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blixard.domain.errors import InvalidLockInfo, InvalidState, InvalidWorkspaceName
+from blixard.domain.errors import (
+    InvalidInput,
+    InvalidLockInfo,
+    InvalidState,
+    InvalidWorkspaceName,
+)
 from blixard.domain.parsing import (
+    check_utf8,
     check_workspace_name,
+    parse_count,
     parse_lock_info,
     parse_state,
     with_serial,
@@ -122,3 +129,52 @@ def test_lock_info_rules() -> None:
     for bad in (b"", b"{}", b'{"ID": ""}', b'{"ID": null}', b"[]", b"nope"):
         with pytest.raises(InvalidLockInfo):
             parse_lock_info(bad)
+
+
+def test_utf8_is_checked_across_slice_boundaries() -> None:
+    """A character split by the 1 MiB slicing is still one valid character; a truncated one
+    at the very end, or a lone continuation byte in the middle, is not."""
+    mib = 1024 * 1024
+    for cut in range(1, 4):
+        body = b"x" * (mib - cut) + "€".encode() + b"tail"
+        check_utf8(body)
+        check_utf8(bytearray(body))
+    for bad in (b"x" * mib + b"\xe2\x82", b"x" * (mib - 1) + b"\x82" + b"x"):
+        with pytest.raises(InvalidState, match="UTF-8"):
+            check_utf8(bad)
+
+
+@given(st.binary(max_size=64))
+def test_utf8_check_agrees_with_decode(data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(InvalidState):
+            check_utf8(data)
+    else:
+        check_utf8(data)
+
+
+@pytest.mark.parametrize(
+    ("raw", "valid"),
+    [
+        ("1", True),
+        ("9223372036854775807", True),
+        ("9223372036854775808", False),
+        ("0", False),
+        ("-1", False),
+        ("+1", False),
+        (" 1", False),
+        ("1_000", False),
+        ("\u0663", False),
+        ("\u00b2", False),
+        ("", False),
+        ("1e3", False),
+    ],
+)
+def test_counts_are_ascii_digits_within_int64(raw: str, valid: bool) -> None:
+    if valid:
+        assert parse_count(raw, "n") == int(raw)
+    else:
+        with pytest.raises(InvalidInput, match="whole number from 1 to 9223372036854775807"):
+            parse_count(raw, "n")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
 from blixard.api.body import read_json_model
+from blixard.api.params import count_param, query_bool, query_count, query_limit, string_param
 from blixard.api.security import authorize
 from blixard.api.views import iso, json_response
 from blixard.auth.keyring import KeyRing
@@ -69,12 +70,24 @@ def _keyring(request: Request) -> KeyRing:
     return keyring
 
 
-@router.get("/keys", summary="List API keys (never their secrets)")
-async def list_keys(
-    request: Request,
-    include_revoked: Annotated[bool, Query(description="Also list revoked keys")] = False,
-) -> Response:
+@router.get(
+    "/keys",
+    summary="List API keys (never their secrets)",
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "include_revoked",
+                "in": "query",
+                "required": False,
+                "description": "Also list revoked keys.",
+                "schema": {"type": "boolean", "default": False},
+            }
+        ]
+    },
+)
+async def list_keys(request: Request) -> Response:
     await authorize(request, Action.keys_manage)
+    include_revoked = query_bool(request, "include_revoked")
     keys = await _keyring(request).store.list_keys(include_revoked=include_revoked)
     return json_response({"keys": [key_json(key) for key in keys]})
 
@@ -123,25 +136,32 @@ async def revoke_key(request: Request, name: str) -> Response:
     return json_response({"key": key_json(revoked)})
 
 
-@router.get("/audit", summary="The audit trail, newest first")
-async def audit(
-    request: Request,
-    workspace: str | None = None,
-    key: Annotated[str | None, Query(description="Key name")] = None,
-    action: Annotated[str | None, Query(description="e.g. state.write, lock.force_unlock")] = None,
-    since: Annotated[str | None, Query(description="ISO 8601 time, inclusive")] = None,
-    until: Annotated[str | None, Query(description="ISO 8601 time, exclusive")] = None,
-    before: Annotated[int | None, Query(ge=1, description="Events with a lower id")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> Response:
+@router.get(
+    "/audit",
+    summary="The audit trail, newest first",
+    openapi_extra={
+        "parameters": [
+            string_param("workspace", "Workspace name."),
+            string_param("key", "Key name."),
+            string_param("action", "e.g. state.write, lock.force_unlock."),
+            string_param("since", "ISO 8601 time, inclusive."),
+            string_param("until", "ISO 8601 time, exclusive."),
+            count_param("before", "Events with a lower id."),
+            count_param("limit", "Page size.", maximum=1000, default=100),
+        ]
+    },
+)
+async def audit(request: Request) -> Response:
     await authorize(request, Action.audit_read)
+    query = request.query_params
+    limit = query_limit(request, maximum=1000, default=100)
     events = await _keyring(request).store.list_audit(
-        workspace=workspace,
-        key_name=key,
-        action=action,
-        since=parse_time(since, "since"),
-        until=parse_time(until, "until"),
-        before_id=before,
+        workspace=query.get("workspace"),
+        key_name=query.get("key"),
+        action=query.get("action"),
+        since=parse_time(query.get("since"), "since"),
+        until=parse_time(query.get("until"), "until"),
+        before_id=query_count(request, "before"),
         limit=limit + 1,
     )
     page = events[:limit]

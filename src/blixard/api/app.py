@@ -12,8 +12,9 @@ from blixard import __version__
 from blixard.api import admin, backend, encryption, health, management, runs
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
-from blixard.api.limits import HeaderLimits
+from blixard.api.limits import RequestLimits
 from blixard.api.metrics import Metrics, MetricsMiddleware
+from blixard.api.openapi import install_openapi
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.audit = audit
     app.state.runs = run_service
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(backend.router)
     app.include_router(management.router)
     app.include_router(admin.router)
@@ -98,4 +100,4 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 def asgi_app(app: FastAPI, *, fast_path: bool = True) -> ASGIApp:
     """What the server runs: metrics around the protocol fast path around the FastAPI app."""
     inner: ASGIApp = ProtocolFastPath(app, root=app) if fast_path else app
-    return MetricsMiddleware(HeaderLimits(inner), app.state.metrics)
+    return MetricsMiddleware(RequestLimits(inner), app.state.metrics)

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from blixard.api.body import SMALL_BODY_LIMIT, read_body
+from blixard.api.params import WorkspacePath, count_param, query_count
 from blixard.api.security import authorize
 from blixard.api.views import iso, json_response, lock_json, service_of, version_json
 from blixard.domain.access import Action
-from blixard.domain.errors import InvalidInput, Locked
+from blixard.domain.errors import Locked
 
 router = APIRouter(prefix="/api/tofu", tags=["backend protocol"])
 
@@ -32,13 +33,7 @@ _LOCK_ID_PARAM = {
     "description": "The lock ID the writer holds (clients send it while locked).",
     "schema": {"type": "string"},
 }
-_VERSION_PARAM = {
-    "name": "version",
-    "in": "query",
-    "required": False,
-    "description": "A past version number (default: the current state).",
-    "schema": {"type": "integer", "minimum": 1},
-}
+_VERSION_PARAM = count_param("version", "A past version number (default: the current state).")
 
 _ERROR = {"description": "JSON error: `{error, message}`"}
 _HOLDER = {"description": "JSON error with the lock holder's LockInfo fields at top level"}
@@ -76,15 +71,6 @@ _STATE_BODY: dict[str, Any] = {
 }
 
 
-def positive_int_query(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidInput(f"Query parameter '{name}' must be a positive integer.")
-    return int(raw)
-
-
 def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handler], Handler]:
     """Register a handler with FastAPI (docs, fallback) and with the fast-path table."""
 
@@ -120,9 +106,9 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
         404: _ERROR,
     },
 )
-async def get_state(request: Request, workspace: str) -> Response:
+async def get_state(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.state_read, workspace)
-    version = positive_int_query(request, "version")
+    version = query_count(request, "version")
     meta, body = await service_of(request).read_state(workspace, version)
     return Response(
         body,
@@ -153,7 +139,7 @@ async def get_state(request: Request, workspace: str) -> Response:
         423: _HOLDER,
     },
 )
-async def write_state(request: Request, workspace: str) -> Response:
+async def write_state(request: Request, workspace: WorkspacePath) -> Response:
     actor = await authorize(request, Action.state_write, workspace)
     settings = request.app.state.settings
     body = await read_body(request, settings.max_state_bytes, verify_md5=False)
@@ -178,7 +164,7 @@ _LOCK_DOC: dict[str, Any] = dict(
         "asks again); 423 with the holder's LockInfo fields when another ID holds it."
     ),
     openapi_extra=_LOCK_INFO_BODY,
-    responses={200: {"description": "The granted LockInfo"}, 400: _ERROR, 423: _HOLDER},
+    responses={200: {"description": "The granted LockInfo"}, 409: _ERROR, 423: _HOLDER},
 )
 _UNLOCK_DOC: dict[str, Any] = dict(
     summary="Release the state lock",
@@ -187,13 +173,19 @@ _UNLOCK_DOC: dict[str, Any] = dict(
         "`terraform force-unlock` sends, releases any lock. 409 with the holder's fields when "
         "another ID holds it; 200 when nothing is locked."
     ),
-    responses={200: {"description": "The released lock, if any"}, 400: _ERROR, 409: _HOLDER},
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": _LOCK_INFO_BODY["requestBody"]["content"],
+        }
+    },
+    responses={200: {"description": "The released lock, if any"}, 409: _HOLDER},
 )
 
 
 @protocol_route("/lock/{workspace}", ["LOCK", "POST"], **_LOCK_DOC)
 @protocol_route("/state/{workspace}", ["LOCK"], **_LOCK_DOC)
-async def lock(request: Request, workspace: str) -> Response:
+async def lock(request: Request, workspace: WorkspacePath) -> Response:
     actor = await authorize(request, Action.lock_acquire, workspace)
     body = await read_body(request, SMALL_BODY_LIMIT)
     try:
@@ -207,11 +199,18 @@ async def lock(request: Request, workspace: str) -> Response:
 @protocol_route("/unlock/{workspace}", ["UNLOCK", "POST"], **_UNLOCK_DOC)
 @protocol_route("/lock/{workspace}", ["UNLOCK"], **_UNLOCK_DOC)
 @protocol_route("/state/{workspace}", ["UNLOCK"], **_UNLOCK_DOC)
-async def unlock(request: Request, workspace: str) -> Response:
+async def unlock(request: Request, workspace: WorkspacePath) -> Response:
+    # An empty body is `terraform force-unlock`: breaking any lock is an admin's call. The key
+    # is checked before the body is read: for the least action the request can be.
+    declares_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    actor = await authorize(
+        request, Action.lock_release if declares_body else Action.lock_force, workspace
+    )
     body = await read_body(request, SMALL_BODY_LIMIT)
-    # An empty body is `terraform force-unlock`: breaking any lock is an admin's call.
-    action = Action.lock_release if body.strip() else Action.lock_force
-    actor = await authorize(request, action, workspace)
+    if declares_body and not body.strip():
+        actor = await authorize(request, Action.lock_force, workspace)
     released = await service_of(request).unlock(workspace, body, actor=actor)
     return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
 
@@ -222,7 +221,7 @@ async def unlock(request: Request, workspace: str) -> Response:
     summary="Lock status and holder",
     responses={200: {"description": "Lock status"}, 404: _ERROR},
 )
-async def lock_status(request: Request, workspace: str) -> Response:
+async def lock_status(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.lock_status, workspace)
     status = await service_of(request).lock_status(workspace)
     held = status.lock
@@ -244,7 +243,7 @@ async def lock_status(request: Request, workspace: str) -> Response:
     summary="Force-unlock: break whatever lock is held",
     responses={200: {"description": "The removed lock, if any"}, 400: _ERROR},
 )
-async def force_unlock(request: Request, workspace: str) -> Response:
+async def force_unlock(request: Request, workspace: WorkspacePath) -> Response:
     actor = await authorize(request, Action.lock_force, workspace)
     released = await service_of(request).force_unlock(workspace, actor=actor)
     return json_response({"workspace": workspace, "unlocked": True, "lock": lock_json(released)})
@@ -256,7 +255,7 @@ async def force_unlock(request: Request, workspace: str) -> Response:
     summary="Soft-delete the workspace (history kept, restorable)",
     responses={200: {"description": "Deleted"}, 404: _ERROR, 423: _HOLDER},
 )
-async def delete_state(request: Request, workspace: str) -> Response:
+async def delete_state(request: Request, workspace: WorkspacePath) -> Response:
     actor = await authorize(request, Action.workspace_delete, workspace)
     await service_of(request).delete_workspace(workspace, actor=actor)
     return json_response({"workspace": workspace, "deleted": True})

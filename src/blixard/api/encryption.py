@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from blixard.api.params import query_seconds
 from blixard.api.security import authorize
 from blixard.api.views import json_response, service_of
 from blixard.domain.access import Action, audit_event
@@ -34,13 +33,22 @@ async def encryption_status(request: Request) -> Response:
         "`done` is true; then old key ids no longer in use are listed in `retired_key_ids` "
         "and may be removed from BLIXARD_ENCRYPTION_OLD_KEYS. 409 when encryption is off."
     ),
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "max_seconds",
+                "in": "query",
+                "required": False,
+                "description": "Work budget (seconds, more than 0, at most 30).",
+                "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 30, "default": 1},
+            }
+        ]
+    },
     responses={409: _ERROR},
 )
-async def rotate(
-    request: Request,
-    max_seconds: Annotated[float, Query(gt=0, le=30, description="Work budget")] = 1.0,
-) -> Response:
-    actor = await authorize(request, Action.admin)
+async def rotate(request: Request) -> Response:
+    actor = await authorize(request, Action.admin)  # before looking at the query
+    max_seconds = query_seconds(request, "max_seconds", default=1.0, maximum=30.0)
     progress = await service_of(request).store.rotate_encryption(max_seconds=max_seconds)
     if progress.rotated_versions or progress.rotated_locks or progress.retired_key_ids:
         request.app.state.audit.record(

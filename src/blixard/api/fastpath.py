@@ -10,7 +10,6 @@ Everything else falls through to the FastAPI app.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -55,9 +54,11 @@ class ProtocolFastPath:
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _run(handler: Handler, request: Request, raw_workspace: str) -> Response:
+    async def _run(handler: Handler, request: Request, workspace: str) -> Response:
+        # scope["path"] is already percent-decoded by the server: decoding again would turn
+        # %252F into '/' here but not in the framework's routes.
         try:
-            return await handler(request, unquote(raw_workspace))
+            return await handler(request, workspace)
         except DomainError as exc:
             return refusal_response(request, exc)
         except Exception:

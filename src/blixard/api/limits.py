@@ -1,32 +1,192 @@
-"""Request-header limits, enforced before any handler runs."""
+"""Limits on what a client may make the server hold before any handler runs.
+
+Two layers. `LimitedHttpToolsProtocol` is the HTTP protocol `blixard serve` gives uvicorn: it
+counts the bytes of a request's head (request line and headers) as they come off the socket
+and answers 431 once they pass MAX_HEADER_BYTES, so a megabyte of headers is never buffered
+(httptools itself accumulates a header of any size), and 408 when a head takes longer than
+the body timeout to arrive. `RequestLimits` is the ASGI layer: the
+header-count check for any server, and `Connection: close` on a response sent before the
+request's body was read (a 401 to a 200 MiB upload), so the rest of that body is never read.
+"""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from blixard.api.errors import error_response
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024
 
+_TOO_LARGE_MESSAGE = f"Request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes."
 
-class HeaderLimits:
-    """431 for requests with too many or too large headers (state lives in bodies, not here)."""
+
+class _TooManyHeaders(Exception):
+    """Raised from a parser callback; httptools turns it into a parser error."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the request head capped while it is received, in
+    size and in time: a head (or a new connection's first one) that has not arrived within
+    `head_timeout` seconds answers 408 and the connection closes (uvicorn has no such
+    timeout, so a client sending a header byte at a time held a connection forever)."""
+
+    head_timeout = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_fields = 0
+        self._messages = 0
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self._in_head and not busy and not self.transport.is_closing():
+            self._answer_and_close(
+                408, "Request Timeout", "head_timeout", "The request head did not arrive in time."
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head and not self._refused:
+            room = MAX_HEADER_BYTES - self._head_bytes
+            if len(data) > room:
+                # Feed what the head may still use; the rest only if that ended the head.
+                messages = self._messages
+                self._head_bytes = MAX_HEADER_BYTES
+                super().data_received(data[:room])
+                if self.transport.is_closing():
+                    return
+                if self._in_head and self._messages == messages:
+                    self._refuse()
+                    return
+                self.data_received(data[room:])
+                return
+            self._head_bytes += len(data)
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._arm_head_timer()
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_fields += 1
+        if self._head_fields > MAX_HEADERS:
+            self._refused = True
+            raise _TooManyHeaders
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._messages += 1
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_fields = 0
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refused:
+            self._refuse()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse(self) -> None:
+        """431 as a JSON error, then close: the rest of this connection is never read."""
+        self._refused = True
+        self._answer_and_close(
+            431, "Request Header Fields Too Large", "headers_too_large", _TOO_LARGE_MESSAGE
+        )
+
+    def _answer_and_close(self, status: int, reason: str, code: str, message: str) -> None:
+        self._disarm_head_timer()
+        body = orjson.dumps({"error": code, "message": message})
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason.encode(), len(body), body)
+        )
+        self.transport.close()
+
+
+def http_protocol(head_timeout: float) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class `blixard serve` hands uvicorn, with the configured head timeout."""
+    return type("BlixardHttpProtocol", (LimitedHttpToolsProtocol,), {"head_timeout": head_timeout})
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+class RequestLimits:
+    """431 for too many or too large headers (any server), and no reading of unread bodies."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope["headers"]
-            if len(headers) > MAX_HEADERS or (
-                sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
-            ):
-                response = error_response(
-                    431,
-                    "headers_too_large",
-                    f"Request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes.",
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADERS or (
+            sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
+        ):
+            response = error_response(431, "headers_too_large", _TOO_LARGE_MESSAGE)
+            response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return
+        if not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def receive_tracked() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_tracked(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                # Answered before the body was read (refused, or too large): never read it.
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive_tracked, send_tracked)

@@ -4,25 +4,40 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
+from blixard.api.params import (
+    WorkspacePath,
+    count_param,
+    query_count,
+    query_limit,
+    string_param,
+)
 from blixard.api.security import authorize
 from blixard.api.views import json_response, service_of, version_json, workspace_json
 from blixard.domain.access import Action
+from blixard.domain.parsing import MAX_INT64, parse_count
 
 router = APIRouter(prefix="/api/tofu", tags=["management"])
 
 _ERROR = {"description": "JSON error: `{error, message}`"}
 
 
-@router.get("/workspaces", summary="List workspaces (sorted by name)")
-async def list_workspaces(
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-    after: Annotated[str | None, Query(description="Return names after this one")] = None,
-) -> Response:
+@router.get(
+    "/workspaces",
+    summary="List workspaces (sorted by name)",
+    openapi_extra={
+        "parameters": [
+            count_param("limit", "Page size.", maximum=10000, default=1000),
+            string_param("after", "Return names after this one."),
+        ]
+    },
+)
+async def list_workspaces(request: Request) -> Response:
     actor = await authorize(request, Action.workspace_list)
+    limit = query_limit(request, maximum=10000, default=1000)
+    after = request.query_params.get("after")
     found = await service_of(request).list_workspaces(after=after, limit=limit + 1, actor=actor)
     page = found[:limit]
     return json_response(
@@ -36,15 +51,17 @@ async def list_workspaces(
 @router.get(
     "/history/{workspace}",
     summary="Version history, newest first",
-    responses={404: _ERROR},
+    openapi_extra={
+        "parameters": [
+            count_param("limit", "Page size.", maximum=1000, default=50),
+            count_param("before", "Versions below this number."),
+        ]
+    },
 )
-async def history(
-    request: Request,
-    workspace: str,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="Versions below this number")] = None,
-) -> Response:
+async def history(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.history_read, workspace)
+    limit = query_limit(request, maximum=1000, default=50)
+    before = query_count(request, "before")
     versions = await service_of(request).history(workspace, before=before, limit=limit + 1)
     page = versions[:limit]
     return json_response(
@@ -66,16 +83,24 @@ async def history(
         "Refused with 423 while someone else holds the lock; the holder may roll back by "
         "passing `?ID=`."
     ),
-    responses={404: _ERROR, 409: _ERROR, 423: _ERROR},
+    openapi_extra={"parameters": [string_param("ID", "Lock ID, if you hold it.")]},
+    responses={409: _ERROR, 423: _ERROR},
 )
 async def rollback(
     request: Request,
-    workspace: str,
-    version: int,
-    lock_id: Annotated[str | None, Query(alias="ID", description="Lock ID, if you hold it")] = None,
+    workspace: WorkspacePath,
+    version: Annotated[
+        str,
+        Path(
+            description="The version to make current again.",
+            json_schema_extra={"type": "integer", "minimum": 0, "maximum": MAX_INT64},
+        ),
+    ],
 ) -> Response:
     actor = await authorize(request, Action.rollback, workspace)
-    meta = await service_of(request).rollback(workspace, version, lock_id=lock_id, actor=actor)
+    number = parse_count(version, "version", minimum=0)  # version 0: no such version, 404
+    lock_id = request.query_params.get("ID")
+    meta = await service_of(request).rollback(workspace, number, lock_id=lock_id, actor=actor)
     metrics = request.app.state.metrics
     metrics.bytes_written.inc(meta.size)
     metrics.versions_written.labels(meta.source).inc()
@@ -87,7 +112,7 @@ async def rollback(
     summary="Soft-delete a workspace (history kept, restorable)",
     responses={404: _ERROR, 423: _ERROR},
 )
-async def delete_workspace(request: Request, workspace: str) -> Response:
+async def delete_workspace(request: Request, workspace: WorkspacePath) -> Response:
     actor = await authorize(request, Action.workspace_delete, workspace)
     await service_of(request).delete_workspace(workspace, actor=actor)
     return json_response({"workspace": workspace, "deleted": True})
@@ -98,7 +123,7 @@ async def delete_workspace(request: Request, workspace: str) -> Response:
     summary="Restore a soft-deleted workspace",
     responses={404: _ERROR, 409: _ERROR},
 )
-async def restore_workspace(request: Request, workspace: str) -> Response:
+async def restore_workspace(request: Request, workspace: WorkspacePath) -> Response:
     actor = await authorize(request, Action.workspace_restore, workspace)
     await service_of(request).restore_workspace(workspace, actor=actor)
     return json_response({"workspace": workspace, "deleted": False})

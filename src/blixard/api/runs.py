@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from blixard.api.body import SMALL_BODY_LIMIT, read_body, read_json_model
+from blixard.api.params import (
+    WorkspacePath,
+    count_param,
+    query_bool,
+    query_limit,
+    string_param,
+)
 from blixard.api.security import authorize
 from blixard.api.views import iso, json_response
 from blixard.domain.access import Action
@@ -86,13 +93,6 @@ def _runs(request: Request) -> RunService:
     return service
 
 
-def _bool_query(request: Request, name: str) -> bool:
-    value = request.query_params.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise InvalidInput(f"Query parameter '{name}' must be true or false.")
-    return value in ("true", "1", "yes")
-
-
 async def _plan_request(request: Request, destroy: bool) -> RunRequest:
     """JSON with config_dir, or a tar.gz body with the options in the query string."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -110,11 +110,14 @@ async def _plan_request(request: Request, destroy: bool) -> RunRequest:
         return RunRequest(
             workspace=query.get("workspace", ""),
             archive=bytes(archive),
-            auto_approve=_bool_query(request, "auto_approve"),
-            destroy=destroy or _bool_query(request, "destroy"),
+            auto_approve=query_bool(request, "auto_approve"),
+            destroy=destroy or query_bool(request, "destroy"),
             variables=variables,
             targets=tuple(query.getlist("target")),
         )
+    # The workspace is in the body: the key and its role are checked before reading it,
+    # its scopes once the body names the workspace (_create).
+    await authorize(request, Action.plan_create)
     wanted = await read_json_model(request, PlanRequest, "plan request")
     return RunRequest(
         workspace=wanted.workspace,
@@ -199,14 +202,20 @@ async def apply_plan(request: Request, plan_id: str) -> Response:
     return json_response(run_json(approved), status_code=202)
 
 
-@router.get("/plans/{workspace}", summary="A workspace's runs, newest first")
-async def list_plans(
-    request: Request,
-    workspace: str,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    before: Annotated[str | None, Query(description="Runs older than this plan_id")] = None,
-) -> Response:
+@router.get(
+    "/plans/{workspace}",
+    summary="A workspace's runs, newest first",
+    openapi_extra={
+        "parameters": [
+            count_param("limit", "Page size.", maximum=1000, default=50),
+            string_param("before", "Runs older than this plan_id."),
+        ]
+    },
+)
+async def list_plans(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.plan_read, workspace)
+    limit = query_limit(request, maximum=1000, default=50)
+    before = request.query_params.get("before")
     runs = await _runs(request).list(workspace, before=before, limit=limit + 1)
     page = runs[:limit]
     return json_response(
@@ -233,7 +242,7 @@ async def get_plan(request: Request, plan_id: str) -> Response:
 async def plan_logs(request: Request, plan_id: str) -> Response:
     run, _ = await _visible_run(request, plan_id, Action.plan_read)
     runs = _runs(request)
-    if not _bool_query(request, "follow"):
+    if not query_bool(request, "follow"):
         return Response(await runs.read_log(run), media_type="text/plain; charset=utf-8")
     return StreamingResponse(_follow(runs, run), media_type="text/plain; charset=utf-8")
 

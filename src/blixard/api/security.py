@@ -23,7 +23,7 @@ from blixard.domain.access import (
     audit_event,
 )
 from blixard.domain.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
-from blixard.domain.parsing import check_workspace_name
+from blixard.domain.parsing import WORKSPACE_NAME, check_text, check_workspace_name
 
 
 def presented_key(request: Request) -> str | None:
@@ -48,14 +48,29 @@ def _source(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def _check_request_text(request: Request, workspace: str | None) -> None:
+    """Input checks every route shares, made once the caller is known (so a caller without
+    a key gets 401 whatever it sent): the workspace name, and no NUL in path or query."""
+    if workspace is not None:
+        check_workspace_name(workspace)
+    check_text(request.scope["path"], "path")
+    for name, value in request.query_params.multi_items():
+        check_text(name, "query parameter name")
+        check_text(value, name)
+
+
 async def authorize(request: Request, action: Action, workspace: str | None = None) -> Actor:
-    """The actor behind a request, if allowed to do `action` (on `workspace`)."""
+    """The actor behind a request, if allowed to do `action` (on `workspace`).
+
+    Order matters: credentials, then role, then the request's own input, then scope. A
+    request without a valid key is refused (401, audited) before anything it sent is looked
+    at, and no body is read before this returns.
+    """
     keyring: KeyRing = request.app.state.keyring
     state = request.state
     state.action = action
-    state.workspace = workspace
-    if workspace is not None:
-        check_workspace_name(workspace)
+    # Audited by name only when it is a name: a hostile segment stays out of the trail.
+    state.workspace = workspace if workspace and WORKSPACE_NAME.fullmatch(workspace) else None
     secret = presented_key(request)
     if not await keyring.enabled():
         # Open server: anyone may act, but a valid key (e.g. a run's) still names the actor.
@@ -67,9 +82,10 @@ async def authorize(request: Request, action: Action, workspace: str | None = No
             scopes=key.scopes if key else ("*",),
         )
         state.actor = actor
-        if key is not None and not (
-            actor.allowed(action) and (workspace is None or actor.can_see(workspace))
-        ):
+        if key is not None and not actor.allowed(action):
+            raise PermissionDenied(f"Key '{key.name}' may not {action.value} here.")
+        _check_request_text(request, workspace)
+        if key is not None and workspace is not None and not actor.can_see(workspace):
             raise PermissionDenied(f"Key '{key.name}' may not {action.value} here.")
         return actor
     if secret is None:
@@ -87,10 +103,25 @@ async def authorize(request: Request, action: Action, workspace: str | None = No
         raise PermissionDenied(
             f"Key '{key.name}' has role {key.role.name}; {action.value} needs {needed} or above."
         )
+    _check_request_text(request, workspace)
     if workspace is not None and not actor.can_see(workspace):
         state.scope_denied = True
         raise NotFound(f"Workspace '{workspace}' does not exist.")
     return actor
+
+
+async def require_known_caller(request: Request) -> None:
+    """Unauthenticated unless the request carries a valid key (or authentication is off).
+
+    For refusals made before a handler could call `authorize` (framework validation of a
+    typed parameter): a caller without a key learns nothing about its input but the 401.
+    """
+    keyring: KeyRing = request.app.state.keyring
+    if not await keyring.enabled():
+        return
+    secret = presented_key(request)
+    if secret is None or await keyring.verify(secret) is None:
+        raise Unauthenticated("This server requires a valid API key.")
 
 
 def record_refusal(request: Request, error: DomainError, status: int) -> None:

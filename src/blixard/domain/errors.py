@@ -42,6 +42,12 @@ class PayloadTooLarge(DomainError):
     code = "payload_too_large"
 
 
+class BodyTimeout(DomainError):
+    """The request body stopped arriving: the client paused longer than the read timeout."""
+
+    code = "body_timeout"
+
+
 class NotFound(DomainError):
     code = "not_found"
 

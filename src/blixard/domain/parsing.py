@@ -6,6 +6,7 @@ skips (while still validating) everything else, so memory stays near the body's 
 
 from __future__ import annotations
 
+import codecs
 import re
 from datetime import datetime
 from typing import Any
@@ -19,9 +20,15 @@ from blixard.domain.errors import (
     InvalidState,
     InvalidWorkspaceName,
 )
-from blixard.domain.models import Body, StateMeta
+from blixard.domain.models import LOCK_INFO_FIELDS, Body, StateMeta
 
 WORKSPACE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+#: Every number the server stores (serials, versions, ids) is a signed 64-bit integer.
+MAX_INT64 = 2**63 - 1
+_ASCII_INTEGER = re.compile(r"[0-9]{1,19}")
+#: UTF-8 is validated in slices, so a 256 MiB state never becomes a 256 MiB str.
+_UTF8_SLICE = 1024 * 1024
 
 
 def check_workspace_name(name: str) -> str:
@@ -31,6 +38,41 @@ def check_workspace_name(name: str) -> str:
             "and do not start with '.'."
         )
     return name
+
+
+def parse_count(raw: str, name: str, *, minimum: int = 1, maximum: int = MAX_INT64) -> int:
+    """A whole number typed by a client (query string, path), within [minimum, maximum].
+
+    Only ASCII digits: `int()` also accepts Arabic-Indic digits, underscores, signs and
+    spaces, none of which a version number or a limit is spelled with.
+    """
+    if not _ASCII_INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise InvalidInput(f"'{name}' must be a whole number from {minimum} to {maximum}.")
+    return int(raw)
+
+
+def check_text(value: str, name: str) -> str:
+    """Refuse a NUL character: names and ids end up in logs, SQL and etcd keys."""
+    if "\x00" in value:
+        raise InvalidInput(f"'{name}' must not contain a NUL character.")
+    return value
+
+
+def check_utf8(body: Body) -> None:
+    """Refuse a body that is not valid UTF-8 anywhere (JSON is UTF-8, RFC 8259), in slices
+    so memory stays flat; ASCII bodies, the common case, are checked in one C call."""
+    if body.isascii():
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(body)
+    try:
+        for start in range(0, len(view), _UTF8_SLICE):
+            decoder.decode(view[start : start + _UTF8_SLICE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidState("State is not valid UTF-8.") from None
+    finally:
+        view.release()
 
 
 class _StateHeader(msgspec.Struct):
@@ -53,9 +95,10 @@ _string_decoder = msgspec.json.Decoder(str)
 def parse_state(body: Body) -> StateMeta:
     """Validate a state body and read its metadata.
 
-    The only shape required is a JSON object with an integer `serial` (>= 0) and a string
-    `lineage`: OpenTofu's client-side-encrypted envelope qualifies, and unfamiliar extra
-    fields are fine. `terraform_version` and the resource count are best-effort.
+    The only shape required is valid UTF-8 JSON: an object with an integer `serial`
+    (0 to 2^63-1) and a string `lineage` (no NUL): OpenTofu's client-side-encrypted envelope
+    qualifies, and unfamiliar extra fields are fine. `terraform_version` and the resource
+    count are best-effort.
     """
     try:
         header = _header_decoder.decode(body)
@@ -68,10 +111,14 @@ def parse_state(body: Body) -> StateMeta:
     except RecursionError:
         # Terraform states nest a few dozen levels; thousands is an attack or a bug.
         raise InvalidState("State is nested too deeply to be a Terraform state.") from None
-    if header.serial < 0:
-        raise InvalidState("State 'serial' must not be negative.")
+    if not 0 <= header.serial <= MAX_INT64:
+        raise InvalidState(f"State 'serial' must be from 0 to {MAX_INT64}.")
     if not header.lineage:
         raise InvalidState("State 'lineage' must not be empty.")
+    if "\x00" in header.lineage:
+        raise InvalidState("State 'lineage' must not contain a NUL character.")
+    # msgspec checks UTF-8 only in the strings it decodes; stored states are read back whole.
+    check_utf8(body)
     return StateMeta(
         serial=header.serial,
         lineage=header.lineage,
@@ -148,6 +195,10 @@ def parse_lock_info(body: Body, *, allow_empty: bool = False) -> dict[str, Any] 
         raise InvalidLockInfo("LockInfo needs a non-empty string 'ID'.")
     if len(lock_id) > 1024:
         raise InvalidLockInfo("LockInfo 'ID' is longer than 1024 characters.")
+    for field in LOCK_INFO_FIELDS:
+        value = info.get(field)
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidLockInfo(f"LockInfo '{field}' must not contain a NUL character.")
     return info
 
 

@@ -125,8 +125,14 @@ class StateService:
         return ws
 
     @staticmethod
-    def _check_writer(ws: Workspace | None, lock_id: str | None, action: str) -> None:
-        """A write is allowed to the lock holder, or to anyone while nothing is locked."""
+    def _check_writer(
+        ws: Workspace | None, lock_id: str | None, action: str, actor: Actor | None = None
+    ) -> None:
+        """A write is allowed to the lock holder, or to anyone while nothing is locked.
+
+        Holding the lock means knowing its ID *and* being the key that took it (or an admin),
+        exactly as for UNLOCK: a lock ID read from a conflict body is not a credential.
+        """
         lock = ws.lock if ws else None
         if lock is not None and lock.id != lock_id:
             raise Locked(
@@ -134,6 +140,8 @@ class StateService:
                 f"(lock ID {lock.id}).",
                 lock,
             )
+        if lock is not None:
+            _check_lock_owner(lock, actor)
         if lock is None and lock_id is not None:
             raise LockLost(
                 f"Cannot {action}: lock {lock_id} is not held (it was released or broken).",
@@ -200,7 +208,7 @@ class StateService:
                 raise WorkspaceDeleted(
                     f"Workspace '{name}' is deleted; restore it before writing to it."
                 )
-            self._check_writer(ws, lock_id, "write state")
+            self._check_writer(ws, lock_id, "write state", actor)
             head = ws.head if ws else None
             if head is not None:
                 if head.sha256 == sha256 and source == "write":
@@ -234,7 +242,7 @@ class StateService:
     ) -> VersionMeta:
         """Make version N current again, as a new version with serial = current + 1."""
         ws = await self._existing(name)
-        self._check_writer(ws, lock_id, "roll back")
+        self._check_writer(ws, lock_id, "roll back", actor)
         _, old_body = await self.read_state(name, version)
         for _ in range(_CAS_ATTEMPTS):
             ws = await self._existing(name)
@@ -306,12 +314,7 @@ class StateService:
                     f"{ws.lock.info.get('Who') or 'someone'} (lock ID {ws.lock.id}).",
                     ws.lock,
                 )
-            owner = ws.lock.owner
-            if actor is not None and actor.role < Role.admin and owner not in (None, actor.name):
-                raise PermissionDenied(
-                    f"Lock {lock_id} was taken by key '{owner}'; only that key or an admin "
-                    "may release it."
-                )
+            _check_lock_owner(ws.lock, actor)
             return await self._release(ws, Action.lock_release, actor)
 
         return await self._cas(name, attempt)
@@ -423,6 +426,15 @@ class StateService:
             return await self._release(ws, Action.lock_force, actor)
 
         return await self._cas(name, attempt)
+
+
+def _check_lock_owner(lock: Lock, actor: Actor | None) -> None:
+    """Only the key that took a lock (or an admin) may use it, to write or to release."""
+    owner = lock.owner
+    if actor is not None and actor.role < Role.admin and owner not in (None, actor.name):
+        raise PermissionDenied(
+            f"Lock {lock.id} was taken by key '{owner}'; only that key or an admin may use it."
+        )
 
 
 def verify_content_md5(digest: bytes, header: str) -> None:

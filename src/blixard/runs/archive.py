@@ -6,8 +6,9 @@ entry: absolute names, any `..` component, symlinks that are absolute or lead ou
 destination, hard links to anything but a file extracted before them, devices, FIFOs and
 any other special entry, more than `max_files` entries, more than `max_bytes` of file
 content (counted while the bytes are written, so lying headers and gzip bombs are caught),
-oversized tar headers (the decompressed stream is bounded too), and anything that is not
-a gzip-compressed or plain tar.
+oversized tar headers (the decompressed stream is bounded too), GNU sparse files, pax
+headers over 12 KiB or with `GNU.sparse.*` records (checked before tarfile parses them, see
+runs/tarheaders.py), and anything that is not a gzip-compressed or plain tar.
 
 Symlinks are created last, once every file and directory exists, so no file is ever
 written through a link from the archive; then every link is resolved again to check that
@@ -28,6 +29,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
+from blixard.runs.tarheaders import BadHeader, RefusedHeader, StrictTarInfo
 from blixard.runs.workdir import open_checked, walk_config
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -73,33 +75,6 @@ class _BoundedReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-class _BadHeader(Exception):
-    """A header that is not the end of the archive and not a valid header either."""
-
-
-_END_OF_ARCHIVE: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """Stock tarfile treats an invalid or truncated header after the first one as the end
-    of the archive and silently ignores the rest; here that is an error. Only the proper
-    end-of-archive (zero) block ends it."""
-
-    @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> _StrictTarInfo:
-        offset = archive.fileobj.tell() if archive.fileobj is not None else 0
-        try:
-            return super().fromtarfile(archive)
-        except _END_OF_ARCHIVE:
-            raise
-        except tarfile.HeaderError as exc:
-            if type(exc).__name__ == "EmptyHeaderError":
-                raise _BadHeader(
-                    f"data ends at offset {offset} without the end-of-archive marker (truncated?)"
-                ) from None
-            raise _BadHeader(f"bad header at offset {offset}: {exc or 'truncated'}") from None
 
 
 def _clean_name(name: str, what: str = "entry") -> str:
@@ -316,7 +291,7 @@ def extract_archive(
             bounded = _BoundedReader(source, max_bytes + HEADER_ALLOWANCE + STREAM_SLACK)
             try:
                 tar = stack.enter_context(
-                    tarfile.open(fileobj=bounded, mode="r|", tarinfo=_StrictTarInfo)
+                    tarfile.open(fileobj=bounded, mode="r|", tarinfo=StrictTarInfo)
                 )
                 for member in tar:
                     extractor.member(tar, member)
@@ -324,7 +299,9 @@ def extract_archive(
                     bounded.limit = (
                         max_bytes + HEADER_ALLOWANCE * (extractor.count + 1) + STREAM_SLACK
                     )
-            except (_BadHeader, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            except RefusedHeader as exc:
+                raise UnsafeArchive(str(exc)) from None
+            except (BadHeader, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
                 raise UnsafeArchive(
                     f"not a valid .tar.gz or .tar archive (read as {kind}: {exc or 'truncated'})"
                 ) from None
