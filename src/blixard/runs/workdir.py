@@ -204,7 +204,7 @@ def prepare_workdir(source: Path, dest: Path) -> None:
             os.symlink(entry.target, target)
         else:
             shutil.copyfile(entry.source, target, follow_symlinks=True)
-            target.chmod(0o755 if entry.executable else 0o644)
+            target.chmod(0o700 if entry.executable else 0o600)  # the data directory is private
         if "/" not in entry.relpath and entry.kind != "dir":
             root_names.append(entry.relpath)
     if not any(is_config_file(n) for n in root_names):

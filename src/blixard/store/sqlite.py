@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from blixard.datadir import private_file
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
@@ -291,6 +292,7 @@ class _Checkpointer(threading.Thread):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    private_file(path)  # 0600 before SQLite opens it: its WAL and SHM inherit the mode
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -436,7 +438,7 @@ class SQLiteStore:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._take_file_lock()
         try:
             self._executor = ThreadPoolExecutor(
