@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from blixard import access_log
 from blixard.config import Settings
 from blixard.datadir import PRIVATE_UMASK, make_private
 
@@ -122,6 +123,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     from blixard.api.app import asgi_app, create_app
 
     app = create_app(settings)
+    access_log.install()  # no variable values in access log lines
     uvicorn.run(
         asgi_app(app),
         host=settings.host,
