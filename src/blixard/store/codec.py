@@ -21,6 +21,7 @@ from typing import Literal
 
 import zstandard
 
+from blixard.domain.errors import VersionCorrupt
 from blixard.domain.models import Body
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, state_aad
 
@@ -162,6 +163,22 @@ class VersionCodec:
             # The versions have drifted apart: start a new base rather than keep paying.
             return Encoded("zstd", None, self._compress_full(body))
         return Encoded("zstd-delta", base.version, blob)
+
+    def decode_version(
+        self,
+        workspace: str,
+        version: int,
+        encoded: Encoded,
+        base_body: bytes | None,
+        *,
+        cache: bool = True,
+    ) -> bytes:
+        """`decode`, with damaged or altered bytes reported as VersionCorrupt naming the
+        version (zstd's frame checksum and AES-GCM's tag are what notice them)."""
+        try:
+            return self.decode(workspace, encoded, base_body, cache=cache)
+        except (zstandard.ZstdError, DecryptionError) as exc:
+            raise VersionCorrupt(workspace, version, str(exc)) from exc
 
     def decode(
         self, workspace: str, encoded: Encoded, base_body: bytes | None, *, cache: bool = True

@@ -899,9 +899,11 @@ class EtcdStore:
         if encoded.base_version is not None:
             base_body = await self._body(name, encoded.base_version)
         if len(encoded.blob) > _INLINE_ENCODE_BYTES:
-            body = await asyncio.to_thread(self.codec.decode, name, encoded, base_body)
+            body = await asyncio.to_thread(
+                self.codec.decode_version, name, version, encoded, base_body
+            )
         else:
-            body = self.codec.decode(name, encoded, base_body)
+            body = self.codec.decode_version(name, version, encoded, base_body)
         self._bodies.put(name, version, body)
         return meta, body
 

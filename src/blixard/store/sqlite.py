@@ -668,8 +668,10 @@ class SQLiteStore:
                     "WHERE workspace_id = ? AND version = ?",
                     (ws_id, encoded.base_version),
                 ).fetchone()
-                base_body = self.codec.decode(name, Encoded(*base_row), None)
-        return meta, self.codec.decode(name, encoded, base_body)
+                base_body = self.codec.decode_version(
+                    name, encoded.base_version, Encoded(*base_row), None
+                )
+        return meta, self.codec.decode_version(name, version, encoded, base_body)
 
     async def _delta_base(self, name: str, body_size: int) -> DeltaBase | None:
         """The body to delta against, or None when this body will be stored full anyway."""
