@@ -807,6 +807,15 @@ class EtcdStore:
                 "no quorum: writes answer 503 and reads fail rather than serve stale data"
                 f" ({no_quorum})"
             )
+        # A member's status lists the cluster's alarms; NOSPACE refuses every write.
+        if any("NOSPACE" in str(error) for status in answered for error in status.errors):
+            report.update(
+                is_healthy=False,
+                writes_failing=True,
+                error="writes are failing: etcd raised its NOSPACE alarm (its space quota, "
+                "--quota-backend-bytes, is used up); free space (compact, defrag), then "
+                "etcdctl alarm disarm",
+            )
         return report
 
     async def _probe_member(self, client_urls: list[str], deadline: float) -> Any | None:
