@@ -35,7 +35,7 @@ compile() {  # compile OUTPUT [uv options...]
   {
     echo "# Pinned, hashed dependencies: made by scripts/lock.sh from pyproject.toml; do not edit."
     echo "# input-digest: $digest"
-    cat "$work/out.txt"
+    sed "s|$work/||g" "$work/out.txt"   # no temporary paths in the annotations
   } > "$out"
 }
 mkdir -p requirements
