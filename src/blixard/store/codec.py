@@ -13,6 +13,7 @@ body: decoding a delta opens and decompresses the base, then opens and decompres
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections import OrderedDict
@@ -171,14 +172,22 @@ class VersionCodec:
         encoded: Encoded,
         base_body: bytes | None,
         *,
+        sha256: str | None = None,
         cache: bool = True,
     ) -> bytes:
         """`decode`, with damaged or altered bytes reported as VersionCorrupt naming the
-        version (zstd's frame checksum and AES-GCM's tag are what notice them)."""
+        version: zstd's frame checksum and AES-GCM's tag notice damage, and `sha256` (the
+        digest recorded when the version was written) a blob of another version put in its
+        place, which would otherwise decode cleanly."""
         try:
-            return self.decode(workspace, encoded, base_body, cache=cache)
+            body = self.decode(workspace, encoded, base_body, cache=cache)
         except (zstandard.ZstdError, DecryptionError) as exc:
             raise VersionCorrupt(workspace, version, str(exc)) from exc
+        if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+            raise VersionCorrupt(
+                workspace, version, "its bytes are not the ones written: the SHA-256 differs"
+            )
+        return body
 
     def decode(
         self, workspace: str, encoded: Encoded, base_body: bytes | None, *, cache: bool = True

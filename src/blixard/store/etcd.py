@@ -909,10 +909,12 @@ class EtcdStore:
             base_body = await self._body(name, encoded.base_version)
         if len(encoded.blob) > _INLINE_ENCODE_BYTES:
             body = await asyncio.to_thread(
-                self.codec.decode_version, name, version, encoded, base_body
+                functools.partial(
+                    self.codec.decode_version, name, version, encoded, base_body, sha256=meta.sha256
+                )
             )
         else:
-            body = self.codec.decode_version(name, version, encoded, base_body)
+            body = self.codec.decode_version(name, version, encoded, base_body, sha256=meta.sha256)
         self._bodies.put(name, version, body)
         return meta, body
 

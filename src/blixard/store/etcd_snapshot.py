@@ -158,7 +158,9 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
                             None,
                             cache=False,
                         )
-                body = store.codec.decode_version(name, number, encoded, base_body, cache=False)
+                body = store.codec.decode_version(
+                    name, number, encoded, base_body, sha256=meta.sha256, cache=False
+                )
                 if encoded.encoding == "zstd":
                     last_full = (number, body)
                 yield VersionRecord(meta, body)

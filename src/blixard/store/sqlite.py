@@ -700,7 +700,8 @@ class SQLiteStore:
                 base_body = self.codec.decode_version(
                     name, encoded.base_version, Encoded(*base_row), None
                 )
-        return meta, self.codec.decode_version(name, version, encoded, base_body)
+        body = self.codec.decode_version(name, version, encoded, base_body, sha256=meta.sha256)
+        return meta, body
 
     async def _delta_base(self, name: str, body_size: int) -> DeltaBase | None:
         """The body to delta against, or None when this body will be stored full anyway."""

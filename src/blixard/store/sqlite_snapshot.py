@@ -159,7 +159,9 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
                     base_body = store.codec.decode_version(
                         name, encoded.base_version, Encoded(*base_row), None, cache=False
                     )
-            body = store.codec.decode_version(name, meta.version, encoded, base_body, cache=False)
+            body = store.codec.decode_version(
+                name, meta.version, encoded, base_body, sha256=meta.sha256, cache=False
+            )
             if encoded.encoding == "zstd":
                 last_full = (meta.version, body)
             yield VersionRecord(meta, body)
