@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from blixard.datadir import make_private
+from blixard.runs.workdir import prepare_workdir
 from blixard.store.sqlite import SQLiteStore
 from tests.harness import ServerProcess
 from tests.store.test_engine_suite import append
@@ -142,3 +143,16 @@ def test_make_private_creates_and_counts(tmp_path: Path) -> None:
     assert stat.S_IMODE((root / "d").stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "d" / "exe").stat().st_mode) == 0o700  # owner keeps its x bit
     assert make_private(root) == 0
+
+
+def test_a_runs_work_directory_copy_is_private(tmp_path: Path) -> None:
+    source = tmp_path / "config"
+    source.mkdir()
+    (source / "main.tf").write_text('resource "terraform_data" "x" {}\n')
+    (source / "hook.sh").write_text("#!/bin/sh\n")
+    (source / "hook.sh").chmod(0o755)
+    work = tmp_path / "data" / "runs" / "run-1"
+    with umask(0o022):
+        prepare_workdir(source, work)
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in work.iterdir() if p.is_file()}
+    assert files["main.tf"] == 0o600 and files["hook.sh"] == 0o700, files
