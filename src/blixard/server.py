@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from blixard import access_log
 from blixard.config import Settings
+from blixard.datadir import PRIVATE_UMASK, make_private
 
 
 class TlsConfigError(ValueError):
@@ -98,6 +101,18 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Everything the server writes (database, WAL, runs' work directories) is private from
+    # the start; what an earlier start, a restore or a hand left looser is tightened now.
+    os.umask(PRIVATE_UMASK)
+    try:
+        make_private(settings.data_dir)
+    except OSError as exc:
+        print(
+            f"blixard: cannot make the data directory {settings.data_dir} private (0700): "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     from blixard.preflight import StartupRefused, preflight
 
     try:
@@ -109,6 +124,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     from blixard.api.limits import http_protocol
 
     app = create_app(settings)
+    access_log.install()  # no variable values in access log lines
     uvicorn.run(
         asgi_app(app),
         # Request heads capped in size and time while they are received.

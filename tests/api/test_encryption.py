@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
 
 from blixard.store.crypto import generate_key, key_id_of_key
 from tests.api.conftest import ClientFactory, lock_info, tfstate
@@ -71,3 +76,38 @@ def test_status_and_rotation_to_a_new_key(make_client: ClientFactory, tmp_path: 
     client = make_client(data_dir=data_dir, encryption_key=new)
     for number, body in enumerate(states, start=1):
         assert client.get(f"{API}/state/w", params={"version": number}).content == body
+
+
+def _refusal_details(client: TestClient, count: int) -> list[str]:
+    """The details of the refused lock/write requests in the audit trail, once all `count`
+    were written (refusals are queued and written in batches, off the request path)."""
+    for _ in range(200):
+        events = client.get(f"{API}/audit", params={"limit": 100}).json()["events"]
+        refused = [e["detail"] for e in events if str(e["outcome"]).startswith("refused:")]
+        if len(refused) >= count:
+            return refused
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} refusals were audited: {events}")
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plaintext"])
+def test_the_lock_holders_who_stays_out_of_audit_details_when_encrypted(
+    make_client: ClientFactory, encrypted: bool
+) -> None:
+    who = "alice-SECRET-WHO@ops-laptop"
+    client = make_client(encryption_key=generate_key() if encrypted else None)
+    assert client.post(f"{API}/state/w", content=tfstate(1)).status_code == 200
+    held = lock_info(who=who)
+    assert client.request("LOCK", f"{API}/lock/w", json=held).status_code == 200
+    other = lock_info(who="bob@host")
+    locked = client.request("LOCK", f"{API}/lock/w", json=other)
+    assert locked.status_code == 423 and locked.json()["Who"] == who  # clients still see it
+    assert client.post(f"{API}/state/w", content=tfstate(2)).status_code == 423
+    wrong = orjson.dumps(other)
+    assert client.request("UNLOCK", f"{API}/unlock/w", content=wrong).status_code == 409
+    details = _refusal_details(client, 3)
+    if encrypted:
+        assert all(who not in detail for detail in details), details
+        assert all(f"by another client (lock ID {held['ID']})" in d for d in details), details
+    else:
+        assert all(who in detail for detail in details), details

@@ -255,9 +255,16 @@ def test_storage_full_is_503_with_retry_after_and_recovers(
         # Reads are still served, and show that nothing changed.
         assert client.get(f"{API}/state/w").content == tfstate(1)
         assert snapshot(client, "w") == before
+        # The storage health says writes are failing, and why.
+        health = client.get("/health/hiqlite")
+        assert health.status_code == 503, health.text
+        assert health.json()["is_healthy"] is False and health.json()["writes_failing"] is True
+        assert ("NOSPACE" if own_etcd else "SQLITE_FULL") in health.json()["error"]
     finally:
         full(False)
     assert client.post(f"{API}/state/w", content=big).status_code == 200
+    health = client.get("/health/hiqlite")
+    assert health.status_code == 200 and "writes_failing" not in health.json(), health.text
 
 
 def test_oversized_headers_are_refused_with_431(client: TestClient) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,15 +199,17 @@ def test_state_pull_equals_server_bytes(
 
 
 def test_concurrent_applies_exactly_one_fails_with_lock_error(
-    project_factory: ProjectFactory, api: Api, ws: str
+    project_factory: ProjectFactory, api: Api, ws: str, tmp_path: Path
 ) -> None:
     first = init_project(project_factory, name="first")
     second = init_project(project_factory, name="second")
 
-    slow = first.start("apply", "-auto-approve", "-var", "sleep=3")
+    # The slow apply holds the lock until the test says so (no sleep that a loaded machine
+    # could outlast before the other applies even start).
+    release = tmp_path / "release-slow-apply"
+    slow = first.start("apply", "-auto-approve", "-var", f"hold_until={release}")
     holder = api.wait_locked(ws)
     assert holder["Operation"] == "OperationTypeApply"
-    assert slow.poll() is None, "the slow apply must still be running (holding the lock)"
 
     loser = second.run("apply", "-auto-approve", ok=False)
     assert loser.returncode != 0, loser.describe()
@@ -214,11 +217,15 @@ def test_concurrent_applies_exactly_one_fails_with_lock_error(
     assert f"HTTP remote state already locked: ID={holder['ID']}" in loser.flat, loser.describe()
     assert f"Lock Info: ID: {holder['ID']}" in loser.flat, loser.describe()
     assert f"Who: {holder['Who']}" in loser.flat, loser.describe()
+    assert slow.poll() is None, "the slow apply still holds the lock until released"
 
     # With -lock-timeout Terraform retries while the 423 names a holder, then gets the lock.
+    refused_so_far = api.lock_conflicts()
     waiter = init_project(project_factory, "two", name="waiter")
     patient = waiter.start("apply", "-auto-approve", "-lock-timeout=60s")
-    assert slow.poll() is None, "the waiter must start while the lock is held"
+    api.wait_lock_conflicts(above=refused_so_far)  # the waiter was turned away at least once
+    assert patient.poll() is None, "the waiter keeps retrying while the lock is held"
+    release.touch()
 
     assert slow.wait(60) == 0, first.background_output()
     assert "Apply complete!" in first.background_output()

@@ -122,18 +122,26 @@ STYLES = [
 
 
 def resource_config(value: str, *, extra: str = "") -> str:
-    """A config with one terraform_data resource; `-var sleep=N` makes its creation slow."""
+    """A config with one terraform_data resource; `-var sleep=N` makes its creation slow, and
+    `-var hold_until=PATH` makes it wait until PATH exists (a test's event, not a guess at how
+    long the machine needs)."""
     return f"""
 variable "sleep" {{
   type    = number
   default = 0
 }}
 
+variable "hold_until" {{
+  type    = string
+  default = ""
+}}
+
 resource "terraform_data" "main" {{
   input = "{value}"
 
   provisioner "local-exec" {{
-    command = "sleep ${{var.sleep}}"
+    command = (var.hold_until == "" ? "sleep ${{var.sleep}}"
+      : "while [ ! -e '${{var.hold_until}}' ]; do sleep 0.05; done")
   }}
 }}
 
@@ -364,6 +372,23 @@ class Api:
 
     def lock_status(self, ws: str) -> httpx.Response:
         return self.http.get(f"/lock/{ws}")
+
+    def lock_conflicts(self) -> float:
+        """The server's blixard_lock_conflicts_total: LOCKs it refused because of a holder."""
+        text = httpx.get(self.base_url + "/metrics", timeout=15.0).text
+        for line in text.splitlines():
+            if line.startswith("blixard_lock_conflicts_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    def wait_lock_conflicts(self, above: float, timeout: float = 60.0) -> float:
+        """Poll /metrics until more than `above` LOCKs were refused (a waiter was turned away)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (count := self.lock_conflicts()) > above:
+                return count
+            time.sleep(0.05)
+        raise AssertionError(f"no LOCK was refused within {timeout}s (still {above})")
 
     def wait_locked(self, ws: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll GET /lock/ws until the workspace is locked; return the holder's LockInfo."""

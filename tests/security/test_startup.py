@@ -54,3 +54,28 @@ def test_short_admin_key_is_refused(tmp_path: Path) -> None:
 )
 def test_loopback_detection(listen: str, loopback: bool) -> None:
     assert Settings.load({"listen": listen}).is_loopback is loopback
+
+
+def test_a_revoked_admin_key_says_so_at_start(tmp_path: Path) -> None:
+    from tests.harness import ServerProcess
+
+    admin = "blx_startup-admin-key-0123456789"
+    data = str(tmp_path / "data")
+    with ServerProcess(tmp_path / "data", env={"BLIXARD_ADMIN_KEY": admin}):
+        pass
+    revoke = subprocess.run(
+        [sys.executable, "-m", "blixard", "keys", "revoke", "admin", "--data-dir", data],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert revoke.returncode == 0, revoke.stderr
+    result = serve(tmp_path, "--listen", "127.0.0.1:18733", env={"BLIXARD_ADMIN_KEY": admin})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(
+        "blixard: BLIXARD_ADMIN_KEY is the secret of key 'admin', which was revoked at "
+    )
+    assert "Set BLIXARD_ADMIN_KEY to a new secret, or unset it." in lines[0]
+    assert admin not in result.stderr

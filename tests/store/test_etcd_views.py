@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +142,31 @@ def _etcd_requests(endpoints: list[str]) -> dict[str, int]:
     return counts
 
 
+async def fewest_requests(
+    measure: Callable[[int], Awaitable[None]],
+    enough: Callable[[dict[str, int]], bool],
+    attempts: int = 6,
+) -> dict[str, int]:
+    """The fewest Txn and Range requests the shared cluster counted around `measure(attempt)`.
+
+    The cluster's counters are shared with everything else talking to it (other tests'
+    stores, leases, compaction), which can only add requests: the least over a few attempts
+    is what `measure` itself costs, however busy the machine. Stops at the first attempt
+    that is `enough`.
+    """
+    endpoints = shared_cluster_endpoints()
+    fewest: dict[str, int] = {}
+    for attempt in range(attempts):
+        before = _etcd_requests(endpoints)
+        await measure(attempt)
+        after = _etcd_requests(endpoints)
+        delta = {key: after[key] - before[key] for key in after}
+        fewest = {key: min(fewest.get(key, value), value) for key, value in delta.items()}
+        if enough(delta):
+            break
+    return fewest
+
+
 async def test_a_warm_cycle_is_three_txns_and_one_read(nodes: Nodes) -> None:
     """LOCK, GET, POST, UNLOCK as Terraform sends them: each mutation one Txn on the record
     this node remembers, the GET one linearizable read (its body from the cache)."""
@@ -156,8 +181,6 @@ async def test_a_warm_cycle_is_three_txns_and_one_read(nodes: Nodes) -> None:
 
     await service.write_state("w", state(1))
     await cycle(2)
-    endpoints = shared_cluster_endpoints()
-    before = _etcd_requests(endpoints)
-    await cycle(3)
-    after = _etcd_requests(endpoints)
-    assert {k: after[k] - before[k] for k in after} == {"Txn": 3, "Range": 1}
+    expected = {"Txn": 3, "Range": 1}
+    fewest = await fewest_requests(lambda attempt: cycle(3 + attempt), expected.__eq__)
+    assert fewest == expected

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from blixard.domain.errors import VersionCorrupt
 from blixard.domain.models import Lock
-from blixard.store.crypto import Cipher, DecryptionError, key_id_of_key
+from blixard.store.crypto import Cipher, key_id_of_key
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionRefused
 from blixard.store.sqlite import SQLiteStore
 from tests.store.test_encryption_suite import SECRET
@@ -277,9 +278,9 @@ async def test_tampered_or_moved_blobs_raise_never_garbage(tmp_path: Path) -> No
 
     store = await open_store(path, Cipher(K1))
     try:
-        with pytest.raises(DecryptionError, match="failed authentication"):
+        with pytest.raises(VersionCorrupt, match=r"Version 1 of workspace 'a'.*failed auth"):
             await store.read_version("a", 1)
-        with pytest.raises(DecryptionError, match="failed authentication"):
+        with pytest.raises(VersionCorrupt, match=r"Version 2 of workspace 'b'.*failed auth"):
             await store.read_version("b", 2)
         found = await store.read_version("b", 1)
         assert found is not None and found[1] == bodies(2, "b")[0]

@@ -30,6 +30,7 @@ STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
     (e.Conflict, 409),
     (e.StorageUnavailable, 503),
     (e.RunnerUnavailable, 503),
+    (e.VersionCorrupt, 500),
 ]
 
 _HTTP_CODES = {
@@ -63,6 +64,8 @@ def error_response(
 def domain_error_response(error: e.DomainError) -> Response:
     if isinstance(error, e.StorageUnavailable):
         log.warning("storage unavailable: %s", error.message)
+    if isinstance(error, e.VersionCorrupt):
+        log.error("%s", error.message)
     status = status_for(error)
     extra: dict[str, Any] = dict(error.extra)
     headers: dict[str, str] = {}

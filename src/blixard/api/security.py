@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
+from blixard.config import Settings
 from blixard.domain.access import (
     MUTATIONS,
     REQUIRED_ROLE,
@@ -22,7 +23,13 @@ from blixard.domain.access import (
     Role,
     audit_event,
 )
-from blixard.domain.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
+from blixard.domain.errors import (
+    DomainError,
+    HolderError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from blixard.domain.parsing import WORKSPACE_NAME, check_text, check_workspace_name
 
 
@@ -141,7 +148,22 @@ def record_refusal(request: Request, error: DomainError, status: int) -> None:
             workspace=getattr(state, "workspace", None),
             lock_id=request.query_params.get("ID"),
             status=status,
-            detail=error.message[:500],
+            detail=_audit_detail(error, request.app.state.settings)[:500],
             source=_source(request),
         )
     )
+
+
+def _audit_detail(error: DomainError, settings: Settings) -> str:
+    """The refusal's message, without the lock holder's `Who` when encryption at rest is on:
+    lock payloads are sealed then, and the audit trail (stored in plaintext) must not hold a
+    copy of what they seal."""
+    holder = error.holder if isinstance(error, HolderError) else None
+    encrypted = settings.encryption_key is not None or settings.encryption_key_file is not None
+    who = holder.info.get("Who") if holder is not None else None
+    if not encrypted or holder is None or not who:
+        return error.message
+    detail = error.message.replace(
+        f" by {who} (lock ID {holder.id})", f" by another client (lock ID {holder.id})"
+    )
+    return detail if who not in detail else f"{error.code}: held by lock ID {holder.id}"

@@ -188,6 +188,14 @@ class KeyRing:
         hashed = secret_hash(secret)
         if key_id(hashed) in self._by_id:
             return
+        for key in await self.store.list_keys(include_revoked=True):
+            if key.revoked_at is not None and hmac.compare_digest(key.secret_hash, hashed):
+                revoked = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.revoked_at))
+                raise Conflict(
+                    f"BLIXARD_ADMIN_KEY is the secret of key '{key.name}', which was revoked "
+                    f"at {revoked}; a revoked secret is never accepted again. Set "
+                    "BLIXARD_ADMIN_KEY to a new secret, or unset it."
+                )
         names = {key.name for key in self._by_id.values()}
         name = BOOTSTRAP_NAME
         suffix = 1

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from blixard.cli.client import DEFAULT_URL, ApiKeyOpt, UrlOpt
+from blixard.domain.errors import DomainError
 
 if TYPE_CHECKING:
     from blixard.store.crypto import Cipher
@@ -556,8 +557,12 @@ def _backup_offline(partial: Path, url: str, cipher: Cipher | None, seal: bool) 
             writer = SnapshotWriter()
             phase = progress.phase("exporting")
             with _Output(partial, cipher if seal else None) as out:
-                async for chunk in writer.stream(_counted(store.export_snapshot(), phase.record)):
-                    out.write(chunk)
+                try:
+                    export = _counted(store.export_snapshot(), phase.record)
+                    async for chunk in writer.stream(export):
+                        out.write(chunk)
+                except DomainError as exc:  # e.g. a version that no longer decodes
+                    _fail(f"backup failed, no file written: {exc.message}")
                 out.finish()
             phase.finish()
         finally:

@@ -102,6 +102,21 @@ class LockLost(HolderError):
     code = "lock_lost"
 
 
+class VersionCorrupt(DomainError):
+    """A stored version's bytes cannot be read back (damaged on disk, or altered): retrying
+    will not help, restoring it from a backup will."""
+
+    code = "version_corrupt"
+
+    def __init__(self, workspace: str, version: int, reason: str) -> None:
+        super().__init__(
+            f"Version {version} of workspace '{workspace}' is corrupt in storage and cannot be "
+            f"read ({reason}); restore it from a backup.",
+            workspace=workspace,
+            version=version,
+        )
+
+
 class StorageUnavailable(DomainError):
     """The store cannot serve right now; clients should retry."""
 

@@ -294,7 +294,7 @@ def prepare_workdir(source: Path, dest: Path) -> None:
         else:
             with os.fdopen(open_checked(entry), "rb") as src, open(target, "xb") as out:
                 shutil.copyfileobj(src, out)
-            target.chmod(0o755 if entry.executable else 0o644)
+            target.chmod(0o700 if entry.executable else 0o600)
         if "/" not in entry.relpath and entry.kind != "dir":
             root_names.append(entry.relpath)
     if not any(is_config_file(n) for n in root_names):

@@ -13,6 +13,7 @@ body: decoding a delta opens and decompresses the base, then opens and decompres
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections import OrderedDict
@@ -21,6 +22,7 @@ from typing import Literal
 
 import zstandard
 
+from blixard.domain.errors import VersionCorrupt
 from blixard.domain.models import Body
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, state_aad
 
@@ -162,6 +164,30 @@ class VersionCodec:
             # The versions have drifted apart: start a new base rather than keep paying.
             return Encoded("zstd", None, self._compress_full(body))
         return Encoded("zstd-delta", base.version, blob)
+
+    def decode_version(
+        self,
+        workspace: str,
+        version: int,
+        encoded: Encoded,
+        base_body: bytes | None,
+        *,
+        sha256: str | None = None,
+        cache: bool = True,
+    ) -> bytes:
+        """`decode`, with damaged or altered bytes reported as VersionCorrupt naming the
+        version: zstd's frame checksum and AES-GCM's tag notice damage, and `sha256` (the
+        digest recorded when the version was written) a blob of another version put in its
+        place, which would otherwise decode cleanly."""
+        try:
+            body = self.decode(workspace, encoded, base_body, cache=cache)
+        except (zstandard.ZstdError, DecryptionError) as exc:
+            raise VersionCorrupt(workspace, version, str(exc)) from exc
+        if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+            raise VersionCorrupt(
+                workspace, version, "its bytes are not the ones written: the SHA-256 differs"
+            )
+        return body
 
     def decode(
         self, workspace: str, encoded: Encoded, base_body: bytes | None, *, cache: bool = True

@@ -807,6 +807,15 @@ class EtcdStore:
                 "no quorum: writes answer 503 and reads fail rather than serve stale data"
                 f" ({no_quorum})"
             )
+        # A member's status lists the cluster's alarms; NOSPACE refuses every write.
+        if any("NOSPACE" in str(error) for status in answered for error in status.errors):
+            report.update(
+                is_healthy=False,
+                writes_failing=True,
+                error="writes are failing: etcd raised its NOSPACE alarm (its space quota, "
+                "--quota-backend-bytes, is used up); free space (compact, defrag), then "
+                "etcdctl alarm disarm",
+            )
         return report
 
     async def _probe_member(self, client_urls: list[str], deadline: float) -> Any | None:
@@ -899,9 +908,13 @@ class EtcdStore:
         if encoded.base_version is not None:
             base_body = await self._body(name, encoded.base_version)
         if len(encoded.blob) > _INLINE_ENCODE_BYTES:
-            body = await asyncio.to_thread(self.codec.decode, name, encoded, base_body)
+            body = await asyncio.to_thread(
+                functools.partial(
+                    self.codec.decode_version, name, version, encoded, base_body, sha256=meta.sha256
+                )
+            )
         else:
-            body = self.codec.decode(name, encoded, base_body)
+            body = self.codec.decode_version(name, version, encoded, base_body, sha256=meta.sha256)
         self._bodies.put(name, version, body)
         return meta, body
 

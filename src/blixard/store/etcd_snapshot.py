@@ -151,10 +151,16 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
                             )
                         bdoc = orjson.loads(base_kv.kvs[0].value)
                         base_blob = await _value_at(store, bdoc, rev)
-                        base_body = store.codec.decode(
-                            name, Encoded(bdoc["encoding"], None, base_blob), None, cache=False
+                        base_body = store.codec.decode_version(
+                            name,
+                            encoded.base_version,
+                            Encoded(bdoc["encoding"], None, base_blob),
+                            None,
+                            cache=False,
                         )
-                body = store.codec.decode(name, encoded, base_body, cache=False)
+                body = store.codec.decode_version(
+                    name, number, encoded, base_body, sha256=meta.sha256, cache=False
+                )
                 if encoded.encoding == "zstd":
                     last_full = (number, body)
                 yield VersionRecord(meta, body)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
+import logging
 import os
 import queue
 import sqlite3
@@ -28,6 +29,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from blixard.datadir import private_file
 from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
@@ -180,6 +182,8 @@ _VERSION_COLUMNS = (
 )
 _VERSION_COLUMN_COUNT = 13
 
+log = logging.getLogger("blixard.store.sqlite")
+
 
 class StoreInUse(RuntimeError):
     """Another process already serves this database file."""
@@ -291,6 +295,7 @@ class _Checkpointer(threading.Thread):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    private_file(path)  # 0600 before SQLite opens it: its WAL and SHM inherit the mode
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -311,6 +316,9 @@ class _Writer(threading.Thread):
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.commits = 0
+        #: Why the last write failed (e.g. SQLITE_FULL: the disk is full), until one succeeds;
+        #: /health/hiqlite reports it.
+        self.write_failure: str | None = None
 
     def start_and_wait(self) -> None:
         self.start()
@@ -362,6 +370,13 @@ class _Writer(threading.Thread):
         finally:
             conn.close()
 
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        code = getattr(exc, "sqlite_errorname", None)
+        failure = f"{exc} ({code})" if code else str(exc)
+        if self.write_failure is None:
+            log.error("SQLite writes are failing: %s", failure)
+        self.write_failure = failure
+
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -372,17 +387,25 @@ class _Writer(threading.Thread):
                     outcomes.append((True, job.operation(conn)))
                     conn.execute("RELEASE op")
                 except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        # SQLite rolled the whole transaction back itself (e.g. SQLITE_FULL):
+                        # every job of the batch is lost, not only this one.
+                        raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     if isinstance(exc, sqlite3.OperationalError):
                         # Disk full, I/O error, busy: the store, not the request, is at fault.
+                        self._write_failed(exc)
                         exc = StorageUnavailable(f"The database refused a write ({exc}).")
                     outcomes.append((False, exc))
             conn.execute("COMMIT")
             self.commits += 1
+            if all(ok or not isinstance(value, StorageUnavailable) for ok, value in outcomes):
+                self.write_failure = None
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._write_failed(exc)
             failure = StorageUnavailable(f"The database could not commit ({exc}).")
             outcomes = [(False, failure)] * len(batch)
         for job, (ok, value) in zip(batch, outcomes, strict=True):
@@ -436,7 +459,7 @@ class SQLiteStore:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._take_file_lock()
         try:
             self._executor = ThreadPoolExecutor(
@@ -575,7 +598,7 @@ class SQLiteStore:
             healthy = self._writer is not None and self._writer.is_alive()
         except StorageUnavailable:
             healthy = False
-        return {
+        report: dict[str, Any] = {
             "is_healthy": healthy,
             "engine": self.engine,
             "node_count": 1,
@@ -583,6 +606,14 @@ class SQLiteStore:
             "path": str(self.path),
             "schema_version": self.schema_version(),
         }
+        failure = self._writer.write_failure if self._writer is not None else None
+        if failure is not None:  # reads still answer; nothing new can be stored
+            report.update(
+                is_healthy=False,
+                writes_failing=True,
+                error=f"writes are failing until one succeeds again: {failure}",
+            )
+        return report
 
     async def get_workspace(self, name: str) -> Workspace | None:
         return self._workspaces.get(name)
@@ -666,8 +697,11 @@ class SQLiteStore:
                     "WHERE workspace_id = ? AND version = ?",
                     (ws_id, encoded.base_version),
                 ).fetchone()
-                base_body = self.codec.decode(name, Encoded(*base_row), None)
-        return meta, self.codec.decode(name, encoded, base_body)
+                base_body = self.codec.decode_version(
+                    name, encoded.base_version, Encoded(*base_row), None
+                )
+        body = self.codec.decode_version(name, version, encoded, base_body, sha256=meta.sha256)
+        return meta, body
 
     async def _delta_base(self, name: str, body_size: int) -> DeltaBase | None:
         """The body to delta against, or None when this body will be stored full anyway."""

@@ -156,8 +156,12 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
                             f"workspace '{name}' version {meta.version}: its delta base "
                             f"{encoded.base_version} is missing"
                         )
-                    base_body = store.codec.decode(name, Encoded(*base_row), None, cache=False)
-            body = store.codec.decode(name, encoded, base_body, cache=False)
+                    base_body = store.codec.decode_version(
+                        name, encoded.base_version, Encoded(*base_row), None, cache=False
+                    )
+            body = store.codec.decode_version(
+                name, meta.version, encoded, base_body, sha256=meta.sha256, cache=False
+            )
             if encoded.encoding == "zstd":
                 last_full = (meta.version, body)
             yield VersionRecord(meta, body)
