@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_runs import Runs, config_dir, orphans_under
+from tests.e2e.test_runs import Runs, config_dir, run_processes
 from tests.e2e.tfkit import (
     STYLES,
     Api,
@@ -487,8 +487,8 @@ def test_killed_node_run_is_interrupted_by_the_other_which_runs_the_queue(nodes:
         assert any(first["plan_id"] in (e["detail"] or "") for e in events), events
         # The orphaned `sleep` of the killed node's Terraform was killed with it.
         deadline = time.monotonic() + 10
-        while orphans_under(doomed.data_dir):
-            assert time.monotonic() < deadline, orphans_under(doomed.data_dir)
+        while run_processes(doomed):
+            assert time.monotonic() < deadline, run_processes(doomed)
             time.sleep(0.1)
 
         # The run queued on the dead node runs on the live one, with a lock of its own.
@@ -507,9 +507,9 @@ def test_killed_node_run_is_interrupted_by_the_other_which_runs_the_queue(nodes:
         for client in clients.values():
             client.close()
         if doomed is not None:
-            for pid in orphans_under(doomed.data_dir):  # only if the test failed early
+            for pid in run_processes(doomed):  # only if the test failed early
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
             doomed.start()  # the module's other tests and teardown expect both nodes
 
 
@@ -541,7 +541,7 @@ def test_node_that_loses_its_lease_stops_its_run_and_comes_back(nodes: Nodes) ->
         ended = client.wait(run["plan_id"], "errored", timeout=NODE_TTL + GRACE_SECONDS + 10)
         assert ended["error"] == f"interrupted: node {executor} lost its lease", ended
         client.wait_unlocked(ws, timeout=10)
-        assert not orphans_under(owner.data_dir)
+        assert not run_processes(owner)
     finally:
         if frozen is not None and frozen.proc is not None:
             os.kill(frozen.proc.pid, signal.SIGCONT)
