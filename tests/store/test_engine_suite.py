@@ -137,6 +137,33 @@ async def test_versions_are_numbered_from_one_and_read_back_exactly(store: Store
     assert await store.read_version("w", 6) is None
 
 
+async def test_versions_keep_the_lock_holders_who(store_factory: StoreFactory) -> None:
+    """A version written under a lock keeps the holder's `Who`; one without has none. Both
+    read back through every read path and survive a reopen."""
+    first = store_factory()
+    await first.open()
+    try:
+        body = state(1)
+        held = replace(new_version(body, 1, lock_id="L1"), lock_who="alice@laptop")
+        written = await first.append_version("w", body, held, expect_revision=None)
+        assert written is not None and written.head is not None
+        assert written.head.lock_who == "alice@laptop"
+        await append(first, "w", 2)
+    finally:
+        await first.close()
+    second = store_factory()
+    await second.open()
+    try:
+        found = await second.read_version("w", 1)
+        assert found is not None and found[0].lock_who == "alice@laptop"
+        listed = await second.list_versions("w")
+        assert [(m.version, m.lock_who) for m in listed] == [(2, None), (1, "alice@laptop")]
+        head = await second.read_head("w")
+        assert head is not None and head[0].lock_who is None
+    finally:
+        await second.close()
+
+
 async def test_list_versions_newest_first_with_cursor(store: Store) -> None:
     for serial in range(1, 8):
         await append(store, "w", serial)

@@ -445,7 +445,7 @@ class EtcdStore:
                 "created_at": ws.created_at,
                 "updated_at": ws.updated_at,
                 "deleted_at": ws.deleted_at,
-                "head": ws.head,  # orjson writes dataclasses as asdict() would, faster
+                "head": self._head_doc(ws.head),
                 "lock": (
                     {
                         "id": lock.id,
@@ -477,7 +477,7 @@ class EtcdStore:
             if lock_doc
             else None
         )
-        head = VersionMeta(**doc["head"]) if doc["head"] else None
+        head = self._meta_from(name, doc["head"]) if doc["head"] else None
         ws = Workspace(
             name,
             int(kv.mod_revision),
@@ -495,6 +495,29 @@ class EtcdStore:
             doc.get("body_bytes", 0),
             doc.get("audit", 0),
         )
+
+    def _meta_doc(self, meta: VersionMeta) -> Any:
+        """A version's metadata as its `ver/` document holds it: the lock holder's `Who` is
+        sealed (base64) when encryption is on, with the blob's key (rotation re-seals both)."""
+        if meta.lock_who is None or self.cipher is None:
+            return meta  # orjson writes dataclasses as asdict() would, faster
+        doc = asdict(meta)
+        doc["lock_who"] = _b64(self.cipher.seal(meta.lock_who.encode(), lock_aad(meta.workspace)))
+        return doc
+
+    def _head_doc(self, meta: VersionMeta | None) -> Any:
+        """The head's metadata in the workspace record. With encryption on it leaves out the
+        lock holder (read it from the version): rotation re-seals a record only for its lock,
+        so nothing else in it may be sealed."""
+        if meta is None or meta.lock_who is None or self.cipher is None:
+            return meta
+        return replace(meta, lock_who=None)
+
+    def _meta_from(self, name: str, doc: dict[str, Any]) -> VersionMeta:
+        who = doc.get("lock_who")
+        if who is not None and self.cipher is not None:
+            doc = {**doc, "lock_who": self.cipher.open(_unb64(who), lock_aad(name)).decode()}
+        return VersionMeta(**doc)
 
     async def _record(self, name: str) -> _Record | None:
         sent = time.monotonic()
@@ -873,7 +896,7 @@ class EtcdStore:
         if before is not None and before <= 1:
             return []
         resp = await self._range(start, _prefix_end(prefix), limit=limit)
-        return [VersionMeta(**orjson.loads(kv.value)["meta"]) for kv in resp.kvs]
+        return [self._meta_from(name, orjson.loads(kv.value)["meta"]) for kv in resp.kvs]
 
     async def read_head(self, name: str) -> tuple[VersionMeta, bytes] | None:
         record = await self._record(name)
@@ -919,7 +942,7 @@ class EtcdStore:
         if kv is None:
             return None
         doc = orjson.loads(kv.value)
-        meta = VersionMeta(**doc["meta"])
+        meta = self._meta_from(name, doc["meta"])
         if "inline" in doc:
             blob = _unb64(doc["inline"])
         else:
@@ -1114,7 +1137,7 @@ class EtcdStore:
         meta = version.numbered(name, number)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
-            "meta": meta,
+            "meta": self._meta_doc(meta),
             "encoding": encoded.encoding,
             "base_version": encoded.base_version,
             "stored": len(encoded.blob),

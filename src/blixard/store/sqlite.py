@@ -171,14 +171,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             """,
         ),
     ),
+    # The lock holder's LockInfo `Who` per version (sealed like lock payloads when encrypted).
+    (5, ("ALTER TABLE versions ADD COLUMN lock_who BLOB",)),
 ]
 
 _OPEN_STATUSES = frozenset(status.value for status in OPEN)
 _VERSION_COLUMNS = (
     "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
-    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by"
+    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by, "
+    "v.lock_who"
 )
-_VERSION_COLUMN_COUNT = 13
+_VERSION_COLUMN_COUNT = 14
 
 
 class StoreInUse(RuntimeError):
@@ -547,7 +550,7 @@ class SQLiteStore:
             ws_id, name, revision, created, updated, deleted = row[:6]
             lock_id, lock_info, locked_at = row[6:9]
             base_version, base_stored_size, deltas_since, base_body_size, owner = row[9:14]
-            head = _version_meta(name, row[14:]) if row[14] is not None else None
+            head = self._version_meta(name, row[14:]) if row[14] is not None else None
             assert len(row) == 14 + _VERSION_COLUMN_COUNT
             lock = (
                 Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at, owner)
@@ -621,7 +624,7 @@ class SQLiteStore:
                 "AND v.version < ? ORDER BY v.version DESC LIMIT ?",
                 (ws_id, before if before is not None else 2**62, limit),
             ).fetchall()
-            return [_version_meta(name, row) for row in rows]
+            return [self._version_meta(name, row) for row in rows]
 
         return await self._read(query)
 
@@ -655,7 +658,7 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return None
-        meta = _version_meta(name, row[:_VERSION_COLUMN_COUNT])
+        meta = self._version_meta(name, row[:_VERSION_COLUMN_COUNT])
         encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
         base_body = None
         if encoded.base_version is not None:
@@ -791,6 +794,7 @@ class SQLiteStore:
         else:
             encoded = self.codec.encode(name, body, base)
         now = version.created_at
+        lock_who = self._seal_who(name, version.lock_who)
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int, _BaseInfo] | None:
             if expect_revision is None:
@@ -813,7 +817,7 @@ class SQLiteStore:
                 current = self._workspaces[name]
             number = current.head.version + 1 if current.head else 1
             meta = version.numbered(name, number)
-            conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded))
+            conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded, lock_who))
             base_info = self._next_base(name, number, len(body), encoded)
             _insert_audit(conn, replace(audit, version=number) if audit else None)
             revision = (expect_revision or 0) + 1
@@ -1108,6 +1112,17 @@ class SQLiteStore:
             return payload  # not sealed yet: offline encryption in progress
         return self.cipher.open(payload, lock_aad(name))
 
+    def _seal_who(self, name: str, who: str | None) -> bytes | None:
+        """A version's lock holder as stored: sealed with the version's blob key (rotation
+        re-seals both together), since `Who` names a person and a machine."""
+        return None if who is None else self._seal_lock(name, who.encode())
+
+    def _version_meta(self, name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+        who = row[13]
+        return _version_meta(
+            name, row, None if who is None else self._open_lock(name, bytes(who)).decode()
+        )
+
     async def encryption_status(self) -> EncryptionStatus:
         return await self._read(lambda conn: sqlite_encryption.status(conn, self.cipher))
 
@@ -1245,7 +1260,9 @@ def _api_key(row: tuple[Any, ...]) -> ApiKey:
     )
 
 
-def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+def _version_meta(
+    name: str, row: tuple[Any, ...] | sqlite3.Row, lock_who: str | None
+) -> VersionMeta:
     return VersionMeta(
         workspace=name,
         version=row[0],
@@ -1261,4 +1278,5 @@ def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
         source=cast(VersionSource, row[10]),
         rolled_back_from=row[11],
         written_by=row[12],
+        lock_who=lock_who,
     )
