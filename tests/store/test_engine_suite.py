@@ -7,12 +7,15 @@ import hashlib
 import random
 import time
 from dataclasses import replace
+from typing import cast
 
 import orjson
 import pytest
 
 from blixard.domain.models import Lock, NewVersion, StateMeta
+from blixard.domain.resource_index import ResourceQuery
 from blixard.store.protocol import Store
+from blixard.store.resource_index import ResourceIndexStore
 from tests.store.conftest import StoreFactory
 
 pytestmark = pytest.mark.anyio
@@ -522,3 +525,92 @@ async def test_node_leases_expire_unless_renewed(store: Store) -> None:
     await store.revoke_node_lease(again)
     assert await store.live_nodes() == {}
     await store.revoke_node_lease(kept)
+
+
+# -- the resource index (store/resource_index.py) -----------------------------------------
+
+
+def resources_state(serial: int, instances: dict[str, tuple[str, str]]) -> bytes:
+    """A state with one instance per address: address → (type, id)."""
+    resources = []
+    for address, (type_, ident) in sorted(instances.items()):
+        resources.append(
+            {
+                "mode": "managed",
+                "type": type_,
+                "name": address.split(".")[-1],
+                "provider": 'provider["registry.terraform.io/hashicorp/aws"]',
+                "instances": [{"attributes": {"id": ident, "arn": f"arn:{ident}"}}],
+            }
+        )
+    document = {"version": 4, "serial": serial, "lineage": "L", "resources": resources}
+    return orjson.dumps(document)
+
+
+def indexed(store: Store) -> ResourceIndexStore:
+    """The store's resource index capability (every engine has it)."""
+    return cast(ResourceIndexStore, store)
+
+
+def found(store: Store, **filters: str) -> list[tuple[str, int, str]]:
+    index = indexed(store).resource_index
+    query = ResourceQuery(**filters)  # type: ignore[arg-type]
+    return [(m.workspace, m.version, m.row.address) for m in index.search(query, lambda _: True)]
+
+
+async def test_resource_index_follows_versions_deletes_and_reopens(
+    store_factory: StoreFactory,
+) -> None:
+    first = store_factory()
+    await first.open()
+    try:
+        await append(first, "a", 1, resources_state(1, {"x.bucket": ("aws_s3_bucket", "b-1")}))
+        await append(
+            first,
+            "a",
+            2,
+            resources_state(
+                2, {"x.bucket": ("aws_s3_bucket", "b-2"), "x.vpc": ("aws_vpc", "shared")}
+            ),
+        )
+        await append(first, "b", 1, resources_state(1, {"y.vpc": ("aws_vpc", "shared")}))
+        # Only current versions answer: b-1 was replaced by b-2.
+        assert found(first, type="aws_s3_bucket") == [("a", 2, "aws_s3_bucket.bucket")]
+        assert found(first, id="b-1") == []
+        assert found(first, id="arn:b-2") == [("a", 2, "aws_s3_bucket.bucket")]
+        assert found(first, type="aws_vpc") == [("a", 2, "aws_vpc.vpc"), ("b", 1, "aws_vpc.vpc")]
+        dupes = indexed(first).resource_index.duplicates(lambda _: True)
+        assert [(d.kind, d.value, [m.workspace for m in d.holders]) for d in dupes] == [
+            ("arn", "arn:shared", ["a", "b"]),
+            ("id", "shared", ["a", "b"]),
+        ]
+        # Every version's document is stored with it.
+        history = await indexed(first).index_history("a")
+        assert [(d.version, [r.id for r in d.rows]) for d in history] == [
+            (1, ["b-1"]),
+            (2, ["b-2", "shared"]),
+        ]
+        # A soft-deleted workspace drops out; restored, it comes back.
+        ws = await first.get_workspace("b")
+        assert ws is not None
+        deleted = await first.set_deleted("b", 9.0, expect_revision=ws.revision, now=9.0)
+        assert deleted is not None
+        assert found(first, type="aws_vpc") == [("a", 2, "aws_vpc.vpc")]
+        assert first.resource_index.duplicates(lambda _: True) == []  # type: ignore[attr-defined]
+        restored = await first.set_deleted("b", None, expect_revision=deleted.revision, now=10.0)
+        assert restored is not None
+        assert found(first, id="shared") == [("a", 2, "aws_vpc.vpc"), ("b", 1, "aws_vpc.vpc")]
+        await first.set_deleted("b", 11.0, expect_revision=restored.revision, now=11.0)
+    finally:
+        await first.close()
+
+    second = store_factory()
+    await second.open()
+    try:
+        # Loaded from the stored documents, deleted workspaces still hidden.
+        assert found(second, type="aws_vpc") == [("a", 2, "aws_vpc.vpc")]
+        assert found(second, type="aws_s3_bucket", address="aws_s3_*") == [
+            ("a", 2, "aws_s3_bucket.bucket")
+        ]
+    finally:
+        await second.close()
