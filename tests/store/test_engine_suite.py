@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import sqlite3
 import time
 from dataclasses import replace
 from typing import cast
@@ -16,6 +17,7 @@ from blixard.domain.models import Lock, NewVersion, StateMeta
 from blixard.domain.resource_index import ResourceQuery
 from blixard.store.protocol import Store
 from blixard.store.resource_index import ResourceIndexStore
+from blixard.store.sqlite import SQLiteStore
 from tests.store.conftest import StoreFactory
 
 pytestmark = pytest.mark.anyio
@@ -614,3 +616,80 @@ async def test_resource_index_follows_versions_deletes_and_reopens(
         ]
     finally:
         await second.close()
+
+
+async def drop_index_documents(store: Store, workspace: str | None = None) -> None:
+    """Remove index documents (of one workspace, or all) as a store from before the index
+    would lack them; the store is open (etcd) or closed (SQLite)."""
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        with conn:
+            where = "" if workspace is None else " WHERE workspace_id = (SELECT id FROM workspaces "
+            conn.execute(
+                "DELETE FROM resource_index" + (where and where + "WHERE name = ?)"),
+                () if workspace is None else (workspace,),
+            )
+        conn.close()
+        return
+    from blixard.store.etcd import EtcdStore, _prefix_end
+
+    assert isinstance(store, EtcdStore)
+    for family in ("rix/", "rixhead/"):
+        key = store._k(family) + (f"{workspace}" if workspace else "").encode()
+        await store._kv.delete(key, _prefix_end(key))
+
+
+async def test_reindex_builds_missing_documents_only_and_resumes(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    await store.open()
+    try:
+        for serial in range(1, 6):
+            await append(store, "a", serial, resources_state(serial, {"r.x": ("t", f"a{serial}")}))
+        for serial in range(1, 4):
+            await append(store, "b", serial, resources_state(serial, {"r.x": ("t", f"b{serial}")}))
+        if not isinstance(store, SQLiteStore):
+            await drop_index_documents(store)
+    finally:
+        await store.close()
+    if isinstance(store, SQLiteStore):
+        await drop_index_documents(store)
+
+    # Opened, the store starts building the 8 missing documents; closed at once, it stops
+    # wherever it was (possibly before the first).
+    interrupted = store_factory()
+    await interrupted.open()
+    await interrupted.close()
+
+    resumed = store_factory()
+    await resumed.open()
+    try:
+        task = resumed._reindexer  # type: ignore[attr-defined]
+        await task
+        status = indexed(resumed).reindex_status
+        assert status.complete and status.remaining == 0 and status.indexed <= 8
+        assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
+        assert found(resumed, id="a5") == [("a", 5, "t.x")]
+        history = await indexed(resumed).index_history("a")
+        assert [[row.id for row in doc.rows] for doc in history] == [[f"a{n}"] for n in range(1, 6)]
+        # Forced, every document is built again; the answers stay the same.
+        forced = await indexed(resumed).reindex_resources(force=True)
+        assert forced.complete and forced.indexed == 8
+        assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
+        if not isinstance(resumed, SQLiteStore):
+            await drop_index_documents(resumed, "b")
+    finally:
+        await resumed.close()
+    if isinstance(resumed, SQLiteStore):
+        await drop_index_documents(resumed, "b")
+
+    # Only what is missing is built: b's three versions.
+    again = store_factory()
+    await again.open()
+    try:
+        await again._reindexer  # type: ignore[attr-defined]
+        assert indexed(again).reindex_status.indexed == 3
+        assert found(again, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
+    finally:
+        await again.close()
