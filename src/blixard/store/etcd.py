@@ -262,7 +262,7 @@ class EtcdStore:
             await self._index_runs()
             await self._upgrade_audit_ids()
             await self._follow_resource_heads()
-            self._start_reindex()
+            self.start_reindex()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
         except BaseException:
@@ -1707,7 +1707,7 @@ class EtcdStore:
         from blixard.store import etcd_snapshot
 
         report = await etcd_snapshot.import_records(self, records)
-        self._start_reindex()
+        self.start_reindex()
         return report
 
     # -- the resource index (resource_index.py, docs/search.md) ---------------------------
@@ -1828,13 +1828,18 @@ class EtcdStore:
                 log.warning("resource index: watch interrupted (%s); resuming", exc)
                 await asyncio.sleep(1.0)
 
-    def _start_reindex(self) -> None:
-        if self._reindexer is None or self._reindexer.done():
-            self._reindexer = asyncio.create_task(self._reindex_in_background())
+    def start_reindex(self, *, force: bool = False) -> None:
+        """Build missing index documents in the background (all of them with `force`, which
+        replaces a pass in progress)."""
+        if self._reindexer is not None and not self._reindexer.done():
+            if not force:
+                return
+            self._reindexer.cancel()
+        self._reindexer = asyncio.create_task(self._reindex_in_background(force))
 
-    async def _reindex_in_background(self) -> None:
+    async def _reindex_in_background(self, force: bool) -> None:
         try:
-            await self.reindex_resources()
+            await self.reindex_resources(force=force)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # logged and reported; the next open resumes

@@ -296,7 +296,7 @@ class HeadIndex:
                 continue
             doc = unpack(head.packed)
             for row in sorted(doc.rows, key=lambda r: r.address):
-                if after is not None and not after.before(name, doc.version, row.address):
+                if after is not None and (name, row.address) <= (after.workspace, after.address):
                     continue
                 if query.matches(row):
                     yield Match(name, doc.version, row)
@@ -339,6 +339,10 @@ class ResourceIndexStore(Protocol):
     ) -> list[IndexDoc]:
         """Stored index documents of versions `from_version` and up, by version (a version
         whose document is not built yet is built from its bytes and left out of storage)."""
+        ...
+
+    def start_reindex(self, *, force: bool = False) -> None:
+        """Run reindex_resources in the background (a forced one replaces a running pass)."""
         ...
 
     async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:

@@ -481,7 +481,7 @@ class SQLiteStore:
             raise
         self._checkpointer = _Checkpointer(self.path, interval=1.0)
         self._checkpointer.start()
-        self._start_reindex()
+        self.start_reindex()
 
     async def close(self) -> None:
         if self._reindexer is not None:
@@ -1145,7 +1145,7 @@ class SQLiteStore:
         snapshot format carries no index: it is rebuilt from the exact bodies)."""
         report = await sqlite_snapshot.import_records(self, records)
         await self._read(self._load_resource_heads)
-        self._start_reindex()
+        self.start_reindex()
         return report
 
     # -- the resource index (resource_index.py) -------------------------------------------
@@ -1165,13 +1165,18 @@ class SQLiteStore:
             ws = self._workspaces.get(name)
             self.resource_index.set_hidden(name, ws is not None and ws.deleted)
 
-    def _start_reindex(self) -> None:
-        if self._reindexer is None or self._reindexer.done():
-            self._reindexer = asyncio.create_task(self._reindex_in_background())
+    def start_reindex(self, *, force: bool = False) -> None:
+        """Build missing index documents in the background (all of them with `force`, which
+        replaces a pass in progress)."""
+        if self._reindexer is not None and not self._reindexer.done():
+            if not force:
+                return
+            self._reindexer.cancel()
+        self._reindexer = asyncio.create_task(self._reindex_in_background(force))
 
-    async def _reindex_in_background(self) -> None:
+    async def _reindex_in_background(self, force: bool) -> None:
         try:
-            await self.reindex_resources()
+            await self.reindex_resources(force=force)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # logged and reported; the next open resumes
