@@ -1172,6 +1172,8 @@ class SQLiteStore:
             if not force:
                 return
             self._reindexer.cancel()
+        # Reported as running from now on, not only once the task has started.
+        self.reindex_status.running, self.reindex_status.complete = True, False
         self._reindexer = asyncio.create_task(self._reindex_in_background(force))
 
     async def _reindex_in_background(self, force: bool) -> None:
