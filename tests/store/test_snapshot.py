@@ -605,3 +605,22 @@ def test_a_version_record_without_a_lock_holder_still_decodes() -> None:
     decoded = decode_record(obj, payload)
     assert isinstance(decoded, VersionRecord)
     assert decoded.meta == replace(meta, lock_who=None)
+
+
+async def test_restored_store_rebuilds_its_resource_index(store: Store, target: Store) -> None:
+    """Snapshots carry no index: the importing store builds it from the exact bodies."""
+    from tests.store.test_engine_suite import found, indexed, resources_state
+
+    for serial in (1, 2):
+        body = resources_state(serial, {"n.vpc": ("aws_vpc", f"v{serial}")})
+        await put(store, "net", body, serial)
+    await put(store, "db", resources_state(1, {"d.db": ("aws_db_instance", "db-1")}), 1)
+    await target.import_snapshot(replay(await collect(store)))
+    await target._reindexer  # type: ignore[attr-defined]
+    assert indexed(target).reindex_status.complete
+    assert (
+        found(target, type="aws_vpc") == found(store, type="aws_vpc") == [("net", 2, "aws_vpc.vpc")]
+    )
+    assert found(target, id="db-1") == [("db", 1, "aws_db_instance.db")]
+    history = await indexed(target).index_history("net")
+    assert [[row.id for row in doc.rows] for doc in history] == [["v1"], ["v2"]]
