@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,14 +50,32 @@ class IndexDoc:
     rows: list[IndexRow]
 
 
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One per thread: making a zstd context costs more than compressing a small document."""
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=3)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
 def pack(version: int, rows: Iterable[IndexRow]) -> bytes:
     """A document as kept in memory: compressed, not sealed."""
     plain = orjson.dumps({"v": FORMAT, "version": version, "rows": [list(row) for row in rows]})
-    return zstandard.ZstdCompressor(level=3).compress(plain)
+    return _compressor().compress(plain)
 
 
 def unpack(packed: bytes) -> IndexDoc:
-    doc = orjson.loads(zstandard.ZstdDecompressor().decompress(packed))
+    doc = orjson.loads(_decompressor().decompress(packed))
     return IndexDoc(doc["version"], [IndexRow(*row) for row in doc["rows"]])
 
 
