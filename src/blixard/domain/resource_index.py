@@ -16,7 +16,7 @@ the stored bytes of the candidate instances (see search.py), and never match a s
 from __future__ import annotations
 
 import fnmatch
-import hashlib
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -146,10 +146,11 @@ def index_rows(body: Body) -> list[IndexRow]:
 
 
 def raw_digest(raw: bytes | memoryview) -> str:
-    """The row digest: a hash of the attributes' JSON as stored (Terraform writes it the same
-    way for the same values), so an unchanged instance keeps its digest from version to
-    version. Hashing the stored bytes spares parsing the attributes on every write."""
-    return hashlib.blake2b(raw, digest_size=DIGEST_CHARS // 2).hexdigest()
+    """The row digest: a 64-bit checksum (CRC-32 and Adler-32) of the attributes' JSON as
+    stored (Terraform writes it the same way for the same values), so an unchanged instance
+    keeps its digest from version to version. It tells changes apart, it is no security
+    hash; checksumming the stored bytes spares parsing the attributes on every write."""
+    return f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"
 
 
 def _rows_from_contents(body: Body) -> list[IndexRow]:

@@ -1166,9 +1166,9 @@ class EtcdStore:
         number = current.head.version + 1 if current.head else 1
         meta = version.numbered(name, number)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed = await asyncio.to_thread(resource_index.build, number, body)
+            packed, index = await asyncio.to_thread(resource_index.build_doc, number, body)
         else:
-            packed = resource_index.build(number, body)
+            packed, index = resource_index.build_doc(number, body)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
             "meta": self._meta_doc(meta),
@@ -1232,7 +1232,7 @@ class EtcdStore:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
-        self.resource_index.put(name, packed)
+        self.resource_index.put(name, packed, index)
         self.resource_index.set_hidden(name, False)
         return stored
 

@@ -84,6 +84,12 @@ def build(version: int, body: Body) -> bytes:
     return pack(version, index_rows(body))
 
 
+def build_doc(version: int, body: Body) -> tuple[bytes, IndexDoc]:
+    """The packed document of a version's body, and the document (for HeadIndex.put)."""
+    doc = IndexDoc(version, index_rows(body))
+    return pack(version, doc.rows), doc
+
+
 def seal(cipher: Cipher | None, workspace: str, packed: bytes) -> bytes:
     return packed if cipher is None else cipher.seal(packed, index_aad(workspace))
 

@@ -831,9 +831,9 @@ class SQLiteStore:
         known = self._workspaces.get(name)
         expected_number = known.head.version + 1 if known and known.head else 1
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed = await asyncio.to_thread(resource_index.build, expected_number, body)
+            packed, index = await asyncio.to_thread(resource_index.build_doc, expected_number, body)
         else:
-            packed = resource_index.build(expected_number, body)
+            packed, index = resource_index.build_doc(expected_number, body)
         index_doc = resource_index.seal(self.cipher, name, packed)
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int, _BaseInfo] | None:
@@ -901,7 +901,7 @@ class SQLiteStore:
         result = await self._write(operation, on_commit)
         if result is None:
             return None
-        self.resource_index.put(name, packed)
+        self.resource_index.put(name, packed, index)
         return result[0]
 
     # -- keys and audit ------------------------------------------------------------------
