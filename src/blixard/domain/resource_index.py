@@ -119,14 +119,12 @@ def index_rows(body: Body) -> list[IndexRow]:
                 identity = _Identity()  # not an object: no identity (the explorer reads {})
             deposed = instance.deposed if isinstance(instance.deposed, str) else None
             status = instance.status if isinstance(instance.status, str) else None
-            paths = (
-                sensitive_paths(instance.sensitive_attributes)
-                if instance.sensitive_attributes
-                else ()
-            )
-            found = identity_of(
-                {"id": identity.id, "arn": identity.arn, "self_link": identity.self_link}, paths
-            )
+            values: tuple[Any, ...] = (identity.id, identity.arn, identity.self_link)
+            if instance.sensitive_attributes:  # identity_of leaves sensitive ones out
+                paths = sensitive_paths(instance.sensitive_attributes)
+                found = identity_of(dict(zip(INDEXED_IDENTITIES, values, strict=True)), paths)
+                values = tuple(found.get(kind) for kind in INDEXED_IDENTITIES)
+            ident, arn, self_link = (v if isinstance(v, str) and v else None for v in values)
             rows.append(
                 IndexRow(
                     instance_address(module, mode, type_, name, key),
@@ -136,9 +134,9 @@ def index_rows(body: Body) -> list[IndexRow]:
                     mode,
                     provider,
                     "deposed" if deposed else (status or None),
-                    found.get("id"),
-                    found.get("arn"),
-                    found.get("self_link"),
+                    ident,
+                    arn,
+                    self_link,
                     raw_digest(raw),
                 )
             )
@@ -146,11 +144,11 @@ def index_rows(body: Body) -> list[IndexRow]:
 
 
 def raw_digest(raw: bytes | memoryview) -> str:
-    """The row digest: a 64-bit checksum (CRC-32 and Adler-32) of the attributes' JSON as
-    stored (Terraform writes it the same way for the same values), so an unchanged instance
-    keeps its digest from version to version. It tells changes apart, it is no security
-    hash; checksumming the stored bytes spares parsing the attributes on every write."""
-    return f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"
+    """The row digest: the CRC-32 and length of the attributes' JSON as stored (Terraform
+    writes it the same way for the same values), so an unchanged instance keeps its digest
+    from version to version. It tells changes apart, it is no security hash; checksumming
+    the stored bytes spares parsing the attributes on every write."""
+    return f"{zlib.crc32(raw):08x}{len(raw) & 0xFFFFFFFF:08x}"
 
 
 def _rows_from_contents(body: Body) -> list[IndexRow]:
