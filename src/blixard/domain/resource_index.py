@@ -93,6 +93,26 @@ class _State(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_State)
 
 
+class _ResourcesOnly(msgspec.Struct):
+    resources: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_RESOURCES = msgspec.json.Decoder(_ResourcesOnly)
+
+
+def resources_checksum(body: Body) -> int | None:
+    """A checksum (CRC-32, Adler-32, length) of the state's `resources` exactly as stored
+    (None if unreadable): equal for
+    two versions that only differ outside their resources (serial, outputs, ...), whose rows
+    are then the same, which spares indexing states written again with unchanged resources."""
+    try:
+        raw = _RESOURCES.decode(body).resources
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    view = memoryview(raw)
+    return (zlib.crc32(view) << 64) | (zlib.adler32(view) << 32) | (len(raw) & 0xFFFFFFFF)
+
+
 def index_rows(body: Body) -> list[IndexRow]:
     """The index rows of a state body (none for a state whose resources cannot be read)."""
     try:

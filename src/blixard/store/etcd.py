@@ -1170,10 +1170,13 @@ class EtcdStore:
         current = record.ws if record else Workspace(name, 0, now, now)
         number = current.head.version + 1 if current.head else 1
         meta = version.numbered(name, number)
+        reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed, index = await asyncio.to_thread(resource_index.build_doc, number, body)
+            packed, index, checksum = await asyncio.to_thread(
+                resource_index.build_doc, number, body, reusable
+            )
         else:
-            packed, index = resource_index.build_doc(number, body)
+            packed, index, checksum = resource_index.build_doc(number, body, reusable)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
             "meta": self._meta_doc(meta),
@@ -1237,7 +1240,7 @@ class EtcdStore:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
-        self.resource_index.put(name, packed, index)
+        self.resource_index.put(name, packed, index, checksum)
         self.resource_index.set_hidden(name, False)
         return stored
 
