@@ -16,6 +16,7 @@ the stored bytes of the candidate instances (see search.py), and never match a s
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,17 +101,16 @@ class _ResourcesOnly(msgspec.Struct):
 _RESOURCES = msgspec.json.Decoder(_ResourcesOnly)
 
 
-def resources_checksum(body: Body) -> int | None:
-    """A checksum (CRC-32, Adler-32, length) of the state's `resources` exactly as stored
-    (None if unreadable): equal for
-    two versions that only differ outside their resources (serial, outputs, ...), whose rows
-    are then the same, which spares indexing states written again with unchanged resources."""
+def resources_checksum(body: Body) -> bytes | None:
+    """The SHA-256 of the state's `resources` exactly as stored (None if unreadable): equal
+    for two versions that only differ outside their resources (serial, outputs, ...), whose
+    rows are then the same, which spares indexing states written again with unchanged
+    resources."""
     try:
         raw = _RESOURCES.decode(body).resources
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
-    view = memoryview(raw)
-    return (zlib.crc32(view) << 64) | (zlib.adler32(view) << 32) | (len(raw) & 0xFFFFFFFF)
+    return hashlib.sha256(memoryview(raw)).digest()
 
 
 def index_rows(body: Body) -> list[IndexRow]:

@@ -90,8 +90,8 @@ def build(version: int, body: Body) -> bytes:
 
 
 def build_doc(
-    version: int, body: Body, previous: tuple[int, bytes] | None = None
-) -> tuple[bytes, IndexDoc, int | None]:
+    version: int, body: Body, previous: tuple[bytes, bytes] | None = None
+) -> tuple[bytes, IndexDoc, bytes | None]:
     """The packed document of a version's body, the document (for HeadIndex.put) and the
     checksum of its resources; `previous` (a checksum and packed document, HeadIndex.reusable)
     is reused when the resources are byte-identical."""
@@ -228,7 +228,7 @@ class _Head:
     types: frozenset[str]
     identities: frozenset[str]
     #: Checksum of the resources the document was read from (writes made on this node).
-    checksum: int | None = None
+    checksum: bytes | None = None
 
 
 @dataclass
@@ -250,7 +250,7 @@ class HeadIndex:
         head = self._heads.get(workspace)
         return head.version if head else None
 
-    def reusable(self, workspace: str) -> tuple[int, bytes] | None:
+    def reusable(self, workspace: str) -> tuple[bytes, bytes] | None:
         """The current document's resources checksum and packed form, if known (build_doc)."""
         head = self._heads.get(workspace)
         if head is None or head.checksum is None:
@@ -262,7 +262,7 @@ class HeadIndex:
         workspace: str,
         packed: bytes,
         doc: IndexDoc | None = None,
-        checksum: int | None = None,
+        checksum: bytes | None = None,
     ) -> None:
         """Make `packed` the workspace's current document, unless a newer one is known."""
         doc = doc or unpack(packed)
