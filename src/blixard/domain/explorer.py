@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from blixard.domain.access import Action, Actor, audit_event
@@ -38,8 +38,18 @@ MAX_ADDRESS_LENGTH = 4096
 MODES = ("managed", "data")
 
 
-def parse_instant(value: str) -> float:
-    """An RFC 3339 timestamp (`2026-12-05T18:00:00Z`, `...+02:00`) as a Unix time."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(timestamp: float) -> int:
+    """A stored time in whole microseconds, exactly as the API prints it (RFC 3339 with six
+    decimals), so a `created_at` copied from an answer names that very instant."""
+    return (datetime.fromtimestamp(timestamp, UTC) - _EPOCH) // _MICROSECOND
+
+
+def parse_instant(value: str) -> int:
+    """An RFC 3339 timestamp (`2026-12-05T18:00:00Z`, `...+02:00`) in Unix microseconds."""
     text = value.strip()
     if not 10 < len(text) <= 64 or text[10] not in "Tt ":
         raise InvalidInput(
@@ -55,7 +65,7 @@ def parse_instant(value: str) -> float:
         raise InvalidInput(
             f"Timestamp '{value[:64]}' needs a time zone: end it with Z or an offset like +02:00."
         )
-    return instant.timestamp()
+    return (instant - _EPOCH) // _MICROSECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,13 +215,13 @@ class ExplorerService:
             return await self._current_at(ws.head, instant, as_of or "")
         return ws.head
 
-    async def _current_at(self, head: VersionMeta, instant: float, shown: str) -> VersionMeta:
+    async def _current_at(self, head: VersionMeta, instant: int, shown: str) -> VersionMeta:
         """The newest version created at or before `instant` (binary search over numbers:
         versions are numbered in the order they were written)."""
-        if head.created_at <= instant:
+        if micros(head.created_at) <= instant:
             return head
         first = await self.store.list_versions(head.workspace, before=2, limit=1)
-        if not first or first[0].created_at > instant:
+        if not first or micros(first[0].created_at) > instant:
             when = f" (its first version was written at {_rfc3339(first[0].created_at)})"
             raise NotFound(
                 f"Workspace '{head.workspace}' had no state at {shown.strip()}"
@@ -223,7 +233,7 @@ class ExplorerService:
             middle = (low + high) // 2
             found = await self.store.list_versions(head.workspace, before=middle + 1, limit=1)
             probe = found[0] if found else best
-            if probe.created_at <= instant:
+            if micros(probe.created_at) <= instant:
                 best = probe if probe.version > best.version else best
                 low = middle
             else:
