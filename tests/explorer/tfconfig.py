@@ -30,7 +30,7 @@ _COMMON = """
 variable "secret" {
   type      = string
   sensitive = true
-  default   = "%(secret)s"
+  default   = "SECRET_VALUE"
 }
 
 variable "fail" {
@@ -71,7 +71,7 @@ output "secret" {
   value     = var.secret
   sensitive = true
 }
-""" % {"secret": SECRET}
+""".replace("SECRET_VALUE", SECRET)
 
 #: The first version: two counted instances, two for_each ones, one to be moved.
 CONFIG_V1 = (

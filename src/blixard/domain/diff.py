@@ -89,6 +89,8 @@ class ResourceChange:
     identity: dict[str, str]
     status_before: str | None
     status_after: str | None
+    digest_before: str | None  # attribute digests (domain/resources.py), None where absent
+    digest_after: str | None
     attributes: tuple[AttributeChange, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +107,8 @@ class ResourceChange:
             "identity": self.identity,
             "status_before": self.status_before,
             "status_after": self.status_after,
+            "digest_before": self.digest_before,
+            "digest_after": self.digest_after,
             "attributes": [change.as_dict() for change in self.attributes],
         }
 
@@ -260,6 +264,8 @@ def _resource_change(
         identity=shown.identity,
         status_before=before.status if before else None,
         status_after=after.status if after else None,
+        digest_before=before.digest if before else None,
+        digest_after=after.digest if after else None,
         attributes=attributes,
     )
 
