@@ -176,10 +176,11 @@ def diff_states(before: StateContents, after: StateContents, *, reveal: bool = F
     unchanged = 0
     for key in old.keys() & new.keys():
         a, b = old[key], new[key]
-        if _same(a, b):
+        change = None if _same(a, b) else _resource_change("changed", a, b, reveal)
+        if change is None or _reformatted_only(a, b, change):
             unchanged += 1
         else:
-            changes.append(_resource_change("changed", a, b, reveal))
+            changes.append(change)
     removed = [old[key] for key in old.keys() - new.keys()]
     added = [new[key] for key in new.keys() - old.keys()]
     moves = _match_moves(removed, added)
@@ -215,10 +216,21 @@ def diff_states(before: StateContents, after: StateContents, *, reveal: bool = F
 
 def _same(a: ResourceInstance, b: ResourceInstance) -> bool:
     return (
-        a.digest == b.digest
+        a.raw_attributes == b.raw_attributes
         and a.status == b.status
         and a.provider == b.provider
         and a.dependencies == b.dependencies
+    )
+
+
+def _reformatted_only(a: ResourceInstance, b: ResourceInstance, change: ResourceChange) -> bool:
+    """Digests differ only because a writer reformatted equal attributes (digests are of the
+    stored JSON): nothing changed."""
+    return (
+        not change.attributes
+        and a.status == b.status
+        and a.provider == b.provider
+        and (a.dependencies == b.dependencies)
     )
 
 
@@ -249,7 +261,7 @@ def _resource_change(
     shown = after or before
     assert shown is not None
     attributes: tuple[AttributeChange, ...] = ()
-    if before is not None and after is not None and before.digest != after.digest:
+    if before is not None and after is not None and before.raw_attributes != after.raw_attributes:
         attributes = tuple(attribute_changes(before, after, reveal=reveal))
     return ResourceChange(
         change=kind,

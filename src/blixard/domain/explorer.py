@@ -424,7 +424,7 @@ def _timeline_entry(
         return TimelineEntry(meta, "appeared", [], None, after.status)
     if after is None:
         return TimelineEntry(meta, "disappeared", [], before.status, None)
-    if before.digest == after.digest and before.status == after.status:
+    if before.raw_attributes == after.raw_attributes and before.status == after.status:
         return None
     paths = [change.as_dict()["attribute"] for change in attribute_changes(before, after)]
     return TimelineEntry(meta, "changed", paths, before.status, after.status)
