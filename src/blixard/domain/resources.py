@@ -158,20 +158,20 @@ class StateContents:
 
 class _Instance(msgspec.Struct):
     attributes: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
-    sensitive_attributes: Any = None
-    index_key: Any = None
-    status: Any = None
-    deposed: Any = None
-    dependencies: Any = None
+    sensitive_attributes: list[Any] = []
+    index_key: str | int | None = None
+    status: str | None = None
+    deposed: str | None = None
+    dependencies: list[str] = []
 
 
 class _Resource(msgspec.Struct):
-    module: Any = None
-    mode: Any = None
-    type: Any = None
-    name: Any = None
-    provider: Any = None
-    instances: list[_Instance] | None = None
+    type: str
+    name: str
+    module: str = ""
+    mode: str = "managed"
+    provider: str = ""
+    instances: list[_Instance] = []
 
 
 class _Document(msgspec.Struct):
@@ -197,9 +197,9 @@ _identity_decoder = msgspec.json.Decoder(_Identity)
 def read_contents(body: Body) -> StateContents:
     """Parse a stored state body into its instances and outputs (never raises on shape).
 
-    Attributes are not built into Python objects here: each instance keeps the slice of the
-    body that holds them (digested as is), so reading a 10 MiB state costs tens of
-    milliseconds; a state of an unexpected shape takes the slower, tolerant path.
+    Attributes are not built into Python objects here: each instance keeps its attributes'
+    JSON as stored, so reading a 10 MiB state costs tens of milliseconds. A state whose parts
+    have unexpected types takes a slower, tolerant path.
     """
     try:
         document = _document_decoder.decode(body)
@@ -208,27 +208,34 @@ def read_contents(body: Body) -> StateContents:
     except msgspec.DecodeError:
         return StateContents(None, None, None, (), (), readable=False)
     instances: list[ResourceInstance] = []
+    append = instances.append
     for resource in document.resources or ():
-        for instance in resource.instances or ():
-            built = _instance(
-                resource.module,
-                resource.mode,
-                resource.type,
-                resource.name,
-                resource.provider,
-                instance.index_key,
-                instance.status,
-                instance.deposed,
-                instance.dependencies,
-                instance.sensitive_attributes,
-                bytes(instance.attributes),
-                None,
+        mode = resource.mode or "managed"
+        prefix = instance_address(resource.module, mode, resource.type, resource.name, None)
+        for instance in resource.instances:
+            key = instance.index_key
+            deposed = instance.deposed or None
+            append(
+                ResourceInstance(
+                    address=prefix if key is None else prefix + format_index_key(key),
+                    module=resource.module,
+                    mode=mode,
+                    type=resource.type,
+                    name=resource.name,
+                    index_key=key,
+                    provider=resource.provider,
+                    status="deposed" if deposed else (instance.status or None),
+                    deposed_key=deposed,
+                    dependencies=tuple(instance.dependencies),
+                    raw_attributes=bytes(instance.attributes),
+                    sensitive_paths=sensitive_paths(instance.sensitive_attributes)
+                    if instance.sensitive_attributes
+                    else (),
+                )
             )
-            if built is not None:
-                instances.append(built)
     return StateContents(
         serial=_int_or_none(document.serial),
-        lineage=document.lineage if isinstance(document.lineage, str) else None,
+        lineage=_str_or_none(document.lineage),
         terraform_version=_str_or_none(document.terraform_version),
         instances=tuple(instances),
         outputs=tuple(_outputs(document.outputs)),
