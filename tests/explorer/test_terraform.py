@@ -286,6 +286,19 @@ def test_timeline_of_an_instance(series: Series) -> None:
     assert [e["version"] for e in older["events"]] == [series.changed]
 
 
+def test_timeline_follows_a_moved_instance(series: Series) -> None:
+    old = series.get(f"/resources/{series.ws}/terraform_data.old_name/history")
+    assert [(e["version"], e["event"], e["moved_to"]) for e in old["events"]] == [
+        (series.changed, "disappeared", "terraform_data.new_name"),
+        (series.created, "appeared", None),
+    ]
+    new = series.get(f"/resources/{series.ws}/terraform_data.new_name/history")
+    assert [(e["version"], e["event"], e["moved_from"]) for e in new["events"]] == [
+        (series.destroyed, "disappeared", None),
+        (series.changed, "appeared", "terraform_data.old_name"),
+    ]
+
+
 def test_time_travel(series: Series) -> None:
     ws = series.ws
     versions = series.get(f"/history/{ws}", limit=100)["versions"]

@@ -18,7 +18,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -160,6 +160,8 @@ class TimelineEntry:
     paths: list[str]  # changed attribute paths (masked paths are named, never valued)
     status_before: str | None
     status_after: str | None
+    moved_from: str | None = None  # appeared: the address it had in the version before
+    moved_to: str | None = None  # disappeared: the address it has in this version
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +387,8 @@ class ExplorerService:
         self, name: str, address: str, *, before: int | None = None, limit: int = 50
     ) -> Timeline:
         """Versions (newest first) below `before` in which the instance at `address`
-        appeared, changed or disappeared, looking at `limit` versions per call."""
+        appeared, changed or disappeared (moved here from, or away to, another address when
+        the same object is found there), looking at `limit` versions per call."""
         _check_address(address)
         await self._workspace(name)
         versions = await self.store.list_versions(name, before=before, limit=limit)
@@ -398,17 +401,43 @@ class ExplorerService:
         chain = [*reversed(versions)]
         entries: list[TimelineEntry] = []
         earlier = await self._object_at(previous, address) if previous else None
-        earlier_sha = previous.sha256 if previous else None
+        earlier_meta = previous
         for meta in chain:
-            if meta.sha256 == earlier_sha:
+            if earlier_meta is not None and meta.sha256 == earlier_meta.sha256:
                 continue  # same bytes (an identical rollback): nothing changed
             now = await self._object_at(meta, address)
             entry = _timeline_entry(meta, earlier, now)
+            if entry is not None and entry.event == "appeared" and earlier_meta is not None:
+                assert now is not None
+                moved_from = await self._moved(earlier_meta, now, address)
+                entry = replace(entry, moved_from=moved_from)
+            elif entry is not None and entry.event == "disappeared":
+                assert earlier is not None
+                entry = replace(entry, moved_to=await self._moved(meta, earlier, address))
             if entry is not None:
                 entries.append(entry)
-            earlier, earlier_sha = now, meta.sha256
+            earlier, earlier_meta = now, meta
         entries.reverse()
         return Timeline(name, address, entries, oldest.version if previous else None)
+
+    async def _moved(
+        self, meta: VersionMeta, instance: ResourceInstance, address: str
+    ) -> str | None:
+        """The address of the same object (mode, type and identity `id`, as diffs match
+        moves) at another address in version `meta`, if there is one."""
+        object_id = instance.identity.get("id")
+        if object_id is None:
+            return None
+        parsed = await self.parsed(meta)
+        for other in parsed.contents.instances:
+            if (
+                other.address != address
+                and other.deposed_key is None
+                and (other.mode, other.type) == (instance.mode, instance.type)
+                and other.identity.get("id") == object_id
+            ):
+                return other.address
+        return None
 
     async def _object_at(self, meta: VersionMeta, address: str) -> ResourceInstance | None:
         parsed = await self.parsed(meta)
