@@ -217,7 +217,8 @@ def test_diff_of_a_change_with_moved_added_and_removed(series: Series) -> None:
 
 
 def test_tainted_and_deposed_objects(series: Series) -> None:
-    listed = all_resources(series, version=series.broken, type="terraform_data", q="cbd")
+    # q matches identity values too: "DATA.cbd" (a dot) can match no hex id, "cbd" could.
+    listed = all_resources(series, version=series.broken, type="terraform_data", q="DATA.cbd")
     assert [(r["address"], r["status"]) for r in listed] == [
         ("terraform_data.cbd", "tainted"),
         ("terraform_data.cbd", "deposed"),

@@ -4,8 +4,9 @@ Built from two `StateContents` (domain/resources.py), so it works on any two sto
 of one workspace or of two, including versions written before the explorer existed.
 
 Instances are matched by key (address, plus the deposed key of a deposed object). Their
-attribute digests are compared first; only instances whose digest (or status, provider or
-dependencies) differs have their attributes walked. An instance that disappeared from one
+attributes' JSON as stored is compared first (as bytes, cheaper than any digest); only
+instances whose attributes (or status, provider or dependencies) differ have their
+attributes parsed and walked. An instance that disappeared from one
 address while an instance of the same mode and type with the same identity `id` appeared at
 another is reported once, as `moved` (what a `moved` block or `terraform state mv` does).
 
@@ -224,8 +225,8 @@ def _same(a: ResourceInstance, b: ResourceInstance) -> bool:
 
 
 def _reformatted_only(a: ResourceInstance, b: ResourceInstance, change: ResourceChange) -> bool:
-    """Digests differ only because a writer reformatted equal attributes (digests are of the
-    stored JSON): nothing changed."""
+    """The stored attribute JSON differs only because a writer reformatted equal attributes:
+    nothing changed."""
     return (
         not change.attributes
         and a.status == b.status

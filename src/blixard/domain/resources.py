@@ -80,11 +80,11 @@ class ResourceInstance:
 
     @property
     def digest(self) -> str:
-        """SHA-256 of the attributes' JSON as stored: equal digests, equal attributes
-        (different digests with equal attributes only where a writer reformatted them)."""
+        """SHA-256 of the attributes' canonical JSON (sorted keys): equal digests, equal
+        attributes, however a writer formatted them (`attributes_digest`)."""
         found: str | None = self._lazy.get("digest")
         if found is None:
-            found = self._lazy["digest"] = hashlib.sha256(self.raw_attributes).hexdigest()
+            found = self._lazy["digest"] = attributes_digest(self.attributes)
         return found
 
     @property
@@ -280,6 +280,10 @@ def instance_address(module: str, mode: str, type_: str, name: str, key: str | i
     local = f"{type_}.{name}" if mode == "managed" else f"data.{type_}.{name}"
     prefix = f"{module}." if module else ""
     return f"{prefix}{local}{format_index_key(key)}"
+
+
+def attributes_digest(attributes: Any) -> str:
+    return hashlib.sha256(orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def mask_paths(value: Any, paths: Iterable[Path]) -> Any:
