@@ -30,8 +30,8 @@ from blixard.domain.parsing import check_workspace_name
 from blixard.domain.resources import Output, ResourceInstance, StateContents, read_contents
 from blixard.store.protocol import Store
 
-#: Stored bytes of parsed versions kept in memory (a parsed state takes a few times its size).
-DEFAULT_CACHE_BYTES = 48 * 1024 * 1024
+#: Estimated memory of the parsed versions kept (ParsedCache): about four 10 MiB versions.
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: Bodies at least this large are parsed and diffed off the event loop.
 _OFFLOAD_BYTES = 256 * 1024
 #: Longest resource address accepted (Terraform's are far shorter; this bounds the work).
@@ -89,32 +89,37 @@ def _index(meta: VersionMeta, contents: StateContents) -> Parsed:
 
 
 class ParsedCache:
-    """LRU of parsed versions, bounded by the total size of their stored bodies."""
+    """LRU of parsed versions, bounded by an estimate of their memory: the stored body's size
+    (each instance keeps its attributes' JSON) plus INSTANCE_BYTES per instance."""
+
+    #: Memory an instance's Python objects take besides its attributes' JSON (measured:
+    #: ~360 bytes with the indexes, tracemalloc, 10 MiB state; rounded up).
+    INSTANCE_BYTES = 512
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, int, str], Parsed] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, str], tuple[Parsed, int]] = OrderedDict()
         self._bytes = 0
 
     def get(self, meta: VersionMeta) -> Parsed | None:
         key = (meta.workspace, meta.version, meta.sha256)
         found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
 
     def put(self, parsed: Parsed) -> None:
         meta = parsed.meta
-        if meta.size > self.max_bytes:
-            return
+        weight = meta.size + self.INSTANCE_BYTES * len(parsed.contents.instances)
         key = (meta.workspace, meta.version, meta.sha256)
-        if key in self._entries:
+        if weight > self.max_bytes or key in self._entries:
             return
-        self._entries[key] = parsed
-        self._bytes += meta.size
+        self._entries[key] = (parsed, weight)
+        self._bytes += weight
         while self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.meta.size
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._bytes -= evicted
 
 
 @dataclass(frozen=True, slots=True)
