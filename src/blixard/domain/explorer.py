@@ -13,6 +13,7 @@ shows them, and it records the reveal in the audit trail (durably) before answer
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
 import re
 import time
@@ -78,6 +79,7 @@ class Parsed:
     contents: StateContents
     by_address: dict[str, list[ResourceInstance]] = field(repr=False)
     ordered: tuple[ResourceInstance, ...] = field(repr=False)  # by key
+    keys: tuple[str, ...] = field(repr=False)  # the keys of `ordered`, for paging
 
 
 def _index(meta: VersionMeta, contents: StateContents) -> Parsed:
@@ -85,7 +87,7 @@ def _index(meta: VersionMeta, contents: StateContents) -> Parsed:
     for instance in contents.instances:
         by_address.setdefault(instance.address, []).append(instance)
     ordered = tuple(sorted(contents.instances, key=lambda i: i.key))
-    return Parsed(meta, contents, by_address, ordered)
+    return Parsed(meta, contents, by_address, ordered, tuple(i.key for i in ordered))
 
 
 class ParsedCache:
@@ -296,9 +298,8 @@ class ExplorerService:
         needle = query.lower() if query else None
         page: list[ResourceInstance] = []
         more = False
-        for instance in parsed.ordered:
-            if after is not None and instance.key <= after:
-                continue
+        start = 0 if after is None else bisect.bisect_right(parsed.keys, after)
+        for instance in parsed.ordered[start:]:
             if type is not None and instance.type != type:
                 continue
             if mode is not None and instance.mode != mode:
