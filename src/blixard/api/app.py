@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__
-from blixard.api import admin, backend, encryption, health, management, runs, search
+from blixard.api import admin, backend, encryption, explorer, health, management, runs, search
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import RequestLimits
@@ -18,6 +18,7 @@ from blixard.api.openapi import install_openapi
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
+from blixard.domain.explorer import ExplorerService
 from blixard.domain.service import StateService
 from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.keyring = keyring
     app.state.audit = audit
     app.state.runs = run_service
+    app.state.explorer = ExplorerService(store)
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(backend.router)
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(encryption.router)
     app.include_router(runs.router)
     app.include_router(search.router)
+    app.include_router(explorer.router)
     return app
 
 

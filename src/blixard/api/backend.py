@@ -35,6 +35,14 @@ _LOCK_ID_PARAM = {
 }
 _VERSION_PARAM = count_param("version", "A past version number (default: the current state).")
 
+_AS_OF_PARAM = {
+    "name": "as_of",
+    "in": "query",
+    "required": False,
+    "description": "RFC 3339 time: the version that was current then (404 before the first).",
+    "schema": {"type": "string", "format": "date-time"},
+}
+
 _ERROR = {"description": "JSON error: `{error, message}`"}
 _HOLDER = {"description": "JSON error with the lock holder's LockInfo fields at top level"}
 _LOCK_INFO_BODY: dict[str, Any] = {
@@ -95,8 +103,8 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
 @protocol_route(
     "/state/{workspace}",
     ["GET"],
-    summary="Read the current state (or ?version=N)",
-    openapi_extra={"parameters": [_VERSION_PARAM]},
+    summary="Read the current state (or ?version=N, or ?as_of=TIME)",
+    openapi_extra={"parameters": [_VERSION_PARAM, _AS_OF_PARAM]},
     responses={
         200: {
             "description": "The state bytes exactly as written",
@@ -109,6 +117,8 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
 async def get_state(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.state_read, workspace)
     version = query_count(request, "version")
+    if (as_of := request.query_params.get("as_of")) is not None:  # time travel
+        version = await request.app.state.explorer.version_at(workspace, as_of, version)
     meta, body = await service_of(request).read_state(workspace, version)
     return Response(
         body,
