@@ -23,8 +23,9 @@ from blixard.store.crypto import Cipher, key_id_of_blob, key_id_of_key
 from blixard.store.encryption import PLAINTEXT, EncryptionNotConfigured, EncryptionRefused
 from blixard.store.etcd import EtcdStore, _BodyCache, _prefix_end, _unb64
 from blixard.store.protocol import Store
+from blixard.store.sqlite import SQLiteStore
 from tests.store.conftest import etcd_builder, sqlite_builder
-from tests.store.test_engine_suite import new_version
+from tests.store.test_engine_suite import new_version, resources_state
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +116,13 @@ async def _etcd_values(store: Store) -> AsyncIterator[tuple[str, bytes, int]]:
 
 def _etcd_engine(tmp_path: Path) -> Engine:
     async def raw(store: Store) -> list[bytes]:
-        return [value async for _, value, _ in _etcd_values(store)]
+        values = [value async for _, value, _ in _etcd_values(store)]
+        # Version metadata too: the lock holder's `Who` in it is sealed.
+        assert isinstance(store, EtcdStore)
+        ver = store._k("ver/")
+        async for kv in store._scan(ver, _prefix_end(ver)):
+            values.append(orjson.dumps(orjson.loads(kv.value)["meta"]))
+        return values
 
     async def sealed_with(store: Store) -> Counter[str]:
         found: Counter[str] = Counter()
@@ -171,9 +178,8 @@ async def put_version(store: Store, workspace: str, serial: int, body: bytes) ->
     for _ in range(50):
         ws = await store.get_workspace(workspace)
         revision = ws.revision if ws else None
-        if await store.append_version(
-            workspace, body, new_version(body, serial), expect_revision=revision
-        ):
+        version = replace(new_version(body, serial), lock_who=WHO)
+        if await store.append_version(workspace, body, version, expect_revision=revision):
             return
     raise AssertionError("the version never got written")
 
@@ -202,6 +208,9 @@ async def assert_everything_reads_back(store: Store, history: dict[str, list[byt
         for number, body in enumerate(states, start=1):
             found = await store.read_version(workspace, number)
             assert found is not None and found[1] == body, (workspace, number)
+            assert found[0].lock_who == WHO
+        listed = await store.list_versions(workspace, limit=1000)
+        assert len(listed) >= len(states) and {meta.lock_who for meta in listed} == {WHO}
     ws = await store.get_workspace("a")
     assert ws is not None and ws.lock is not None and ws.lock.info["Who"] == WHO
     run = await store.get_run("run-1")
@@ -392,3 +401,48 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
     finally:
         await store.close()
         await other.close()
+
+
+async def index_document_keys(store: Store) -> Counter[str]:
+    """Key id (or PLAINTEXT) of every stored resource index document."""
+    if isinstance(store, EtcdStore):
+        prefix = store._k("rix/")
+        values = [bytes(kv.value) async for kv in store._scan(prefix, _prefix_end(prefix))]
+    else:
+        assert isinstance(store, SQLiteStore)
+        conn = sqlite3.connect(store.path)
+        values = [bytes(row[0]) for row in conn.execute("SELECT doc FROM resource_index")]
+        conn.close()
+    return Counter(key_id_of_blob(v) or PLAINTEXT for v in values)
+
+
+async def test_index_documents_are_sealed_and_follow_the_current_key(
+    opened: Callable[[Cipher | None], Awaitable[Store]],
+) -> None:
+    """Index documents hold identity values: sealed like versions, and rebuilt under the
+    current key at the first open after a key change (readable meanwhile with the old key)."""
+    store = await opened(Cipher(K1))
+    for serial in range(1, 6):
+        body = resources_state(serial, {"r.x": ("aws_thing", f"ident-secret-{serial}")})
+        await put_version(store, "a", serial, body)
+    assert await index_document_keys(store) == Counter({OLD: 5})
+    assert not any(b"ident-secret" in v for v in await index_values(store))
+    await store.close()
+    store = await opened(Cipher(K2, [K1]))
+    await store._reindexer  # type: ignore[attr-defined]
+    assert await index_document_keys(store) == Counter({NEW: 5})
+    index = store.resource_index  # type: ignore[attr-defined]
+    assert index.version_of("a") == 5
+    history = await store.index_history("a")  # type: ignore[attr-defined]
+    assert [doc.version for doc in history] == [1, 2, 3, 4, 5]
+
+
+async def index_values(store: Store) -> list[bytes]:
+    if isinstance(store, EtcdStore):
+        prefix = store._k("rix/")
+        return [bytes(kv.value) async for kv in store._scan(prefix, _prefix_end(prefix))]
+    assert isinstance(store, SQLiteStore)
+    conn = sqlite3.connect(store.path)
+    values = [bytes(row[0]) for row in conn.execute("SELECT doc FROM resource_index")]
+    conn.close()
+    return values

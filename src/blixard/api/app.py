@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__
-from blixard.api import admin, backend, encryption, explorer, health, management, runs
+from blixard.api import admin, backend, encryption, explorer, health, management, runs, search
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import HeaderLimits
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(encryption.router)
     app.include_router(runs.router)
     app.include_router(explorer.router)
+    app.include_router(search.router)
     return app
 
 
