@@ -94,8 +94,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(health.router)
     app.include_router(encryption.router)
     app.include_router(runs.router)
-    app.include_router(explorer.router)
     app.include_router(search.router)
+    app.include_router(explorer.router)
     return app
 
 
