@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 from _common import open_twice  # noqa: E402
 
 from blixard.domain.access import AuditEvent  # noqa: E402
-from blixard.store.etcd import OLD_AUDIT_IDS, EtcdStore, _prefix_end  # noqa: E402
+from blixard.store.etcd.store import OLD_AUDIT_IDS, EtcdStore, _prefix_end  # noqa: E402
 
 
 async def measure(endpoints: list[str], events: int) -> None:

@@ -39,7 +39,7 @@ from _common import open_twice  # noqa: E402
 
 from blixard.domain.runs import PlanSummary, Run, RunStatus  # noqa: E402
 from blixard.store.crypto import Cipher  # noqa: E402
-from blixard.store.etcd import EtcdStore, _prefix_end  # noqa: E402
+from blixard.store.etcd.store import EtcdStore, _prefix_end  # noqa: E402
 
 WORKSPACES = 20
 OPEN = ("queued", "planned", "planning", "applying")

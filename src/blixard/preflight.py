@@ -11,7 +11,7 @@ from blixard.config import Settings
 from blixard.domain.errors import DomainError
 from blixard.store import open_store_from_url
 from blixard.store.crypto import Cipher
-from blixard.store.etcd_conn import EtcdOptions
+from blixard.store.etcd import EtcdOptions
 
 
 class StartupRefused(RuntimeError):

@@ -21,7 +21,7 @@ from blixard.domain.models import Lock
 from blixard.domain.runs import Run, RunStatus
 from blixard.store.crypto import Cipher, key_id_of_blob, key_id_of_key
 from blixard.store.encryption import PLAINTEXT, EncryptionNotConfigured, EncryptionRefused
-from blixard.store.etcd import EtcdStore, _BodyCache, _prefix_end, _unb64
+from blixard.store.etcd.store import EtcdStore, _BodyCache, _prefix_end, _unb64
 from blixard.store.protocol import Store
 from tests.store.conftest import etcd_builder, sqlite_builder
 from tests.store.test_engine_suite import new_version
@@ -338,7 +338,7 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
     SQLite a rotation batch is one transaction of the writer). Here another node, still with
     the old key current, rewrites a lock payload, a run document and a chunked run file after
     the rotation read them: each compare fails, the new content is read and re-sealed."""
-    from blixard.store.etcd_encryption import LOCKS, RUN_DATA, VERSIONS
+    from blixard.store.etcd.encryption import LOCKS, RUN_DATA, VERSIONS
 
     engine = _etcd_engine(tmp_path)
     store = engine.build(Cipher(K1))

@@ -18,8 +18,8 @@ import pytest
 
 from blixard.domain.errors import StorageUnavailable
 from blixard.store import open_store_from_url
-from blixard.store.etcd import EtcdStore, _prefix_end
-from blixard.store.etcd_conn import parse_etcd_url
+from blixard.store.etcd.conn import parse_etcd_url
+from blixard.store.etcd.store import EtcdStore, _prefix_end
 from tests.etcd_cluster import EtcdCluster, kv_requests, shared_cluster_endpoints
 from tests.store.test_engine_suite import a_lock, append, new_version, state
 
@@ -112,7 +112,7 @@ async def test_calls_follow_the_leader_and_writes_resume_after_it_dies(
     """KV calls go to the leader alone (a follower would forward them); when leadership
     moves without any call failing (etcdctl move-leader) the periodic look follows it; when
     the leader is killed, writes resume on the new one and no acknowledged write is lost."""
-    from blixard.store import etcd_conn
+    from blixard.store.etcd import conn as etcd_conn
 
     monkeypatch.setattr(etcd_conn, "LEADER_REFRESH", 1.0)  # a move is followed within ~1 s
     with EtcdCluster(tmp_path / "etcd", 3) as cluster:

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from blixard.domain.access import ApiKey, AuditEvent, Role
-from blixard.store.etcd import AUDIT_EPOCH_MS, AUDIT_LOW_BITS, OLD_AUDIT_IDS, EtcdStore, _prefix_end
+from blixard.store.etcd.store import (
+    AUDIT_EPOCH_MS,
+    AUDIT_LOW_BITS,
+    OLD_AUDIT_IDS,
+    EtcdStore,
+    _prefix_end,
+)
 from blixard.store.snapshot import AuditRecord, SnapshotRecord
 from tests.etcd_cluster import shared_cluster_endpoints
 from tests.store.test_engine_suite import a_lock, new_version, state

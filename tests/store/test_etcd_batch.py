@@ -1,4 +1,4 @@
-"""Group commit on the etcd engine (etcd_batch.py), on the real cluster: requests queued
+"""Group commit on the etcd engine (batch.py), on the real cluster: requests queued
 behind a call in flight share one etcd Txn, yet each is decided on its own — no lost
 update, one LOCK winner, a failed compare affects nobody else, big and many requests fit
 etcd's limits, and an outage fails every caller in a batch with StorageUnavailable."""

@@ -22,7 +22,7 @@ from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
 from blixard.store import open_store_from_url
 from blixard.store.crypto import Cipher
-from blixard.store.etcd_conn import EtcdOptions
+from blixard.store.etcd import EtcdOptions
 from blixard.store.protocol import Store
 
 DESCRIPTION = """

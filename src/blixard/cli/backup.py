@@ -117,7 +117,7 @@ def _data_dir_url(data_dir: Path | None, storage_url: str | None, what: str) -> 
 def _build(url: str, cipher: Cipher | None) -> Store:
     from blixard.config import Settings
     from blixard.store import open_store_from_url
-    from blixard.store.etcd_conn import EtcdOptions
+    from blixard.store.etcd import EtcdOptions
 
     try:
         # An etcd URL gets the BLIXARD_ETCD_* connection settings `blixard serve` would use.

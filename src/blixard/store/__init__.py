@@ -10,7 +10,7 @@ from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 
 if TYPE_CHECKING:
-    from blixard.store.etcd_conn import EtcdOptions
+    from blixard.store.etcd import EtcdOptions
 
 
 def open_store_from_url(
@@ -34,8 +34,7 @@ def open_store_from_url(
             )
         return SQLiteStore(Path(path), cache_bytes=cache_bytes, cipher=cipher)
     if parsed.scheme in ("etcd", "etcds"):
-        from blixard.store.etcd import EtcdStore
-        from blixard.store.etcd_conn import parse_etcd_url
+        from blixard.store.etcd import EtcdStore, parse_etcd_url
 
         # etcd[s]://host:2379,host:2379/prefix: the endpoints of one cluster and a key prefix.
         target = parse_etcd_url(url, etcd)

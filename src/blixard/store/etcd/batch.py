@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blixard.domain.errors import StorageUnavailable
-from blixard.store.etcd_conn import grpc_detail
+from blixard.store.etcd.conn import grpc_detail
 
 #: Calls in flight at once, each a lone request or a batch. Two made batches smaller and
 #: cost more CPU per cycle for no more cycles/s (bench/cycle.py, docs/etcd-notes.md §12).

@@ -1,5 +1,5 @@
 """Encryption status and online rotation on the etcd engine, with the SQLite engine's semantics
-(sqlite_encryption.py, encryption.py).
+(sqlite/encryption.py, ../encryption.py).
 
 What is sealed, and where (docs/etcd-notes.md §12):
 
@@ -45,8 +45,8 @@ from blixard.store.encryption import (
     EncryptionStatus,
     RotationProgress,
 )
-from blixard.store.etcd import EtcdStore, _b64, _prefix_end, _unb64
-from blixard.store.etcd_batch import get_op, put_op
+from blixard.store.etcd.batch import get_op, put_op
+from blixard.store.etcd.store import EtcdStore, _b64, _prefix_end, _unb64
 
 #: Old chunks of a re-sealed value live this long after the swap (for readers in flight).
 RETIRED_CHUNKS_TTL = 30

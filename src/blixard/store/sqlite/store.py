@@ -32,12 +32,13 @@ from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.domain.runs import OPEN, Run
-from blixard.store import sqlite_encryption, sqlite_snapshot
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
 from blixard.store.snapshot import ImportReport, SnapshotRecord
-from blixard.store.sqlite_rows import INSERT_KEY, INSERT_VERSION, KEY_COLUMNS, key_row, version_row
+from blixard.store.sqlite import encryption as sqlite_encryption
+from blixard.store.sqlite import snapshot as sqlite_snapshot
+from blixard.store.sqlite.rows import INSERT_KEY, INSERT_VERSION, KEY_COLUMNS, key_row, version_row
 
 T = TypeVar("T")
 
@@ -1081,7 +1082,7 @@ class SQLiteStore:
             return replace(current, deltas_since=current.deltas_since + 1)
         return current
 
-    # -- snapshots (sqlite_snapshot.py) ---------------------------------------------------
+    # -- snapshots (snapshot.py) ---------------------------------------------------
 
     def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
         return sqlite_snapshot.export(self)
@@ -1089,7 +1090,7 @@ class SQLiteStore:
     async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
         return await sqlite_snapshot.import_records(self, records)
 
-    # -- encryption at rest (sqlite_encryption.py) ---------------------------------------
+    # -- encryption at rest (encryption.py) ---------------------------------------
 
     def _check_encryption(self, conn: sqlite3.Connection) -> None:
         sqlite_encryption.check_at_open(

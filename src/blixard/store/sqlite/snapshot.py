@@ -51,7 +51,7 @@ from blixard.store.snapshot import (
     check_version,
     encode_imported,
 )
-from blixard.store.sqlite_rows import (
+from blixard.store.sqlite.rows import (
     INSERT_KEY,
     INSERT_VERSION,
     KEY_COLUMNS,
@@ -60,7 +60,7 @@ from blixard.store.sqlite_rows import (
 )
 
 if TYPE_CHECKING:
-    from blixard.store.sqlite import SQLiteStore
+    from blixard.store.sqlite.store import SQLiteStore
 
 #: The `meta` row present while an import is unfinished.
 IMPORT_MARKER = "import:unfinished"
@@ -103,7 +103,7 @@ def _counts(conn: sqlite3.Connection) -> SnapshotCounts:
 
 def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
     """Every record, in canonical order, from `conn`'s read transaction."""
-    from blixard.store.sqlite import (
+    from blixard.store.sqlite.store import (
         _VERSION_COLUMN_COUNT,
         _VERSION_COLUMNS,
         _api_key,
@@ -193,7 +193,7 @@ _Handoff = list[SnapshotRecord] | BaseException | None
 
 def _produce(store: SQLiteStore, handoff: queue.Queue[_Handoff], stop: threading.Event) -> None:
     """The export thread: one connection, one read transaction, records in batches."""
-    from blixard.store.sqlite import _connect
+    from blixard.store.sqlite.store import _connect
 
     def put(item: _Handoff) -> bool:
         while not stop.is_set():

@@ -44,7 +44,7 @@ from blixard.store.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from blixard.store.etcd import EtcdStore
+    from blixard.store.etcd.store import EtcdStore
 
 _VERSIONS_PER_TXN = 16
 _BATCH_OPS = 100
@@ -55,7 +55,7 @@ _BATCH_BYTES = 1024 * 1024
 
 
 async def _count(store: EtcdStore, prefix: str, revision: int) -> int:
-    from blixard.store.etcd import _prefix_end
+    from blixard.store.etcd.store import _prefix_end
 
     start = store._k(prefix)
     resp = await store._call(
@@ -67,7 +67,7 @@ async def _count(store: EtcdStore, prefix: str, revision: int) -> int:
 
 
 async def _value_at(store: EtcdStore, doc: dict[str, Any], revision: int) -> bytes:
-    from blixard.store.etcd import _unb64
+    from blixard.store.etcd.store import _unb64
 
     if "inline" in doc:
         return _unb64(doc["inline"])
@@ -86,7 +86,7 @@ async def export(store: EtcdStore) -> AsyncGenerator[SnapshotRecord, None]:
 
 
 async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecord, None]:
-    from blixard.store.etcd import _prefix_end
+    from blixard.store.etcd.store import _prefix_end
 
     # Counts of the view.
     counts = SnapshotCounts()
@@ -295,7 +295,7 @@ class _Importer:
 
     async def _value_doc(self, chunks_key: bytes, data: bytes) -> dict[str, Any]:
         """A value inline, or its chunks written now (no lease: the marker guards them)."""
-        from blixard.store.etcd import CHUNK_BYTES, INLINE_BYTES, _b64
+        from blixard.store.etcd.store import CHUNK_BYTES, INLINE_BYTES, _b64
 
         store = self.store
         if len(data) <= INLINE_BYTES:
@@ -333,7 +333,7 @@ class _Importer:
                 for op in store._key_ops(record.key):
                     await self._op(op)
             elif isinstance(record, AuditRecord):
-                from blixard.store.etcd import OLD_AUDIT_IDS
+                from blixard.store.etcd.store import OLD_AUDIT_IDS
 
                 event = record.event
                 if event.id is None or event.id <= self._last_audit_id:

@@ -39,12 +39,12 @@ from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
-from blixard.store.etcd_batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
-from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
+from blixard.store.etcd.batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
+from blixard.store.etcd.conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
 if TYPE_CHECKING:
-    from blixard.store.etcd_encryption import EtcdEncryption
+    from blixard.store.etcd.encryption import EtcdEncryption
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class EtcdStore:
         self._kv: Any = None
         #: Txn and point reads without etcd3aio's per-call wrapper (etcd_batch.DirectKV).
         self._direct: DirectKV | None = None
-        #: Group commit of Txns and point reads (etcd_batch.py); set while open.
+        #: Group commit of Txns and point reads (batch.py); set while open.
         self._batcher: TxnBatcher | None = None
         #: Revisions this process's exports read at, by their pin's lease (see pinned_revision).
         self._pins: dict[int, int] = {}
@@ -218,7 +218,7 @@ class EtcdStore:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        from blixard.store.etcd_conn import EtcdConnectError
+        from blixard.store.etcd.conn import EtcdConnectError
 
         conn = EtcdConnection(self.endpoints, self.access, timeout=self.timeout)
         self._conn = conn
@@ -396,7 +396,7 @@ class EtcdStore:
     async def _txn(
         self, compare: list[Any], success: list[Any], failure: list[Any], *, batch: bool = False
     ) -> Any:
-        """One Txn. With `batch`, it may share an etcd Txn with others (etcd_batch.py): only
+        """One Txn. With `batch`, it may share an etcd Txn with others (batch.py): only
         for ops that cannot fail at apply time (no lease, no `ignore_value`, no read at a past
         revision), since such a failure would fail the whole batch."""
         if batch:
@@ -1641,12 +1641,12 @@ class EtcdStore:
     # -- snapshots -----------------------------------------------------------------------
 
     def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
-        from blixard.store import etcd_snapshot
+        from blixard.store.etcd import snapshot as etcd_snapshot
 
         return etcd_snapshot.export(self)
 
     async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
-        from blixard.store import etcd_snapshot
+        from blixard.store.etcd import snapshot as etcd_snapshot
 
         return await etcd_snapshot.import_records(self, records)
 
@@ -1698,11 +1698,11 @@ class EtcdStore:
             nodes[bytes(kv.key)[len(prefix) :].decode()] = orjson.loads(kv.value)
         return nodes
 
-    # -- encryption at rest (etcd_encryption.py) -------------------------------------------
+    # -- encryption at rest (encryption.py) -------------------------------------------
 
     @functools.cached_property
     def _encryption(self) -> EtcdEncryption:
-        from blixard.store.etcd_encryption import EtcdEncryption
+        from blixard.store.etcd.encryption import EtcdEncryption
 
         return EtcdEncryption(self)
 
