@@ -12,7 +12,16 @@ import orjson
 import pytest
 
 from blixard.domain.models import Lock, NewVersion, StateMeta
-from blixard.store.protocol import Store
+from blixard.domain.roles import (
+    AuditStore,
+    AuditTrail,
+    KeyStore,
+    NodeLeases,
+    RunHost,
+    RunStore,
+    StateStore,
+)
+from blixard.store.protocol import EncryptionAdmin, SnapshotStore, Store
 from tests.store.conftest import StoreFactory
 
 pytestmark = pytest.mark.anyio
@@ -64,6 +73,35 @@ async def test_empty_store_has_nothing(store: Store) -> None:
     assert await store.read_version("nope", 1) is None
     assert await store.list_versions("nope") == []
     assert (await store.stats())["versions"] == 0
+
+
+ROLES = (
+    StateStore,
+    KeyStore,
+    AuditStore,
+    AuditTrail,
+    RunStore,
+    NodeLeases,
+    RunHost,
+    SnapshotStore,
+    EncryptionAdmin,
+    Store,
+)
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.__name__)
+async def test_engine_plays_every_role(store: Store, role: type) -> None:
+    """Each caller depends on one role (domain/roles.py); every engine must play them all.
+    (mypy checks the signatures in store/conformance.py; this checks the running object.)"""
+    assert isinstance(store, role)
+    missing = [
+        name
+        for name in dir(role)
+        if not name.startswith("_")
+        and not callable(getattr(store, name, None))
+        and name != "engine"
+    ]
+    assert missing == []
 
 
 async def test_health_reports_engine(store: Store) -> None:

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from blixard.api.body import read_json_model
 from blixard.api.security import authorize
-from blixard.api.views import iso, json_response
+from blixard.api.views import iso, json_response, store_of
 from blixard.auth.keyring import KeyRing
 from blixard.domain.access import Action, ApiKey, AuditEvent, audit_event, parse_role
 from blixard.domain.parsing import parse_time
@@ -135,7 +135,7 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     await authorize(request, Action.audit_read)
-    events = await _keyring(request).store.list_audit(
+    events = await store_of(request).list_audit(
         workspace=workspace,
         key_name=key,
         action=action,
@@ -168,7 +168,7 @@ async def audit(
 async def backup(request: Request) -> Response:
     actor = await authorize(request, Action.admin)
     service = request.app.state.service
-    store = service.store
+    store = store_of(request)
     # Recorded before the view is taken, so the backup holds the record of its own making.
     await store.append_audit(
         [audit_event(actor, Action.admin, service.clock(), detail="backup: snapshot started")]

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.store = store
     app.state.service = service
     app.state.metrics = metrics
     app.state.keyring = keyring

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from blixard.api.security import authorize
-from blixard.api.views import json_response, service_of
+from blixard.api.views import json_response, store_of
 from blixard.domain.access import Action, audit_event
 
 router = APIRouter(prefix="/api/tofu/admin/encryption", tags=["admin"])
@@ -22,7 +22,7 @@ _ERROR = {"description": "JSON error: `{error, message}`"}
 )
 async def encryption_status(request: Request) -> Response:
     await authorize(request, Action.admin)
-    return json_response((await service_of(request).store.encryption_status()).to_json())
+    return json_response((await store_of(request).encryption_status()).to_json())
 
 
 @router.post(
@@ -41,7 +41,7 @@ async def rotate(
     max_seconds: Annotated[float, Query(gt=0, le=30, description="Work budget")] = 1.0,
 ) -> Response:
     actor = await authorize(request, Action.admin)
-    progress = await service_of(request).store.rotate_encryption(max_seconds=max_seconds)
+    progress = await store_of(request).rotate_encryption(max_seconds=max_seconds)
     if progress.rotated_versions or progress.rotated_locks or progress.retired_key_ids:
         request.app.state.audit.record(
             audit_event(

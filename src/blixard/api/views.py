@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from blixard.domain.models import Lock, VersionMeta, Workspace
 from blixard.domain.service import StateService
+from blixard.store.protocol import Store
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -73,3 +74,10 @@ def json_response(
 def service_of(request: Request) -> StateService:
     service: StateService = request.app.state.service
     return service
+
+
+def store_of(request: Request) -> Store:
+    """The whole engine, for the handlers whose role is not the state service's (admin,
+    encryption, health); everything else goes through a service."""
+    store: Store = request.app.state.store
+    return store

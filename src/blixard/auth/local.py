@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from blixard.auth.keyring import KeyRing
 from blixard.domain.access import Action, Actor, Role, audit_event, parse_role
 from blixard.domain.parsing import parse_time
+from blixard.domain.roles import AuditTrail
 
 DB_NAME = "blixard.db"
 
@@ -48,7 +49,9 @@ def local_actor() -> Actor:
     return Actor(name=None, role=Role.admin, source=f"local:{user}")
 
 
-async def _with_keyring(data_dir: Path, create: bool, work: Callable[[KeyRing], Awaitable[T]]) -> T:
+async def _with_keyring(
+    data_dir: Path, create: bool, work: Callable[[KeyRing, AuditTrail], Awaitable[T]]
+) -> T:
     from blixard.config import Settings
     from blixard.store.crypto import Cipher
     from blixard.store.sqlite import SQLiteStore, StoreInUse
@@ -70,12 +73,14 @@ async def _with_keyring(data_dir: Path, create: bool, work: Callable[[KeyRing], 
     try:
         keyring = KeyRing(store, required=False)
         await keyring.refresh()
-        return await work(keyring)
+        return await work(keyring, store)
     finally:
         await store.close()
 
 
-def _run(data_dir: Path, work: Callable[[KeyRing], Awaitable[T]], *, create: bool = False) -> T:
+def _run(
+    data_dir: Path, work: Callable[[KeyRing, AuditTrail], Awaitable[T]], *, create: bool = False
+) -> T:
     return asyncio.run(_with_keyring(data_dir, create, work))
 
 
@@ -86,7 +91,7 @@ def create_key(data_dir: Path, name: str, role: str, workspaces: list[str]) -> d
     parsed_role = parse_role(role)
     actor = local_actor()
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         key, secret = await keyring.create(
             name,
             parsed_role,
@@ -108,7 +113,7 @@ def list_keys(data_dir: Path, *, include_revoked: bool = False) -> dict[str, Any
     """{"keys": [...]} as GET /api/tofu/keys answers it: never secrets or hashes."""
     from blixard.api.admin import key_json
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         keys = await keyring.store.list_keys(include_revoked=include_revoked)
         return {"keys": [key_json(key) for key in keys]}
 
@@ -121,7 +126,7 @@ def revoke_key(data_dir: Path, name: str) -> dict[str, Any]:
 
     actor = local_actor()
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         revoked = await keyring.revoke(
             name,
             audit=audit_event(
@@ -153,8 +158,8 @@ def list_audit(
     since_at = parse_time(since, "since")
     until_at = parse_time(until, "until")
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
-        events = await keyring.store.list_audit(
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
+        events = await trail.list_audit(
             workspace=workspace,
             key_name=key,
             action=action,

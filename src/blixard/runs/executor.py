@@ -36,6 +36,7 @@ from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
 from blixard.domain.access import Action, Actor, Role, audit_event
 from blixard.domain.errors import StorageUnavailable
+from blixard.domain.roles import RunHost
 from blixard.domain.runs import (
     EXECUTING,
     FINISHED,
@@ -50,7 +51,6 @@ from blixard.runs.binary import BinaryNotFound, TerraformBinary, resolve_binary
 from blixard.runs.logs import LiveLog
 from blixard.runs.nodes import NodePresence
 from blixard.runs.workdir import backend_env, prepare_workdir
-from blixard.store.protocol import Store
 
 log = logging.getLogger("blixard.runs")
 
@@ -77,7 +77,7 @@ class ClaimedElsewhere(Exception):
 
 class RunExecutor:
     def __init__(
-        self, store: Store, service: StateService, keyring: KeyRing, settings: Settings
+        self, store: RunHost, service: StateService, keyring: KeyRing, settings: Settings
     ) -> None:
         self.store = store
         self.service = service
