@@ -22,8 +22,6 @@ from blixard.domain.access import Action, Actor, Role, audit_event, parse_role
 from blixard.domain.parsing import parse_time
 from blixard.domain.roles import AuditTrail
 
-DB_NAME = "blixard.db"
-
 T = TypeVar("T")
 
 
@@ -33,11 +31,6 @@ class DataDirInUse(RuntimeError):
 
 class NoDatabase(RuntimeError):
     """The data directory holds no Blixard database (yet)."""
-
-
-def database_path(data_dir: Path) -> Path:
-    """Where `blixard serve --data-dir DIR` keeps its embedded store."""
-    return Path(data_dir) / DB_NAME
 
 
 def local_actor() -> Actor:
@@ -52,16 +45,15 @@ def local_actor() -> Actor:
 async def _with_keyring(
     data_dir: Path, create: bool, work: Callable[[KeyRing, AuditTrail], Awaitable[T]]
 ) -> T:
-    from blixard.config import Settings
-    from blixard.store.crypto import Cipher
-    from blixard.store.sqlite import SQLiteStore, StoreInUse
+    from blixard.config import Settings, database_path
+    from blixard.store.bootstrap import build_store, data_dir_url
+    from blixard.store.errors import StoreInUse
 
     path = database_path(data_dir)
     if not create and not path.exists():
         raise NoDatabase(f"no Blixard database at {path} (is --data-dir the server's data dir?)")
     # An encrypted store opens only with its keys (BLIXARD_ENCRYPTION_KEY... as for serve).
-    cipher = Cipher.from_settings(Settings.load())
-    store = SQLiteStore(path, cache_bytes=0, readers=1, cipher=cipher)
+    store = build_store(Settings.load(), url=data_dir_url(data_dir), serving=False, readers=1)
     try:
         await store.open()
     except StoreInUse:

@@ -108,21 +108,19 @@ def _data_dir_url(data_dir: Path | None, storage_url: str | None, what: str) -> 
     if storage_url is not None:
         return storage_url
     if data_dir is not None:
-        from blixard.auth.local import database_path
+        from blixard.store.bootstrap import data_dir_url
 
-        return f"sqlite:///{database_path(data_dir)}"
+        return data_dir_url(data_dir)
     _fail(f"say where {what}: --data-dir DIR or --storage-url URL")
 
 
 def _build(url: str, cipher: Cipher | None) -> Store:
     from blixard.config import Settings
-    from blixard.store import open_store_from_url
-    from blixard.store.etcd import EtcdOptions
+    from blixard.store.bootstrap import build_store
 
     try:
         # An etcd URL gets the BLIXARD_ETCD_* connection settings `blixard serve` would use.
-        etcd = EtcdOptions.from_settings(Settings.load(), compact=False)
-        return open_store_from_url(url, cache_bytes=0, cipher=cipher, etcd=etcd)
+        return build_store(Settings.load(), url=url, cipher=cipher, serving=False)
     except ValueError as exc:  # pydantic's ValidationError is one too
         _fail(str(exc))
 
@@ -136,15 +134,15 @@ def _sqlite_path(store: Store) -> Path | None:
 def _open_error(exc: BaseException, url: str) -> str | None:
     """A one-line reason for a store that would not open, or None for unexpected errors."""
     from blixard.store.crypto import EncryptionError
+    from blixard.store.errors import StoreError, StoreInUse
     from blixard.store.snapshot import SnapshotError
-    from blixard.store.sqlite import StoreInUse
 
     if isinstance(exc, StoreInUse):
         return (
             f"{url} is in use by a running Blixard server: stop it first (a live server is "
             "backed up with `blixard backup FILE --url URL`)"
         )
-    if isinstance(exc, EncryptionError | SnapshotError | OSError):
+    if isinstance(exc, StoreError | EncryptionError | SnapshotError | OSError):
         return str(exc)
     return None
 
@@ -159,19 +157,21 @@ async def _open_source(url: str, cipher: Cipher | None) -> Store:
     path = _sqlite_path(store)
     if path is not None and not path.is_file():
         _fail(f"no Blixard database at {path}")
+    from blixard.store.crypto import EncryptionError
+    from blixard.store.encryption import EncryptionRefused
+    from blixard.store.errors import StoreError
+
     try:
         await store.open()
         return store
-    except Exception as exc:
-        from blixard.store.encryption import EncryptionRefused
-
+    except (StoreError, EncryptionError) as exc:
         first = exc
     if isinstance(first, EncryptionRefused) and cipher is not None:
         store = _build(url, None)
         try:
             await store.open()
             return store
-        except Exception:
+        except (StoreError, EncryptionError):
             pass
     message = _open_error(first, url)
     if message is None:
@@ -234,9 +234,12 @@ class _Target:
         return self.store
 
     async def _open_in_place(self) -> None:
+        from blixard.store.crypto import EncryptionError
+        from blixard.store.errors import StoreError
+
         try:
             await self.store.open()
-        except Exception as exc:
+        except (StoreError, EncryptionError) as exc:
             message = _open_error(exc, self.url)
             if message is None:
                 raise

@@ -199,11 +199,12 @@ def _report(
 
 def _rotate_offline(data_dir: Path, as_json: bool) -> None:
     from blixard.cli.client import _console, _fail
-    from blixard.config import Settings
+    from blixard.config import Settings, database_path
+    from blixard.store.bootstrap import build_store, data_dir_url
     from blixard.store.crypto import Cipher, EncryptionError
-    from blixard.store.sqlite import SQLiteStore, StoreInUse
+    from blixard.store.errors import StoreInUse
 
-    path = data_dir / "blixard.db"
+    path = database_path(data_dir)
     if not path.is_file():
         _fail(f"no Blixard database at {path}")
     try:
@@ -217,7 +218,13 @@ def _rotate_offline(data_dir: Path, as_json: bool) -> None:
         )
 
     async def run(bar: _Bar) -> tuple[RotationProgress, int, int, list[str]]:
-        store = SQLiteStore(path, cipher=cipher, adopt_plaintext=True)
+        store = build_store(
+            Settings.load(),
+            url=data_dir_url(data_dir),
+            cipher=cipher,
+            serving=False,
+            adopt_plaintext=True,
+        )
         await store.open()
         versions = locks = 0
         retired: list[str] = []

@@ -19,9 +19,13 @@ def open_store_from_url(
     cache_bytes: int = 256 * 1024 * 1024,
     cipher: Cipher | None = None,
     etcd: EtcdOptions | None = None,
+    readers: int | None = None,
+    adopt_plaintext: bool = False,
 ) -> Store:
     """Build (not yet open) the engine a storage URL names; `cipher` turns on encryption,
-    `etcd` gives an etcd URL the connection settings it leaves out, and compaction."""
+    `etcd` gives an etcd URL the connection settings it leaves out, and compaction.
+    `readers` (read threads) and `adopt_plaintext` are SQLite's alone. Settings go through
+    store.bootstrap.build_store, which calls this."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         from blixard.store.sqlite import SQLiteStore
@@ -32,10 +36,18 @@ def open_store_from_url(
             raise ValueError(
                 "sqlite storage URL needs a file path, e.g. sqlite:///./data/blixard.db"
             )
-        return SQLiteStore(Path(path), cache_bytes=cache_bytes, cipher=cipher)
+        return SQLiteStore(
+            Path(path),
+            cache_bytes=cache_bytes,
+            cipher=cipher,
+            readers=readers if readers is not None else SQLiteStore.DEFAULT_READERS,
+            adopt_plaintext=adopt_plaintext,
+        )
     if parsed.scheme in ("etcd", "etcds"):
         from blixard.store.etcd import EtcdStore, parse_etcd_url
 
+        if readers is not None or adopt_plaintext:
+            raise ValueError("readers and adopt_plaintext are options of the sqlite engine only")
         # etcd[s]://host:2379,host:2379/prefix: the endpoints of one cluster and a key prefix.
         target = parse_etcd_url(url, etcd)
         return EtcdStore(

@@ -14,12 +14,13 @@ from typing import Any
 
 from blixard.domain.errors import Conflict
 from blixard.store.crypto import EncryptionError
+from blixard.store.errors import StoreError
 
 #: How status and rotation reports name blobs that are not encrypted at all.
 PLAINTEXT = "plaintext"
 
 
-class EncryptionRefused(EncryptionError):
+class EncryptionRefused(EncryptionError, StoreError):
     """The store must not be served with the configured keys; the message says why and what next."""
 
 

@@ -46,6 +46,7 @@ from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.models import Lock, VersionMeta, VersionSource
 from blixard.domain.runs import Run
 from blixard.store.codec import DeltaBase, Encoded, VersionCodec
+from blixard.store.errors import StoreError
 
 if TYPE_CHECKING:
     from blixard.store.protocol import Store
@@ -77,7 +78,7 @@ class StoreNotEmpty(SnapshotError):
     """Snapshots are imported only into an empty store."""
 
 
-class UnfinishedImport(SnapshotError):
+class UnfinishedImport(SnapshotError, StoreError):
     """The store holds a partial import (a restore or migration stopped part-way)."""
 
 

@@ -39,6 +39,7 @@ from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
+from blixard.store.errors import StoreCannotConnect
 from blixard.store.etcd.batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
 from blixard.store.etcd.conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
@@ -226,7 +227,7 @@ class EtcdStore:
             self._client = await conn.open(self.prefix)
         except EtcdConnectError as exc:
             await self.close()
-            raise StorageUnavailable(str(exc)) from None
+            raise StoreCannotConnect(str(exc)) from None
         except BaseException:
             await self.close()
             raise

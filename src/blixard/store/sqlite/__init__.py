@@ -3,6 +3,7 @@
 store.py is the engine; snapshot.py, encryption.py and rows.py are its helpers and are not
 used from outside this package."""
 
-from blixard.store.sqlite.store import SQLiteStore, StoreInUse
+from blixard.store.errors import StoreInUse
+from blixard.store.sqlite.store import SQLiteStore
 
 __all__ = ["SQLiteStore", "StoreInUse"]

@@ -35,6 +35,7 @@ from blixard.domain.runs import OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
+from blixard.store.errors import StoreCannotConnect, StoreCorrupt, StoreInUse
 from blixard.store.snapshot import ImportReport, SnapshotRecord
 from blixard.store.sqlite import encryption as sqlite_encryption
 from blixard.store.sqlite import snapshot as sqlite_snapshot
@@ -180,10 +181,6 @@ _VERSION_COLUMNS = (
     "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by"
 )
 _VERSION_COLUMN_COUNT = 13
-
-
-class StoreInUse(RuntimeError):
-    """Another process already serves this database file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +391,8 @@ class _Writer(threading.Thread):
 
 class SQLiteStore:
     engine = "sqlite"
+    #: Read threads of a server; an offline tool opens with one.
+    DEFAULT_READERS = 4
 
     def __init__(
         self,
@@ -401,7 +400,7 @@ class SQLiteStore:
         *,
         codec: VersionCodec | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
-        readers: int = 4,
+        readers: int = DEFAULT_READERS,
         cipher: Cipher | None = None,
         adopt_plaintext: bool = False,
     ) -> None:
@@ -437,8 +436,13 @@ class SQLiteStore:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._take_file_lock()
+        """Raises a StoreError subclass when the file cannot be used (in use by another
+        process, unreadable, not a database, the wrong keys, an unfinished import)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_file_lock()
+        except OSError as exc:
+            raise StoreCannotConnect(str(exc)) from exc
         try:
             self._executor = ThreadPoolExecutor(
                 self._readers, thread_name_prefix="blixard-sqlite-read"
@@ -449,8 +453,12 @@ class SQLiteStore:
             await self._writer.submit(self._check_encryption)
             await self._writer.submit(lambda conn: sqlite_snapshot.check_at_open(conn, self.path))
             await self._read(self._load_index)
-        except BaseException:
+        except BaseException as exc:
             await self.close()  # e.g. the wrong key: release the file for the next attempt
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreCorrupt(f"{self.path}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StoreCannotConnect(str(exc)) from exc
             raise
         self._checkpointer = _Checkpointer(self.path, interval=1.0)
         self._checkpointer.start()
