@@ -55,7 +55,11 @@ from blixard.store.sqlite.rows import (
     INSERT_KEY,
     INSERT_VERSION,
     KEY_COLUMNS,
+    VERSION_COLUMN_COUNT,
+    VERSION_COLUMNS,
+    api_key_from_row,
     key_row,
+    version_meta_from_row,
     version_row,
 )
 
@@ -103,13 +107,6 @@ def _counts(conn: sqlite3.Connection) -> SnapshotCounts:
 
 def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
     """Every record, in canonical order, from `conn`'s read transaction."""
-    from blixard.store.sqlite.store import (
-        _VERSION_COLUMN_COUNT,
-        _VERSION_COLUMNS,
-        _api_key,
-        _version_meta,
-    )
-
     yield SnapshotBegin(store.engine, _counts(conn))
     workspaces = conn.execute(
         "SELECT id, name, created_at, updated_at, deleted_at, head_version, lock_id, lock_info, "
@@ -129,18 +126,18 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
     ) in workspaces:
         lock = None
         if lock_id is not None:
-            info = orjson.loads(store._open_lock(name, lock_info))
+            info = orjson.loads(store.open_lock(name, lock_info))
             lock = Lock(lock_id, info, locked_at, owner)
         yield WorkspaceRecord(name, created, updated, deleted, head, lock)
         last_full: tuple[int, bytes] | None = None
         rows = conn.execute(
-            f"SELECT {_VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
+            f"SELECT {VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
             "WHERE v.workspace_id = ? ORDER BY v.version",
             (ws_id,),
         )
         for row in rows:
-            meta = _version_meta(name, row[:_VERSION_COLUMN_COUNT])
-            encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
+            meta = version_meta_from_row(name, row[:VERSION_COLUMN_COUNT])
+            encoded = Encoded(*row[VERSION_COLUMN_COUNT:])
             base_body = None
             if encoded.base_version is not None:
                 if last_full is not None and last_full[0] == encoded.base_version:
@@ -162,22 +159,22 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
                 last_full = (meta.version, body)
             yield VersionRecord(meta, body)
     for row in conn.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"):
-        yield KeyRecord(_api_key(row))
+        yield KeyRecord(api_key_from_row(row))
     for row in conn.execute(
         "SELECT at, action, outcome, key_name, role, source, workspace, version, lock_id, "
         "status, detail, id FROM audit ORDER BY id"
     ):
         yield AuditRecord(AuditEvent(*row))
     for row in conn.execute("SELECT id, revision, document FROM runs ORDER BY id"):
-        yield RunRecord(store._run_from_row(row))
+        yield RunRecord(store.run_from_row(row))
     for run_id, kind, data in conn.execute(
         "SELECT run_id, kind, data FROM run_blobs ORDER BY run_id, kind"
     ):
-        yield RunBlobRecord(run_id, kind, store._open_run(run_id, kind, data))
+        yield RunBlobRecord(run_id, kind, store.open_run(run_id, kind, data))
     for run_id, seq, data in conn.execute(
         "SELECT run_id, seq, data FROM run_logs ORDER BY run_id, seq"
     ):
-        yield RunLogRecord(run_id, seq, store._open_run(run_id, f"log{seq}", data))
+        yield RunLogRecord(run_id, seq, store.open_run(run_id, f"log{seq}", data))
 
 
 def _weight(record: SnapshotRecord) -> int:
@@ -193,7 +190,6 @@ _Handoff = list[SnapshotRecord] | BaseException | None
 
 def _produce(store: SQLiteStore, handoff: queue.Queue[_Handoff], stop: threading.Event) -> None:
     """The export thread: one connection, one read transaction, records in batches."""
-    from blixard.store.sqlite.store import _connect
 
     def put(item: _Handoff) -> bool:
         while not stop.is_set():
@@ -206,8 +202,7 @@ def _produce(store: SQLiteStore, handoff: queue.Queue[_Handoff], stop: threading
 
     conn: sqlite3.Connection | None = None
     try:
-        conn = _connect(store.path)
-        conn.execute("PRAGMA query_only=1")
+        conn = store.open_read_connection()
         conn.execute("BEGIN")  # deferred: the first SELECT fixes the view for the whole export
         batch: list[SnapshotRecord] = []
         weight = 0
@@ -242,14 +237,14 @@ def _take(handoff: queue.Queue[_Handoff], stop: threading.Event) -> _Handoff:
 
 
 async def export(store: SQLiteStore) -> AsyncGenerator[SnapshotRecord, None]:
-    if store._executor is None:
+    if not store.is_open:
         raise StorageUnavailable("The store is not open.")
     handoff: queue.Queue[_Handoff] = queue.Queue(maxsize=_EXPORT_QUEUE)
     stop = threading.Event()
     thread = threading.Thread(
         target=_produce, args=(store, handoff, stop), name="blixard-sqlite-export", daemon=True
     )
-    store._exports.add(stop)
+    store.exports.add(stop)
     thread.start()
     try:
         while True:
@@ -264,7 +259,7 @@ async def export(store: SQLiteStore) -> AsyncGenerator[SnapshotRecord, None]:
                 yield record
     finally:
         stop.set()
-        store._exports.discard(stop)
+        store.exports.discard(stop)
         await asyncio.to_thread(thread.join)
 
 
@@ -353,7 +348,7 @@ class _Importer:
                 (IMPORT_MARKER, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()),
             )
 
-        await self.store._write(operation)
+        await self.store.execute_write_fn(operation)
 
     def _add_row(self, table: str, row: tuple[Any, ...], size: int = 0) -> None:
         self._rows[table].append(row)
@@ -400,7 +395,7 @@ class _Importer:
         elif isinstance(record, RunRecord):
             run = record.run
             self._run_ids.add(run.id)
-            document = self.store._seal_run(run.id, "document", orjson.dumps(run.to_document()))
+            document = self.store.seal_run(run.id, "document", orjson.dumps(run.to_document()))
             self._add_row(
                 "runs",
                 (run.id, run.workspace, run.status.value, run.revision, run.created_at, document),
@@ -408,11 +403,11 @@ class _Importer:
             )
         elif isinstance(record, RunBlobRecord):
             self._known_run(record.run_id)
-            sealed = self.store._seal_run(record.run_id, record.kind, record.data)
+            sealed = self.store.seal_run(record.run_id, record.kind, record.data)
             self._add_row("run_blobs", (record.run_id, record.kind, sealed), len(sealed))
         elif isinstance(record, RunLogRecord):
             self._known_run(record.run_id)
-            sealed = self.store._seal_run(record.run_id, f"log{record.seq}", record.data)
+            sealed = self.store.seal_run(record.run_id, f"log{record.seq}", record.data)
             self._add_row("run_logs", (record.run_id, record.seq, sealed), len(sealed))
         else:  # pragma: no cover - the union is exhaustive
             raise SnapshotCorrupt(f"unexpected record {type(record).__name__}")
@@ -431,7 +426,7 @@ class _Importer:
         self._names.add(record.name)
         ws_id = len(self._names)
         lock = record.lock
-        lock_info = self.store._seal_lock(record.name, orjson.dumps(lock.info)) if lock else None
+        lock_info = self.store.seal_lock(record.name, orjson.dumps(lock.info)) if lock else None
         self._add_row(
             "workspaces",
             (
@@ -504,7 +499,7 @@ class _Importer:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             await inflight
-        future = self.store._write(operation)
+        future = self.store.execute_write_fn(operation)
         if final:
             await future
         else:
@@ -546,10 +541,7 @@ async def import_records(
         raise
     finally:
         # The in-memory index follows the file, whatever made it into it.
-        store._workspaces.clear()
-        store._ids.clear()
-        store._base_info.clear()
         with contextlib.suppress(StorageUnavailable):
-            await store._read(store._load_index)
+            await store.reload_index()
     importer.report.seconds = time.monotonic() - started
     return importer.report

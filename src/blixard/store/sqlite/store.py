@@ -28,9 +28,9 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from blixard.domain.access import ApiKey, AuditEvent, Role
+from blixard.domain.access import ApiKey, AuditEvent
 from blixard.domain.errors import StorageUnavailable
-from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import OPEN, Run
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
@@ -39,7 +39,17 @@ from blixard.store.errors import StoreCannotConnect, StoreCorrupt, StoreInUse
 from blixard.store.snapshot import ImportReport, SnapshotRecord
 from blixard.store.sqlite import encryption as sqlite_encryption
 from blixard.store.sqlite import snapshot as sqlite_snapshot
-from blixard.store.sqlite.rows import INSERT_KEY, INSERT_VERSION, KEY_COLUMNS, key_row, version_row
+from blixard.store.sqlite.rows import (
+    INSERT_KEY,
+    INSERT_VERSION,
+    KEY_COLUMNS,
+    VERSION_COLUMN_COUNT,
+    VERSION_COLUMNS,
+    api_key_from_row,
+    key_row,
+    version_meta_from_row,
+    version_row,
+)
 
 T = TypeVar("T")
 
@@ -176,11 +186,6 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
 ]
 
 _OPEN_STATUSES = frozenset(status.value for status in OPEN)
-_VERSION_COLUMNS = (
-    "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
-    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by"
-)
-_VERSION_COLUMN_COUNT = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +433,7 @@ class SQLiteStore:
         self._checkpointer: _Checkpointer | None = None
         self._flock_fd: int | None = None
         #: Stop signals of the exports in progress (see sqlite_snapshot).
-        self._exports: set[threading.Event] = set()
+        self.exports: set[threading.Event] = set()
         #: Node leases by id (see grant_node_lease).
         self._node_leases: dict[int, _NodeLease] = {}
         self._lease_ids = itertools.count(1)
@@ -464,7 +469,7 @@ class SQLiteStore:
         self._checkpointer.start()
 
     async def close(self) -> None:
-        for stop in list(self._exports):
+        for stop in list(self.exports):
             stop.set()  # an export's thread lets go of its read transaction
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
@@ -542,13 +547,49 @@ class SQLiteStore:
             raise StorageUnavailable("The store is not open.")
         return self._writer.submit(operation, on_commit)
 
+    # -- the public door for this package's helpers (snapshot.py, encryption.py) -----------
+    # As Datasette's `execute_fn` / `execute_write_fn`: a helper hands the store a function
+    # of a connection and never touches the threads, connections or indexes behind it.
+
+    async def execute_fn(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `function(conn)` on a reader thread's connection (read-only)."""
+        return await self._read(function)
+
+    def execute_write_fn(
+        self,
+        function: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue `function(conn)` for the one writer thread, inside its transaction (group
+        commit: several functions may share one COMMIT); `on_commit(result)` runs after it."""
+        return self._write(function, on_commit)
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    def open_read_connection(self) -> sqlite3.Connection:
+        """A new read-only connection of the caller's own, for a read transaction longer
+        than a reader thread should hold (an export); the caller closes it."""
+        conn = _connect(self.path)
+        conn.execute("PRAGMA query_only=1")
+        return conn
+
+    async def reload_index(self) -> None:
+        """Forget the in-memory workspace index and read it again (after an import wrote
+        behind it)."""
+        self._workspaces.clear()
+        self._ids.clear()
+        self._base_info.clear()
+        await self._read(self._load_index)
+
     # -- index ---------------------------------------------------------------------------
 
     def _load_index(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute(
             "SELECT w.id, w.name, w.revision, w.created_at, w.updated_at, w.deleted_at, "
             "w.lock_id, w.lock_info, w.locked_at, w.base_version, w.base_stored_size, "
-            f"w.deltas_since_base, b.size, w.lock_owner, {_VERSION_COLUMNS} FROM workspaces w "
+            f"w.deltas_since_base, b.size, w.lock_owner, {VERSION_COLUMNS} FROM workspaces w "
             "LEFT JOIN versions v ON v.workspace_id = w.id AND v.version = w.head_version "
             "LEFT JOIN versions b ON b.workspace_id = w.id AND b.version = w.base_version"
         ).fetchall()
@@ -556,10 +597,10 @@ class SQLiteStore:
             ws_id, name, revision, created, updated, deleted = row[:6]
             lock_id, lock_info, locked_at = row[6:9]
             base_version, base_stored_size, deltas_since, base_body_size, owner = row[9:14]
-            head = _version_meta(name, row[14:]) if row[14] is not None else None
-            assert len(row) == 14 + _VERSION_COLUMN_COUNT
+            head = version_meta_from_row(name, row[14:]) if row[14] is not None else None
+            assert len(row) == 14 + VERSION_COLUMN_COUNT
             lock = (
-                Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at, owner)
+                Lock(lock_id, orjson.loads(self.open_lock(name, lock_info)), locked_at, owner)
                 if lock_id is not None
                 else None
             )
@@ -626,11 +667,11 @@ class SQLiteStore:
 
         def query(conn: sqlite3.Connection) -> list[VersionMeta]:
             rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.workspace_id = ? "
+                f"SELECT {VERSION_COLUMNS} FROM versions v WHERE v.workspace_id = ? "
                 "AND v.version < ? ORDER BY v.version DESC LIMIT ?",
                 (ws_id, before if before is not None else 2**62, limit),
             ).fetchall()
-            return [_version_meta(name, row) for row in rows]
+            return [version_meta_from_row(name, row) for row in rows]
 
         return await self._read(query)
 
@@ -658,14 +699,14 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, name: str, ws_id: int, version: int
     ) -> tuple[VersionMeta, bytes] | None:
         row = conn.execute(
-            f"SELECT {_VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
+            f"SELECT {VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
             "WHERE v.workspace_id = ? AND v.version = ?",
             (ws_id, version),
         ).fetchone()
         if row is None:
             return None
-        meta = _version_meta(name, row[:_VERSION_COLUMN_COUNT])
-        encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
+        meta = version_meta_from_row(name, row[:VERSION_COLUMN_COUNT])
+        encoded = Encoded(*row[VERSION_COLUMN_COUNT:])
         base_body = None
         if encoded.base_version is not None:
             base_body = self._bases.get(name, encoded.base_version)
@@ -709,7 +750,7 @@ class SQLiteStore:
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
-        lock_json = self._seal_lock(name, orjson.dumps(lock.info)) if lock else None
+        lock_json = self.seal_lock(name, orjson.dumps(lock.info)) if lock else None
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int] | None:
             values = (
@@ -879,7 +920,7 @@ class SQLiteStore:
             rows = conn.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY name, created_at"
             ).fetchall()
-            return [_api_key(row) for row in rows]
+            return [api_key_from_row(row) for row in rows]
 
         return await self._read(query)
 
@@ -895,7 +936,7 @@ class SQLiteStore:
                 return None
             conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (at, row[0]))
             _insert_audit(conn, audit)
-            return replace(_api_key(row), revoked_at=at)
+            return replace(api_key_from_row(row), revoked_at=at)
 
         return await self._write(operation)
 
@@ -952,20 +993,20 @@ class SQLiteStore:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def _seal_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+    def seal_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.seal(payload, run_aad(run_id, kind))
 
-    def _open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+    def open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.open(payload, run_aad(run_id, kind))
 
-    def _run_from_row(self, row: tuple[Any, ...]) -> Run:
+    def run_from_row(self, row: tuple[Any, ...]) -> Run:
         run_id, revision, document = row
-        run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
+        run = Run.from_document(orjson.loads(self.open_run(run_id, "document", document)))
         return replace(run, revision=revision)
 
     async def create_run(self, run: Run) -> Run:
         stored = replace(run, revision=1)
-        document = self._seal_run(run.id, "document", orjson.dumps(stored.to_document()))
+        document = self.seal_run(run.id, "document", orjson.dumps(stored.to_document()))
 
         def operation(conn: sqlite3.Connection) -> Run:
             conn.execute(
@@ -981,7 +1022,7 @@ class SQLiteStore:
         self, run: Run, *, expect_revision: int, audit: AuditEvent | None = None
     ) -> Run | None:
         stored = replace(run, revision=expect_revision + 1)
-        document = self._seal_run(run.id, "document", orjson.dumps(stored.to_document()))
+        document = self.seal_run(run.id, "document", orjson.dumps(stored.to_document()))
 
         def operation(conn: sqlite3.Connection) -> Run | None:
             cursor = conn.execute(
@@ -1001,7 +1042,7 @@ class SQLiteStore:
             row = conn.execute(
                 "SELECT id, revision, document FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
-            return self._run_from_row(row) if row else None
+            return self.run_from_row(row) if row else None
 
         return await self._read(query)
 
@@ -1035,12 +1076,12 @@ class SQLiteStore:
                 f"SELECT id, revision, document FROM runs{where} ORDER BY id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
-            return [self._run_from_row(row) for row in rows]
+            return [self.run_from_row(row) for row in rows]
 
         return await self._read(query)
 
     async def put_run_blob(self, run_id: str, kind: str, data: bytes) -> None:
-        sealed = self._seal_run(run_id, kind, data)
+        sealed = self.seal_run(run_id, kind, data)
 
         def operation(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -1056,7 +1097,7 @@ class SQLiteStore:
             row = conn.execute(
                 "SELECT data FROM run_blobs WHERE run_id = ? AND kind = ?", (run_id, kind)
             ).fetchone()
-            return self._open_run(run_id, kind, row[0]) if row else None
+            return self.open_run(run_id, kind, row[0]) if row else None
 
         return await self._read(query)
 
@@ -1067,7 +1108,7 @@ class SQLiteStore:
             ).fetchone()
             conn.execute(
                 "INSERT INTO run_logs(run_id, seq, data) VALUES (?, ?, ?)",
-                (run_id, seq, self._seal_run(run_id, f"log{seq}", chunk)),
+                (run_id, seq, self.seal_run(run_id, f"log{seq}", chunk)),
             )
 
         await self._write(operation)
@@ -1077,7 +1118,7 @@ class SQLiteStore:
             rows = conn.execute(
                 "SELECT seq, data FROM run_logs WHERE run_id = ? ORDER BY seq", (run_id,)
             ).fetchall()
-            return b"".join(self._open_run(run_id, f"log{seq}", data) for seq, data in rows)
+            return b"".join(self.open_run(run_id, f"log{seq}", data) for seq, data in rows)
 
         return await self._read(query)
 
@@ -1105,10 +1146,10 @@ class SQLiteStore:
             conn, self.cipher, self.path, adopt_plaintext=self._adopt_plaintext
         )
 
-    def _seal_lock(self, name: str, payload: bytes) -> bytes:
+    def seal_lock(self, name: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.seal(payload, lock_aad(name))
 
-    def _open_lock(self, name: str, payload: bytes) -> bytes:
+    def open_lock(self, name: str, payload: bytes) -> bytes:
         if self.cipher is None:
             if is_sealed(payload):
                 raise DecryptionError("found an encrypted lock but no encryption key is configured")
@@ -1237,37 +1278,4 @@ def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
             event.status,
             event.detail,
         ),
-    )
-
-
-def _api_key(row: tuple[Any, ...]) -> ApiKey:
-    return ApiKey(
-        id=row[0],
-        name=row[1],
-        role=Role[row[2]],
-        scopes=tuple(orjson.loads(row[3])),
-        secret_hash=row[4],
-        created_at=row[5],
-        created_by=row[6],
-        last_used_at=row[7],
-        revoked_at=row[8],
-    )
-
-
-def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
-    return VersionMeta(
-        workspace=name,
-        version=row[0],
-        serial=row[1],
-        lineage=row[2],
-        size=row[3],
-        sha256=row[4],
-        md5=row[5],
-        created_at=row[6],
-        lock_id=row[7],
-        terraform_version=row[8],
-        resource_count=row[9],
-        source=cast(VersionSource, row[10]),
-        rolled_back_from=row[11],
-        written_by=row[12],
     )
