@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -13,10 +13,11 @@ from starlette.responses import Response, StreamingResponse
 
 from blixard.api.body import read_json_model
 from blixard.api.security import authorize
-from blixard.api.views import iso, json_response, store_of
+from blixard.api.views import json_response, store_of
 from blixard.auth.keyring import KeyRing
-from blixard.domain.access import Action, ApiKey, AuditEvent, audit_event, parse_role
+from blixard.domain.access import Action, audit_event, parse_role
 from blixard.domain.parsing import parse_time
+from blixard.domain.shapes import audit_json, key_json
 from blixard.store.snapshot import MEDIA_TYPE, SUFFIX, SnapshotWriter
 
 log = logging.getLogger("blixard.admin")
@@ -32,36 +33,6 @@ class KeyRequest(BaseModel):
     workspaces: list[str] | str = Field(
         default="*", description="Workspace globs the key may see: a list or 'a-*,b'."
     )
-
-
-def key_json(key: ApiKey) -> dict[str, Any]:
-    """Everything about a key except its secret and hash."""
-    return {
-        "name": key.name,
-        "role": key.role.name,
-        "workspaces": list(key.scopes),
-        "created_at": iso(key.created_at),
-        "created_by": key.created_by,
-        "last_used_at": iso(key.last_used_at),
-        "revoked_at": iso(key.revoked_at),
-    }
-
-
-def audit_json(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "at": iso(event.at),
-        "key": event.key_name,
-        "role": event.role,
-        "source": event.source,
-        "action": event.action,
-        "workspace": event.workspace,
-        "version": event.version,
-        "lock_id": event.lock_id,
-        "outcome": event.outcome,
-        "status": event.status,
-        "detail": event.detail,
-    }
 
 
 def _keyring(request: Request) -> KeyRing:

@@ -78,7 +78,7 @@ def _run(
 
 def create_key(data_dir: Path, name: str, role: str, workspaces: list[str]) -> dict[str, Any]:
     """Issue a key in the local store: {"key": {...}, "secret": "blx_..."} (secret shown once)."""
-    from blixard.api.admin import key_json
+    from blixard.domain.shapes import key_json
 
     parsed_role = parse_role(role)
     actor = local_actor()
@@ -103,7 +103,7 @@ def create_key(data_dir: Path, name: str, role: str, workspaces: list[str]) -> d
 
 def list_keys(data_dir: Path, *, include_revoked: bool = False) -> dict[str, Any]:
     """{"keys": [...]} as GET /api/tofu/keys answers it: never secrets or hashes."""
-    from blixard.api.admin import key_json
+    from blixard.domain.shapes import key_json
 
     async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         keys = await keyring.store.list_keys(include_revoked=include_revoked)
@@ -114,7 +114,7 @@ def list_keys(data_dir: Path, *, include_revoked: bool = False) -> dict[str, Any
 
 def revoke_key(data_dir: Path, name: str) -> dict[str, Any]:
     """Revoke the active key `name`: {"key": {...}} with its revocation time."""
-    from blixard.api.admin import key_json
+    from blixard.domain.shapes import key_json
 
     actor = local_actor()
 
@@ -145,7 +145,7 @@ def list_audit(
     limit: int = 100,
 ) -> dict[str, Any]:
     """{"events": [...], "next_before": id|None} as GET /api/tofu/audit answers it."""
-    from blixard.api.admin import audit_json
+    from blixard.domain.shapes import audit_json
 
     since_at = parse_time(since, "since")
     until_at = parse_time(until, "until")

@@ -375,7 +375,7 @@ class EtcdEncryption:
     async def _put_inline(self, cipher: Cipher, items: list[_Resealed]) -> tuple[int, list[_Value]]:
         """Put re-sealed values, each in a nested Txn compared on its mod_revision, in
         requests of ≤ _ITEMS_PER_TXN values and ~_BYTES_PER_TXN: (put, lost their compare)."""
-        from etcd3aio._protobuf import RequestOp, TxnRequest
+        from blixard.store.etcd.wire import RequestOp, TxnRequest
 
         store = self.store
         kv = store._kv
@@ -413,7 +413,7 @@ class EtcdEncryption:
     async def _put_chunked(self, cipher: Cipher, item: _Resealed) -> bool:
         """Publish a chunked value's new chunks and pointer in one Txn compared on the
         pointer's mod_revision; the old chunks go to a short lease."""
-        from etcd3aio._protobuf import PutRequest, RequestOp
+        from blixard.store.etcd.wire import PutRequest, RequestOp
 
         store = self.store
         assert item.publish is not None and item.old_chunks is not None

@@ -318,7 +318,7 @@ class EtcdStore:
                 return
 
     def _cmp_mod(self, key: bytes, revision: int) -> Any:
-        from etcd3aio._protobuf import Compare
+        from blixard.store.etcd.wire import Compare
 
         return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
 
@@ -404,13 +404,13 @@ class EtcdStore:
             return await self._call(self._batch.txn(compare, success, failure))
         if self._direct is None:
             raise StorageUnavailable("The store is not open.")
-        from etcd3aio._protobuf import TxnRequest
+        from blixard.store.etcd.wire import TxnRequest
 
         request = TxnRequest(compare=compare, success=success, failure=failure)
         return await self._call(self._direct.txn(request, self.timeout))
 
     def _cmp_ws(self, name: str, expect_revision: int | None) -> Any:
-        from etcd3aio._protobuf import Compare
+        from blixard.store.etcd.wire import Compare
 
         key = self._ws_key(name)
         if expect_revision is None:
@@ -596,7 +596,7 @@ class EtcdStore:
         return [put_op(key, value) for key in self._event_keys(event)]
 
     def _count_op(self, key: bytes) -> Any:
-        from etcd3aio._protobuf import RangeRequest, RequestOp
+        from blixard.store.etcd.wire import RangeRequest, RequestOp
 
         return RequestOp(request_range=RangeRequest(key=key, count_only=True))
 
@@ -944,7 +944,7 @@ class EtcdStore:
     async def _upload_chunks(self, prefix: bytes, blob: bytes) -> tuple[int, list[Any]]:
         """Write `blob` as leased chunks under `prefix`; returns the lease and the ops that
         publish them (re-put without the lease, values untouched)."""
-        from etcd3aio._protobuf import PutRequest, RequestOp
+        from blixard.store.etcd.wire import PutRequest, RequestOp
 
         lease_api = self._client.lease
         grant = await self._call(lease_api.grant(_UPLOAD_LEASE_TTL, timeout=self.timeout))
@@ -981,7 +981,7 @@ class EtcdStore:
     @staticmethod
     def _nest(ops: list[Any]) -> list[Any]:
         """Ops for one Txn level: beyond _OPS_PER_LEVEL, grouped into nested Txns."""
-        from etcd3aio._protobuf import RequestOp, TxnRequest
+        from blixard.store.etcd.wire import RequestOp, TxnRequest
 
         if len(ops) <= _OPS_PER_LEVEL:
             return ops
@@ -1262,7 +1262,7 @@ class EtcdStore:
                 return revoked
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:
-        from etcd3aio._protobuf import Compare, RequestOp, TxnRequest
+        from blixard.store.etcd.wire import Compare, RequestOp, TxnRequest
 
         ops = []
         for key_id, at in last_used.items():
