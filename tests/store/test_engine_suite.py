@@ -21,7 +21,8 @@ from blixard.domain.roles import (
     RunStore,
     StateStore,
 )
-from blixard.store.protocol import EncryptionAdmin, SnapshotStore, Store
+from blixard.store.protocol import EncryptionAdmin, Store
+from blixard.store.snapshot import SnapshotStore
 from tests.store.conftest import StoreFactory
 
 pytestmark = pytest.mark.anyio

@@ -358,7 +358,7 @@ async def test_misconfigurations_are_one_clear_line(secure: Secure) -> None:
 async def _compacted(store: EtcdStore, revision: int) -> bool:
     """True if etcd no longer serves reads at `revision`."""
     try:
-        await store._range(store._k("ws/"), b"", revision=revision)
+        await store._range(store.keys.key("ws/"), b"", revision=revision)
     except StorageUnavailable as exc:
         assert "compacted" in exc.message
         return True
@@ -374,7 +374,7 @@ async def test_compaction_keeps_the_window_and_current_data(secure: Secure) -> N
         for serial in range(1, 4):
             await append(store, "w", serial)
         assert await store.compact_once(policy, now=t0) is None  # no sample old enough yet
-        sampled = (await store._range(store._k("ws/"), b"")).header.revision
+        sampled = (await store._range(store.keys.key("ws/"), b"")).header.revision
         for serial in range(4, 7):
             await append(store, "w", serial)
         # 30 s later: still inside the window; another node in the same round: skipped.
@@ -444,7 +444,7 @@ async def test_the_server_compacts_in_the_background(secure: Secure) -> None:
         while time.monotonic() < deadline:
             serial += 1
             await append(store, "w", serial)
-            found = await store._get(store._k("meta/compaction"))
+            found = await store._get(store.keys.key("meta/compaction"))
             doc = orjson.loads(found.value) if found else {}
             # The record names a round's target before the round compacts to it.
             if doc.get("compacted") and await _compacted(store, doc["compacted"] - 1):

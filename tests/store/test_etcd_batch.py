@@ -172,7 +172,7 @@ async def test_a_batch_etcd_refuses_is_sent_again_request_by_request(
     a, b = stores
     assert a._batcher is not None
     refused = a._batcher.refused
-    bad = RequestOp(request_put=PutRequest(key=a._k("nowhere"), ignore_value=True))
+    bad = RequestOp(request_put=PutRequest(key=a.keys.key("nowhere"), ignore_value=True))
     results = await asyncio.gather(
         a.get_workspace("x0"),
         a._txn([], [bad], [], batch=True),

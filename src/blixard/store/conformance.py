@@ -15,7 +15,8 @@ from blixard.domain.roles import (
     StateStore,
 )
 from blixard.store.etcd import EtcdStore
-from blixard.store.protocol import EncryptionAdmin, SnapshotStore, Store
+from blixard.store.protocol import EncryptionAdmin, Store
+from blixard.store.snapshot import SnapshotStore
 from blixard.store.sqlite import SQLiteStore
 
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import orjson
 import zstandard
@@ -47,9 +47,6 @@ from blixard.domain.models import Lock, VersionMeta, VersionSource
 from blixard.domain.runs import Run
 from blixard.store.codec import DeltaBase, Encoded, VersionCodec
 from blixard.store.errors import StoreError
-
-if TYPE_CHECKING:
-    from blixard.store.protocol import Store
 
 FORMAT = "blixard-snapshot"
 FORMAT_VERSION = 1
@@ -801,7 +798,7 @@ async def records_from(reader: SnapshotReader, *, batch: int = 64) -> AsyncItera
 
 
 async def digest_store(
-    store: Store, on_record: Callable[[SnapshotRecord], None] | None = None
+    store: SnapshotStore, on_record: Callable[[SnapshotRecord], None] | None = None
 ) -> SnapshotSummary:
     """Export `store` and compute what a snapshot of it would state, writing nothing.
 
@@ -839,3 +836,36 @@ async def encode_imported(
     if base is not None and encoded.base_version == base.version:
         return encoded, DeltaBase(base.version, base.body, base.stored_size, base.deltas_since + 1)
     return encoded, base
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """Backup, restore, migrate: the whole store as a stream of records (this module)."""
+
+    def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
+        """Everything the store holds, as one consistent view, streamed (an async generator).
+
+        First a SnapshotBegin with the engine and the counts of that view, then the data
+        records in canonical order: each workspace (by name) followed by its versions (by
+        number, exact bodies), then API keys (by creation time, then id), audit events (by
+        id), runs (by id), run blobs (by run id, kind) and run logs (by run id, seq). The view
+        is one read transaction (SQLite) or one revision (etcd): writes made meanwhile are
+        not in it. Memory stays bounded whatever the store's size; stopping the iteration
+        early (aclose) releases the view.
+        """
+        ...
+
+    async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+        """Write a snapshot's records into this store, which must be empty (StoreNotEmpty).
+
+        Versions keep their numbers, times and metadata, bodies stay byte-identical (stored
+        with this store's codec and cipher), the audit trail keeps its ids and order, keys
+        their hashes, runs their documents and revisions. Writes go in batches; while an
+        import is unfinished the store refuses to serve (UnfinishedImport at open), so a
+        failure part-way never leaves a store that looks complete. Records must come in
+        export order (a workspace before its versions). Any inconsistency (a body that does
+        not match its SHA-256, a version of an unknown workspace, a head version that never
+        came, fewer or more records than the SnapshotBegin announced) raises
+        SnapshotCorrupt. For stores not serving traffic: restore and migrate run offline.
+        """
+        ...
