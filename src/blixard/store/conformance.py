@@ -20,32 +20,8 @@ from blixard.store.snapshot import SnapshotStore
 from blixard.store.sqlite import SQLiteStore
 
 
-def sqlite_plays_every_role(engine: SQLiteStore) -> None:
-    state_store: StateStore = engine
-    key_store: KeyStore = engine
-    audit_store: AuditStore = engine
-    audit_trail: AuditTrail = engine
-    run_store: RunStore = engine
-    node_leases: NodeLeases = engine
-    run_host: RunHost = engine
-    snapshot_store: SnapshotStore = engine
-    encryption_admin: EncryptionAdmin = engine
-    store: Store = engine
-    del (
-        state_store,
-        key_store,
-        audit_store,
-        audit_trail,
-        run_store,
-        node_leases,
-        run_host,
-        snapshot_store,
-        encryption_admin,
-        store,
-    )
-
-
-def etcd_plays_every_role(engine: EtcdStore) -> None:
+def every_engine_plays_every_role(engine: SQLiteStore | EtcdStore) -> None:
+    """mypy checks each member of the union against each role."""
     state_store: StateStore = engine
     key_store: KeyStore = engine
     audit_store: AuditStore = engine

@@ -239,19 +239,8 @@ class EtcdEncryption:
         _, canaries = await self._canaries()
         versions = dict(await self._count(VERSIONS))
         locks = dict(await self._count(LOCKS))
-        old = cipher.old_key_ids if cipher else []
-        return EncryptionStatus(
-            encrypted=bool(canaries),
-            current_key_id=cipher.current_id if cipher else None,
-            configured_key_ids=cipher.key_ids if cipher else [],
-            key_ids_in_use=sorted(canaries),
-            versions=versions,
-            locks=locks,
-            removable_key_ids=[
-                key_id
-                for key_id in old
-                if key_id not in canaries and key_id not in versions and key_id not in locks
-            ],
+        return EncryptionStatus.of(
+            encrypted=bool(canaries), cipher=cipher, in_use=canaries, versions=versions, locks=locks
         )
 
     # -- rotation --------------------------------------------------------------------------
