@@ -3,7 +3,9 @@
 A leading underscore means "only this module uses it": a `from blixard… import _name`, or an
 `obj._attr` on an object whose class lives in another module, couples two files through a
 door the owner may change at any time. Each such need gets a public name instead. Read with
-`ast`, so comments and strings never count."""
+`ast`, so comments and strings never count. `obj._attr` counts as another module's when this
+module defines no `_attr` itself (no def, class, assignment, parameter or keyword of that
+name): a module reading its own classes' private attributes on other instances is fine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Storage engines behind one interface (protocol.Store)."""
+"""Storage engines behind one interface (protocol.Store), picked by URL scheme; settings go
+through bootstrap.build_store."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from blixard.store.protocol import Store
 
 if TYPE_CHECKING:
     from blixard.store.etcd import EtcdOptions
+
+__all__ = ["Cipher", "Store", "open_store_from_url"]
 
 
 def open_store_from_url(
