@@ -37,6 +37,7 @@ from blixard.cli import common
 from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, UrlOpt
 
 if TYPE_CHECKING:
+    from blixard.store.codec import VersionCodec
     from blixard.store.crypto import Cipher
     from blixard.store.protocol import Store
     from blixard.store.snapshot import SnapshotCounts, SnapshotRecord, SnapshotSummary
@@ -109,13 +110,13 @@ def _data_dir_url(data_dir: Path | None, storage_url: str | None, what: str) -> 
     common.fail(f"say where {what}: --data-dir DIR or --storage-url URL")
 
 
-def _build(url: str, cipher: Cipher | None) -> Store:
+def _build(url: str, cipher: Cipher | None, *, codec: VersionCodec | None = None) -> Store:
     from blixard.config import Settings
     from blixard.store.bootstrap import build_store
 
     try:
         # An etcd URL gets the BLIXARD_ETCD_* connection settings `blixard serve` would use.
-        return build_store(Settings.load(), url=url, cipher=cipher, serving=False)
+        return build_store(Settings.load(), url=url, cipher=cipher, serving=False, codec=codec)
     except ValueError as exc:  # pydantic's ValidationError is one too
         common.fail(str(exc))
 
@@ -205,7 +206,6 @@ class _Target:
 
     async def open(self) -> Store:
         from blixard.store.codec import VersionCodec
-        from blixard.store.sqlite import SQLiteStore
 
         if self.final is None or self.temp is None:
             await self._open_in_place()
@@ -224,7 +224,7 @@ class _Target:
         # An import goes one workspace at a time: one delta dictionary is all it needs (the
         # cache counts bodies, and each digested dictionary costs ~10x its body).
         codec = VersionCodec(cipher=self.cipher, dictionary_cache_bytes=1)
-        self.store = SQLiteStore(self.temp, cache_bytes=0, cipher=self.cipher, codec=codec)
+        self.store = _build(f"sqlite:///{self.temp}", self.cipher, codec=codec)
         await self._open_in_place()
         return self.store
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from blixard.store.codec import VersionCodec
 from blixard.store.crypto import Cipher
 from blixard.store.protocol import Store
 
@@ -24,10 +25,12 @@ def open_store_from_url(
     etcd: EtcdOptions | None = None,
     readers: int | None = None,
     adopt_plaintext: bool = False,
+    codec: VersionCodec | None = None,
 ) -> Store:
     """Build (not yet open) the engine a storage URL names; `cipher` turns on encryption,
     `etcd` gives an etcd URL the connection settings it leaves out, and compaction.
-    `readers` (read threads) and `adopt_plaintext` are SQLite's alone. Settings go through
+    `readers` (read threads) and `adopt_plaintext` are SQLite's alone; `codec` replaces the
+    default one (which must use `cipher`). Settings go through
     store.bootstrap.build_store, which calls this."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
@@ -45,6 +48,7 @@ def open_store_from_url(
             cipher=cipher,
             readers=readers if readers is not None else SQLiteStore.DEFAULT_READERS,
             adopt_plaintext=adopt_plaintext,
+            codec=codec,
         )
     if parsed.scheme in ("etcd", "etcds"):
         from blixard.store.etcd import EtcdStore, parse_etcd_url
@@ -60,6 +64,7 @@ def open_store_from_url(
             cache_bytes=cache_bytes,
             access=target.access,
             compaction=etcd.compaction if etcd else None,
+            codec=codec,
         )
     raise ValueError(
         f"Unsupported storage URL scheme '{parsed.scheme}' (supported: sqlite, etcd, etcds)."

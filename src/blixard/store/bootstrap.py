@@ -11,6 +11,7 @@ from pathlib import Path
 
 from blixard.config import Settings, database_path
 from blixard.store import open_store_from_url
+from blixard.store.codec import VersionCodec
 from blixard.store.crypto import Cipher
 from blixard.store.etcd import EtcdOptions
 from blixard.store.protocol import Store
@@ -30,20 +31,24 @@ def build_store(
     serving: bool = True,
     readers: int | None = None,
     adopt_plaintext: bool = False,
+    codec: VersionCodec | None = None,
 ) -> Store:
     """The (unopened) store the settings describe, or the one `url` names with the settings'
     connection options. Raises ValueError (KeyConfigError is one) for a bad URL or key.
 
     `readers` and `adopt_plaintext` are the SQLite engine's (a one-reader offline tool, an
-    offline rotation that seals what was stored in plaintext); etcd refuses them."""
+    offline rotation that seals what was stored in plaintext); etcd refuses them. `codec`
+    replaces the engine's default one (an import's, with a one-entry dictionary cache)."""
     resolved = url if url is not None else settings.resolved_storage_url
+    keys = Cipher.from_settings(settings) if cipher is Keys.FROM_SETTINGS else cipher
     return open_store_from_url(
         resolved,
         cache_bytes=settings.cache_bytes if serving else 0,
-        cipher=Cipher.from_settings(settings) if cipher is Keys.FROM_SETTINGS else cipher,
+        cipher=keys,
         etcd=EtcdOptions.from_settings(settings, compact=serving),
         readers=readers,
         adopt_plaintext=adopt_plaintext,
+        codec=codec,
     )
 
 
