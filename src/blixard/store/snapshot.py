@@ -451,6 +451,26 @@ def decode_record(obj: dict[str, Any], payload: bytes | None) -> DataRecord:
     raise SnapshotCorrupt(f"unknown record type {kind!r}")
 
 
+def check_begin(
+    record: SnapshotBegin, announced: SnapshotCounts | None, imported: SnapshotCounts
+) -> SnapshotCounts:
+    """An importer's SnapshotBegin: the first record and only once; returns what it
+    announces, for check_announced at the end."""
+    if announced is not None or imported.records:
+        raise SnapshotCorrupt("the snapshot begins twice")
+    return record.counts
+
+
+def check_announced(announced: SnapshotCounts | None, imported: SnapshotCounts) -> None:
+    """At an import's end: what came in is what its SnapshotBegin announced."""
+    if announced is not None:
+        problems = imported.differences(announced)
+        if problems:
+            raise SnapshotCorrupt(
+                "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
+            )
+
+
 def check_version(record: VersionRecord) -> None:
     """The body must be exactly what the version's metadata describes."""
     meta, body = record.meta, record.body

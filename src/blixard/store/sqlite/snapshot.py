@@ -48,6 +48,8 @@ from blixard.store.snapshot import (
     UnfinishedImport,
     VersionRecord,
     WorkspaceRecord,
+    check_announced,
+    check_begin,
     check_version,
     encode_imported,
 )
@@ -357,9 +359,7 @@ class _Importer:
 
     async def add(self, record: SnapshotRecord) -> None:
         if isinstance(record, SnapshotBegin):
-            if self._announced is not None or self.report.counts.records:
-                raise SnapshotCorrupt("the snapshot begins twice")
-            self._announced = record.counts
+            self._announced = check_begin(record, self._announced, self.report.counts)
             return
         if isinstance(record, VersionRecord):
             await self._version(record)
@@ -507,12 +507,7 @@ class _Importer:
 
     async def finish(self) -> None:
         self._end_workspace()
-        if self._announced is not None:
-            problems = self.report.counts.differences(self._announced)
-            if problems:
-                raise SnapshotCorrupt(
-                    "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
-                )
+        check_announced(self._announced, self.report.counts)
         await self._flush(final=True)
 
     async def abandon(self) -> None:
