@@ -61,7 +61,7 @@ from blixard.store.etcd.keyspace import (
 )
 
 if TYPE_CHECKING:
-    from blixard.store.etcd.store import EtcdStore
+    from blixard.store.etcd.door import EtcdDoor
 
 #: Old chunks of a re-sealed value live this long after the swap (for readers in flight).
 RETIRED_CHUNKS_TTL = 30
@@ -142,7 +142,7 @@ class _Resealed:
 class EtcdEncryption:
     """Status and rotation for one EtcdStore (which owns the connection and the cipher)."""
 
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: EtcdDoor) -> None:
         self.store = store
         self._seen: dict[bytes, tuple[int, str | None]] = {}
 

@@ -64,7 +64,7 @@ from blixard.store.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from blixard.store.etcd.store import EtcdStore
+    from blixard.store.etcd.door import EtcdDoor
 
 _VERSIONS_PER_TXN = 16
 _BATCH_OPS = 100
@@ -74,7 +74,7 @@ _BATCH_BYTES = 1024 * 1024
 # --------------------------------------------------------------------------- export
 
 
-async def _count(store: EtcdStore, prefix: str, revision: int) -> int:
+async def _count(store: EtcdDoor, prefix: str, revision: int) -> int:
     start = store.keys.key(prefix)
     resp = await store.call(
         store.kv.get(
@@ -84,14 +84,14 @@ async def _count(store: EtcdStore, prefix: str, revision: int) -> int:
     return int(resp.count)
 
 
-async def _value_at(store: EtcdStore, doc: dict[str, Any], revision: int) -> bytes:
+async def _value_at(store: EtcdDoor, doc: dict[str, Any], revision: int) -> bytes:
     async def read_chunks(prefix: bytes, count: int) -> bytes:
         return await store.read_chunks(prefix, count, revision)
 
     return await store.keys.read_value(doc, read_chunks)
 
 
-async def export(store: EtcdStore) -> AsyncGenerator[SnapshotRecord, None]:
+async def export(store: EtcdDoor) -> AsyncGenerator[SnapshotRecord, None]:
     if store.kv is None:
         raise StorageUnavailable("The store is not open.")
     async with (
@@ -102,7 +102,7 @@ async def export(store: EtcdStore) -> AsyncGenerator[SnapshotRecord, None]:
             yield record
 
 
-async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecord, None]:
+async def _export_at(store: EtcdDoor, rev: int) -> AsyncGenerator[SnapshotRecord, None]:
     # Counts of the view.
     counts = SnapshotCounts()
     records: list[tuple[str, dict[str, Any], int]] = []  # name, doc, mod_revision
@@ -250,7 +250,7 @@ class _Current:
 
 
 class _Importer:
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: EtcdDoor) -> None:
         self.store = store
         self.kv = store.kv
         self.report = ImportReport()
@@ -464,7 +464,7 @@ class _Importer:
         await self.store.txn([], [self.kv.txn_op_delete(self.store.keys.key(META_IMPORT))], [])
 
 
-async def import_records(store: EtcdStore, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+async def import_records(store: EtcdDoor, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
     started = time.monotonic()
     importer = _Importer(store)
     await importer.begin()

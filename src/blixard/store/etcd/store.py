@@ -1800,32 +1800,26 @@ class EtcdStore:
                 log.debug("etcd: compacted history up to revision %d", revision)
 
     # -- the public door for this package's helpers (snapshot.py, encryption.py) -----------
-    # They go through these instead of the store's private members: the keys are
-    # `self.keys` (keyspace.py), the rest is the KV access, the large-value writer and the
-    # record codec the engine itself uses.
+    # What door.py's EtcdDoor promises them (documented there): `self.keys`, the KV access,
+    # the large-value writer and the record codec the engine itself uses.
 
     @property
     def kv(self) -> Any:
-        """etcd3aio's KV client (for its Txn builders); None while closed."""
         return self._kv
 
     @property
     def client(self) -> Any:
-        """etcd3aio's client (leases); None while closed."""
         return self._client
 
     async def call(self, awaitable: Awaitable[T]) -> T:
-        """Await an etcd call, its failures as StorageUnavailable."""
         return await self._call(awaitable)
 
     async def txn(
         self, compare: list[Any], success: list[Any], failure: list[Any], *, batch: bool = False
     ) -> Any:
-        """One Txn (see _txn for when `batch` may be used)."""
         return await self._txn(compare, success, failure, batch=batch)
 
     async def get_kv(self, key: bytes) -> Any | None:
-        """A linearizable point read."""
         return await self._get(key)
 
     async def read_range(
@@ -1836,7 +1830,6 @@ class EtcdStore:
     def scan(
         self, start: bytes, end: bytes, *, page: int = 500, revision: int = 0
     ) -> AsyncIterator[Any]:
-        """Every key-value in [start, end), ascending, paged."""
         return self._scan(start, end, page=page, revision=revision)
 
     def compare_mod_revision(self, key: bytes, revision: int) -> Any:
@@ -1844,14 +1837,12 @@ class EtcdStore:
 
     @staticmethod
     def nest(ops: list[Any]) -> list[Any]:
-        """Ops for one Txn level, grouped into nested Txns beyond etcd's per-level limit."""
         return EtcdStore._nest(ops)
 
     async def read_chunks(self, prefix: bytes, count: int, revision: int = 0) -> bytes:
         return await self._read_chunks(prefix, count, revision)
 
     async def upload_chunks(self, prefix: bytes, blob: bytes) -> tuple[int, list[Any]]:
-        """Write `blob` as leased chunks; the lease and the ops that publish them."""
         return await self._upload_chunks(prefix, blob)
 
     async def revoke_lease(self, lease_id: int) -> None:
@@ -1866,25 +1857,21 @@ class EtcdStore:
         body_bytes: int = 0,
         last_audit: int = 0,
     ) -> bytes:
-        """A workspace record as stored at `ws/NAME`."""
         return self._encode_record(ws, base, version_count, stored_bytes, body_bytes, last_audit)
 
     def decode_record(self, name: str, kv: Any) -> WorkspaceRecord:
         return self._decode_record(name, kv)
 
     def audit_ops(self, event: AuditEvent) -> list[Any]:
-        """The puts that record an audit event (the trail and its indexes)."""
         return self._audit_ops(event)
 
     def key_ops(self, key: ApiKey) -> list[Any]:
-        """The puts that store an API key (by id, by name, last used)."""
         return self._key_ops(key)
 
     def key_from_document(self, value: bytes, used: bytes | None) -> ApiKey:
         return self._key_from(value, used)
 
     def run_ops(self, run: Run, *, update: bool = False) -> list[Any]:
-        """The puts that store a run (document, revision, indexes)."""
         return self._run_ops(run, update=update)
 
     def run_from_document(self, run_id: str, document: bytes, revision: bytes | None) -> Run:
@@ -1897,7 +1884,6 @@ class EtcdStore:
         return self._open_run(run_id, kind, payload)
 
     async def upgrade_audit_ids(self, floor: int = 0) -> None:
-        """Renumber audit events written with the earlier ids (see _upgrade_audit_ids)."""
         await self._upgrade_audit_ids(floor)
 
 
