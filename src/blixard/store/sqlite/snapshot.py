@@ -66,7 +66,7 @@ from blixard.store.sqlite.rows import (
 )
 
 if TYPE_CHECKING:
-    from blixard.store.sqlite.store import SQLiteStore
+    from blixard.store.sqlite.door import SQLiteDoor
 
 #: The `meta` row present while an import is unfinished.
 IMPORT_MARKER = "import:unfinished"
@@ -107,7 +107,7 @@ def _counts(conn: sqlite3.Connection) -> SnapshotCounts:
     return SnapshotCounts(*row)
 
 
-def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
+def _records(store: SQLiteDoor, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
     """Every record, in canonical order, from `conn`'s read transaction."""
     yield SnapshotBegin(store.engine, _counts(conn))
     workspaces = conn.execute(
@@ -190,7 +190,7 @@ def _weight(record: SnapshotRecord) -> int:
 _Handoff = list[SnapshotRecord] | BaseException | None
 
 
-def _produce(store: SQLiteStore, handoff: queue.Queue[_Handoff], stop: threading.Event) -> None:
+def _produce(store: SQLiteDoor, handoff: queue.Queue[_Handoff], stop: threading.Event) -> None:
     """The export thread: one connection, one read transaction, records in batches."""
 
     def put(item: _Handoff) -> bool:
@@ -238,7 +238,7 @@ def _take(handoff: queue.Queue[_Handoff], stop: threading.Event) -> _Handoff:
     return None
 
 
-async def export(store: SQLiteStore) -> AsyncGenerator[SnapshotRecord, None]:
+async def export(store: SQLiteDoor) -> AsyncGenerator[SnapshotRecord, None]:
     if not store.is_open:
         raise StorageUnavailable("The store is not open.")
     handoff: queue.Queue[_Handoff] = queue.Queue(maxsize=_EXPORT_QUEUE)
@@ -314,7 +314,7 @@ class _Current:
 
 
 class _Importer:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteDoor) -> None:
         self.store = store
         self.report = ImportReport()
         self._names: set[str] = set()
@@ -518,9 +518,7 @@ class _Importer:
             self._inflight = None
 
 
-async def import_records(
-    store: SQLiteStore, records: AsyncIterator[SnapshotRecord]
-) -> ImportReport:
+async def import_records(store: SQLiteDoor, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
     started = time.monotonic()
     importer = _Importer(store)
     await importer.begin()

@@ -547,12 +547,9 @@ class SQLiteStore:
             raise StorageUnavailable("The store is not open.")
         return self._writer.submit(operation, on_commit)
 
-    # -- the public door for this package's helpers (snapshot.py, encryption.py) -----------
-    # As Datasette's `execute_fn` / `execute_write_fn`: a helper hands the store a function
-    # of a connection and never touches the threads, connections or indexes behind it.
+    # -- the public door for this package's helpers (door.py's SQLiteDoor, documented there)
 
     async def execute_fn(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `function(conn)` on a reader thread's connection (read-only)."""
         return await self._read(function)
 
     def execute_write_fn(
@@ -560,8 +557,6 @@ class SQLiteStore:
         function: Callable[[sqlite3.Connection], T],
         on_commit: Callable[[T], None] | None = None,
     ) -> asyncio.Future[T]:
-        """Queue `function(conn)` for the one writer thread, inside its transaction (group
-        commit: several functions may share one COMMIT); `on_commit(result)` runs after it."""
         return self._write(function, on_commit)
 
     @property
@@ -569,15 +564,11 @@ class SQLiteStore:
         return self._executor is not None
 
     def open_read_connection(self) -> sqlite3.Connection:
-        """A new read-only connection of the caller's own, for a read transaction longer
-        than a reader thread should hold (an export); the caller closes it."""
         conn = _connect(self.path)
         conn.execute("PRAGMA query_only=1")
         return conn
 
     async def reload_index(self) -> None:
-        """Forget the in-memory workspace index and read it again (after an import wrote
-        behind it)."""
         self._workspaces.clear()
         self._ids.clear()
         self._base_info.clear()
