@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
 from _common import open_twice  # noqa: E402
 
 from blixard.domain.access import AuditEvent  # noqa: E402
-from blixard.store.etcd import OLD_AUDIT_IDS, EtcdStore, _prefix_end  # noqa: E402
+from blixard.store.etcd.keyspace import prefix_end  # noqa: E402
+from blixard.store.etcd.store import OLD_AUDIT_IDS, EtcdStore  # noqa: E402
 
 
 async def measure(endpoints: list[str], events: int) -> None:
@@ -50,7 +51,7 @@ async def measure(endpoints: list[str], events: int) -> None:
         ]
         for i in range(0, events, 30):
             await store._txn([], [op for e in old[i : i + 30] for op in store._audit_ops(e)], [])
-        await store._kv.delete(store._k("meta/auditids"))
+        await store._kv.delete(store.keys.key("meta/auditids"))
         reopened = EtcdStore(endpoints, prefix)
         first, again = await open_twice(reopened)
         try:
@@ -63,8 +64,8 @@ async def measure(endpoints: list[str], events: int) -> None:
             f"next open {again * 1000:.0f} ms; {below}/{len(listed)} listed with ids < 2**53"
         )
     finally:
-        everything = store._k("")
-        await store._kv.delete(everything, _prefix_end(everything))
+        everything = store.keys.key("")
+        await store._kv.delete(everything, prefix_end(everything))
         await store.close()
 
 

@@ -143,7 +143,8 @@ async def run_sqlite(args: argparse.Namespace) -> None:
 
 
 async def run_etcd(args: argparse.Namespace) -> None:
-    from blixard.store.etcd import EtcdStore, _prefix_end
+    from blixard.store.etcd import EtcdStore
+    from blixard.store.etcd.keyspace import prefix_end
 
     print("etcd (3 members on this machine):")
     with (
@@ -154,8 +155,8 @@ async def run_etcd(args: argparse.Namespace) -> None:
 
         async def drop(store: EtcdStore) -> None:
             for family in ("rix/", "rixhead/"):
-                key = store._k(family)
-                await store._kv.delete(key, _prefix_end(key))
+                key = store.keys.key(family)
+                await store._kv.delete(key, prefix_end(key))
 
         await measure(lambda: EtcdStore(endpoints, "/bench-reindex/"), drop, args)
 

@@ -39,7 +39,8 @@ from _common import open_twice  # noqa: E402
 
 from blixard.domain.runs import PlanSummary, Run, RunStatus  # noqa: E402
 from blixard.store.crypto import Cipher  # noqa: E402
-from blixard.store.etcd import EtcdStore, _prefix_end  # noqa: E402
+from blixard.store.etcd.keyspace import prefix_end  # noqa: E402
+from blixard.store.etcd.store import EtcdStore  # noqa: E402
 
 WORKSPACES = 20
 OPEN = ("queued", "planned", "planning", "applying")
@@ -107,8 +108,8 @@ async def measure(endpoints: list[str], args: argparse.Namespace) -> None:
         if args.backfill:
             await backfill(store, endpoints, prefix, cipher)
     finally:
-        everything = store._k("")
-        await store._kv.delete(everything, _prefix_end(everything))
+        everything = store.keys.key("")
+        await store._kv.delete(everything, prefix_end(everything))
         await store.close()
 
 
@@ -116,8 +117,8 @@ async def backfill(
     store: EtcdStore, endpoints: list[str], prefix: str, cipher: Cipher | None
 ) -> None:
     for index, marker in (("runopen/", "meta/runindex"), ("runs-ws/", "meta/runindex-ws")):
-        await store._kv.delete(store._k(index), _prefix_end(store._k(index)))
-        await store._kv.delete(store._k(marker))
+        await store._kv.delete(store.keys.key(index), prefix_end(store.keys.key(index)))
+        await store._kv.delete(store.keys.key(marker))
     reopened = EtcdStore(endpoints, prefix, cipher=cipher)
     first, again = await open_twice(reopened)
     try:

@@ -27,8 +27,8 @@ from _common import mib, percentile  # type: ignore[import-not-found]
 from blixard.domain.access import Actor, Role
 from blixard.domain.models import NewVersion, StateMeta
 from blixard.domain.resource_index import ResourceQuery
-from blixard.domain.search import SearchService
 from blixard.store.protocol import Store
+from blixard.store.search import SearchService
 from tests.etcd_cluster import EtcdCluster
 
 TYPES = [f"aws_type_{i:02d}" for i in range(40)]

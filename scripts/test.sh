@@ -11,4 +11,5 @@ scripts/install-etcd.sh >/dev/null  # a real etcd cluster: engine tests, and tes
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy src
+.venv/bin/lint-imports  # architecture contracts in pyproject.toml (docs/architecture.md)
 exec .venv/bin/pytest "$@"

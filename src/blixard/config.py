@@ -9,6 +9,13 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_STATE_BYTES = 256 * 1024 * 1024
+#: The embedded store's file inside a data directory (the one place it is named).
+DB_FILE_NAME = "blixard.db"
+
+
+def database_path(data_dir: Path) -> Path:
+    """Where `blixard serve --data-dir DIR` keeps its embedded store."""
+    return Path(data_dir) / DB_FILE_NAME
 
 
 class Settings(BaseSettings):
@@ -169,7 +176,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_storage_url(self) -> str:
-        return self.storage_url or f"sqlite:///{self.data_dir / 'blixard.db'}"
+        return self.storage_url or f"sqlite:///{database_path(self.data_dir)}"
 
     @classmethod
     def load(cls, overrides: dict[str, Any] | None = None) -> Settings:

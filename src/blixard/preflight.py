@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
-from blixard.domain.errors import DomainError
-from blixard.store import open_store_from_url
-from blixard.store.crypto import Cipher
-from blixard.store.etcd_conn import EtcdOptions
+from blixard.domain.errors import DomainError, StorageUnavailable
+from blixard.store.bootstrap import build_store
+from blixard.store.errors import StoreError
 
 
 class StartupRefused(RuntimeError):
@@ -20,17 +19,12 @@ class StartupRefused(RuntimeError):
 
 async def preflight(settings: Settings) -> None:
     try:
-        store = open_store_from_url(
-            settings.resolved_storage_url,
-            cache_bytes=0,
-            cipher=Cipher.from_settings(settings),  # KeyConfigError is a ValueError
-            etcd=EtcdOptions.from_settings(settings, compact=False),
-        )
-    except ValueError as exc:
+        store = build_store(settings, serving=False)
+    except ValueError as exc:  # a bad URL, or a bad key (KeyConfigError is a ValueError)
         raise StartupRefused(str(exc)) from None
     try:
         await store.open()
-    except Exception as exc:  # every engine's "cannot open": surfaced as one line
+    except (StoreError, StorageUnavailable) as exc:  # every engine's "cannot open", as one line
         raise StartupRefused(f"cannot open the store: {exc}") from None
     try:
         keyring = KeyRing(store, required=settings.auth == "required")

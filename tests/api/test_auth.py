@@ -350,11 +350,15 @@ def test_audit_trail_is_append_only(secured: tuple[TestClient, Keys], engine: st
     client.portal.call(client.app_state.audit.flush)  # type: ignore[attr-defined,union-attr]
 
     async def audit_key_versions() -> dict[bytes, int]:
-        from blixard.store.etcd import _prefix_end
+        from blixard.store.etcd.keyspace import prefix_end
 
         versions = {}
-        for prefix in (store._k("audit/"), store._k("audit-ws/"), store._k("audit-key/")):
-            async for kv in store._scan(prefix, _prefix_end(prefix)):
+        for prefix in (
+            store.keys.key("audit/"),
+            store.keys.key("audit-ws/"),
+            store.keys.key("audit-key/"),
+        ):
+            async for kv in store._scan(prefix, prefix_end(prefix)):
                 versions[bytes(kv.key)] = int(kv.version)
         return versions
 

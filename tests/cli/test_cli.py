@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from blixard import cli
-from blixard.cli.client import human_size, relative_age
+from blixard.cli.common import human_size, relative_age
 from tests.harness import ServerProcess, free_port
 
 runner = CliRunner()

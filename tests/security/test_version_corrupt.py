@@ -17,7 +17,7 @@ import pytest
 
 from blixard.store import open_store_from_url
 from blixard.store.etcd import EtcdStore
-from blixard.store.etcd_batch import put_op
+from blixard.store.etcd.batch import put_op
 from tests.cli.test_backup import invoke
 from tests.harness import TEST_ENGINES, ServerProcess, shared_etcd_url
 

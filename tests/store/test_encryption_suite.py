@@ -21,7 +21,8 @@ from blixard.domain.models import Lock
 from blixard.domain.runs import Run, RunStatus
 from blixard.store.crypto import Cipher, key_id_of_blob, key_id_of_key
 from blixard.store.encryption import PLAINTEXT, EncryptionNotConfigured, EncryptionRefused
-from blixard.store.etcd import EtcdStore, _BodyCache, _prefix_end, _unb64
+from blixard.store.etcd.keyspace import prefix_end, unb64
+from blixard.store.etcd.store import EtcdStore, _BodyCache
 from blixard.store.protocol import Store
 from blixard.store.sqlite import SQLiteStore
 from tests.store.conftest import etcd_builder, sqlite_builder
@@ -99,15 +100,15 @@ def _sqlite_engine(tmp_path: Path) -> Engine:
 async def _etcd_values(store: Store) -> AsyncIterator[tuple[str, bytes, int]]:
     """(key after the prefix, payload, lease) of every key under the store's prefix."""
     assert isinstance(store, EtcdStore)
-    async for kv in store._scan(store._p, _prefix_end(store._p), page=16):
-        key = bytes(kv.key)[len(store._p) :].decode()
+    async for kv in store._scan(store.keys.root, prefix_end(store.keys.root), page=16):
+        key = bytes(kv.key)[len(store.keys.root) :].decode()
         value = bytes(kv.value)
         if key.startswith(("ver/", "runblob/")):
             doc = orjson.loads(value)
-            value = _unb64(doc["inline"]) if "inline" in doc else b""
+            value = unb64(doc["inline"]) if "inline" in doc else b""
         elif key.startswith("ws/"):
             lock = orjson.loads(value)["lock"]
-            value = _unb64(lock["info"]) if lock else b""
+            value = unb64(lock["info"]) if lock else b""
         elif not key.startswith(("runs/", "runlog/", "blob/", "chunks/")):
             continue  # not sealed: schema, canaries, keys, audit, run revisions
         if value:
@@ -119,8 +120,8 @@ def _etcd_engine(tmp_path: Path) -> Engine:
         values = [value async for _, value, _ in _etcd_values(store)]
         # Version metadata too: the lock holder's `Who` in it is sealed.
         assert isinstance(store, EtcdStore)
-        ver = store._k("ver/")
-        async for kv in store._scan(ver, _prefix_end(ver)):
+        ver = store.keys.key("ver/")
+        async for kv in store._scan(ver, prefix_end(ver)):
             values.append(orjson.dumps(orjson.loads(kv.value)["meta"]))
         return values
 
@@ -347,7 +348,7 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
     SQLite a rotation batch is one transaction of the writer). Here another node, still with
     the old key current, rewrites a lock payload, a run document and a chunked run file after
     the rotation read them: each compare fails, the new content is read and re-sealed."""
-    from blixard.store.etcd_encryption import LOCKS, RUN_DATA, VERSIONS
+    from blixard.store.etcd.encryption import LOCKS, RUN_DATA, VERSIONS
 
     engine = _etcd_engine(tmp_path)
     store = engine.build(Cipher(K1))
@@ -361,10 +362,10 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
     try:
         documents, files = RUN_DATA[0], RUN_DATA[1]
         rotation = store._encryption
-        ws = await rotation._fetch([store._ws_key("a")])
-        run = await rotation._fetch([store._k("runs/run-1")])
-        config = await rotation._fetch([store._k("runblob/run-1\x00config")])
-        big = await rotation._fetch([store._ver_key("big", 1)])
+        ws = await rotation._fetch([store.keys.workspace("a")])
+        run = await rotation._fetch([store.keys.key("runs/run-1")])
+        config = await rotation._fetch([store.keys.key("runblob/run-1\x00config")])
+        big = await rotation._fetch([store.keys.version("big", 1)])
         await put_lock(other, "a", "lock-2")
         stored = await other.get_run("run-1")
         assert stored is not None
@@ -379,7 +380,7 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
         old = orjson.loads(big[0].raw)
         assert await rotation.reseal(VERSIONS, big) == (1, 0)
         assert orjson.loads((await store._get(big[0].key)).value)["chunks_at"] != old["chunks_at"]
-        kept = await store._read_chunks(store._k(old["chunks_at"]), old["chunks"])
+        kept = await store._read_chunks(store.keys.key(old["chunks_at"]), old["chunks"])
         assert key_id_of_blob(kept) == OLD
         found_big = await store.read_version("big", 1)
         assert found_big is not None and found_big[1] == BIG
@@ -389,12 +390,12 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
         assert found_run is not None and found_run.error == "moved on"
         assert await store.get_run_blob("run-1", "config") == big2
         # Each of the three is now under the new key in etcd.
-        lock_doc = orjson.loads((await store._get(store._ws_key("a"))).value)["lock"]
-        pointer = orjson.loads((await store._get(store._k("runblob/run-1\x00config"))).value)
-        first_chunk = await store._get(store._k(pointer["chunks_at"], "00000"))
+        lock_doc = orjson.loads((await store._get(store.keys.workspace("a"))).value)["lock"]
+        pointer = orjson.loads((await store._get(store.keys.key("runblob/run-1\x00config"))).value)
+        first_chunk = await store._get(store.keys.key(pointer["chunks_at"], "00000"))
         for sealed in (
-            _unb64(lock_doc["info"]),
-            bytes((await store._get(store._k("runs/run-1"))).value),
+            unb64(lock_doc["info"]),
+            bytes((await store._get(store.keys.key("runs/run-1"))).value),
             bytes(first_chunk.value),
         ):
             assert key_id_of_blob(sealed) == NEW
@@ -406,8 +407,8 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
 async def index_document_keys(store: Store) -> Counter[str]:
     """Key id (or PLAINTEXT) of every stored resource index document."""
     if isinstance(store, EtcdStore):
-        prefix = store._k("rix/")
-        values = [bytes(kv.value) async for kv in store._scan(prefix, _prefix_end(prefix))]
+        prefix = store.keys.key("rix/")
+        values = [bytes(kv.value) async for kv in store._scan(prefix, prefix_end(prefix))]
     else:
         assert isinstance(store, SQLiteStore)
         conn = sqlite3.connect(store.path)
@@ -439,8 +440,8 @@ async def test_index_documents_are_sealed_and_follow_the_current_key(
 
 async def index_values(store: Store) -> list[bytes]:
     if isinstance(store, EtcdStore):
-        prefix = store._k("rix/")
-        return [bytes(kv.value) async for kv in store._scan(prefix, _prefix_end(prefix))]
+        prefix = store.keys.key("rix/")
+        return [bytes(kv.value) async for kv in store._scan(prefix, prefix_end(prefix))]
     assert isinstance(store, SQLiteStore)
     conn = sqlite3.connect(store.path)
     values = [bytes(row[0]) for row in conn.execute("SELECT doc FROM resource_index")]

@@ -15,8 +15,18 @@ import pytest
 
 from blixard.domain.models import Lock, NewVersion, StateMeta
 from blixard.domain.resource_index import ResourceQuery
-from blixard.store.protocol import Store
+from blixard.domain.roles import (
+    AuditStore,
+    AuditTrail,
+    KeyStore,
+    NodeLeases,
+    RunHost,
+    RunStore,
+    StateStore,
+)
+from blixard.store.protocol import EncryptionAdmin, Store
 from blixard.store.resource_index import ResourceIndexStore
+from blixard.store.snapshot import SnapshotStore
 from blixard.store.sqlite import SQLiteStore
 from tests.store.conftest import StoreFactory
 
@@ -69,6 +79,35 @@ async def test_empty_store_has_nothing(store: Store) -> None:
     assert await store.read_version("nope", 1) is None
     assert await store.list_versions("nope") == []
     assert (await store.stats())["versions"] == 0
+
+
+ROLES = (
+    StateStore,
+    KeyStore,
+    AuditStore,
+    AuditTrail,
+    RunStore,
+    NodeLeases,
+    RunHost,
+    SnapshotStore,
+    EncryptionAdmin,
+    Store,
+)
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.__name__)
+async def test_engine_plays_every_role(store: Store, role: type) -> None:
+    """Each caller depends on one role (domain/roles.py); every engine must play them all.
+    (mypy checks the signatures in store/conformance.py; this checks the running object.)"""
+    assert isinstance(store, role)
+    missing = [
+        name
+        for name in dir(role)
+        if not name.startswith("_")
+        and not callable(getattr(store, name, None))
+        and name != "engine"
+    ]
+    assert missing == []
 
 
 async def test_health_reports_engine(store: Store) -> None:
@@ -631,12 +670,13 @@ async def drop_index_documents(store: Store, workspace: str | None = None) -> No
             )
         conn.close()
         return
-    from blixard.store.etcd import EtcdStore, _prefix_end
+    from blixard.store.etcd import EtcdStore
+    from blixard.store.etcd.keyspace import prefix_end
 
     assert isinstance(store, EtcdStore)
     for family in ("rix/", "rixhead/"):
-        key = store._k(family) + (f"{workspace}" if workspace else "").encode()
-        await store._kv.delete(key, _prefix_end(key))
+        key = store.keys.key(family) + (f"{workspace}" if workspace else "").encode()
+        await store._kv.delete(key, prefix_end(key))
 
 
 async def test_reindex_builds_missing_documents_only_and_resumes(

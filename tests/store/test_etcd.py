@@ -18,8 +18,9 @@ import pytest
 
 from blixard.domain.errors import StorageUnavailable
 from blixard.store import open_store_from_url
-from blixard.store.etcd import EtcdStore, _prefix_end
-from blixard.store.etcd_conn import parse_etcd_url
+from blixard.store.etcd.conn import parse_etcd_url
+from blixard.store.etcd.keyspace import prefix_end
+from blixard.store.etcd.store import EtcdStore
 from tests.etcd_cluster import EtcdCluster, kv_requests, shared_cluster_endpoints
 from tests.store.test_engine_suite import a_lock, append, new_version, state
 
@@ -94,12 +95,12 @@ async def test_large_bodies_racing_leave_no_orphan_chunks(tmp_path: Path) -> Non
         head = await store.read_head("big")
         assert head is not None and head[1] in bodies
         # Only the winner's chunks remain (the losers revoked their leases).
-        blob_prefix = store._k("blob/")
-        resp = await store._kv.get(blob_prefix, _prefix_end(blob_prefix), keys_only=True)
+        blob_prefix = store.keys.key("blob/")
+        resp = await store._kv.get(blob_prefix, prefix_end(blob_prefix), keys_only=True)
         uploads = {bytes(kv.key).rsplit(b"/", 1)[0] for kv in resp.kvs}
         assert len(uploads) == 1 and len(resp.kvs) == 2
         # ... and they hold no lease any more: the version outlives its upload lease.
-        resp = await store._kv.get(blob_prefix, _prefix_end(blob_prefix))
+        resp = await store._kv.get(blob_prefix, prefix_end(blob_prefix))
         assert all(kv.lease == 0 for kv in resp.kvs)
     finally:
         await store.close()
@@ -112,7 +113,7 @@ async def test_calls_follow_the_leader_and_writes_resume_after_it_dies(
     """KV calls go to the leader alone (a follower would forward them); when leadership
     moves without any call failing (etcdctl move-leader) the periodic look follows it; when
     the leader is killed, writes resume on the new one and no acknowledged write is lost."""
-    from blixard.store import etcd_conn
+    from blixard.store.etcd import conn as etcd_conn
 
     monkeypatch.setattr(etcd_conn, "LEADER_REFRESH", 1.0)  # a move is followed within ~1 s
     with EtcdCluster(tmp_path / "etcd", 3) as cluster:
@@ -197,14 +198,14 @@ async def test_keys_that_cannot_open_the_prefix_are_refused(tmp_path: Path) -> N
 
 
 async def _run_index(store: EtcdStore) -> dict[str, dict[str, str]]:
-    prefix = store._k("runopen/")
-    resp = await store._kv.get(prefix, _prefix_end(prefix))
+    prefix = store.keys.key("runopen/")
+    resp = await store._kv.get(prefix, prefix_end(prefix))
     return {bytes(kv.key)[len(prefix) :].decode(): orjson.loads(kv.value) for kv in resp.kvs}
 
 
 async def _ws_index(store: EtcdStore) -> set[str]:
-    prefix = store._k("runs-ws/")
-    resp = await store._kv.get(prefix, _prefix_end(prefix))
+    prefix = store.keys.key("runs-ws/")
+    resp = await store._kv.get(prefix, prefix_end(prefix))
     assert all(kv.value == b"" for kv in resp.kvs)
     return {bytes(kv.key)[len(prefix) :].decode() for kv in resp.kvs}
 
@@ -242,13 +243,13 @@ async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
         assert [r.id for r in listed] == ["run-004", "run-003", "run-002"]
 
         # As an older version left it: no entries and no marker, or entries gone stale.
-        index = store._k("runopen/")
-        await store._kv.delete(index, _prefix_end(index))
+        index = store.keys.key("runopen/")
+        await store._kv.delete(index, prefix_end(index))
         await store._kv.put(index + b"run-001", b'{"workspace":"w","status":"applying"}')
-        await store._kv.delete(store._k("meta/runindex"))
-        ws_index = store._k("runs-ws/")
-        await store._kv.delete(ws_index, _prefix_end(ws_index))
-        await store._kv.delete(store._k("meta/runindex-ws"))
+        await store._kv.delete(store.keys.key("meta/runindex"))
+        ws_index = store.keys.key("runs-ws/")
+        await store._kv.delete(ws_index, prefix_end(ws_index))
+        await store._kv.delete(store.keys.key("meta/runindex-ws"))
     finally:
         await store.close()
     reopened = EtcdStore(endpoints, prefix)
@@ -265,11 +266,11 @@ async def test_open_runs_index_follows_the_runs_is_backfilled_and_imported(
         await reopened.open()
         assert "run-004" not in await _run_index(reopened)
         assert await _ws_index(reopened) == by_ws - {"other\x00run-004"}
-        await reopened._kv.delete(reopened._k("meta/runindex-ws"))
+        await reopened._kv.delete(reopened.keys.key("meta/runindex-ws"))
         await reopened._index_runs()
         assert await _ws_index(reopened) == by_ws
         assert "run-004" not in await _run_index(reopened)
-        await reopened._kv.delete(reopened._k("meta/runindex"))
+        await reopened._kv.delete(reopened.keys.key("meta/runindex"))
         await reopened._index_runs()
         await reopened._index_runs()
         assert await _run_index(reopened) == expected

@@ -31,7 +31,7 @@ import pytest
 from blixard.domain.errors import StorageUnavailable
 from blixard.store import open_store_from_url
 from blixard.store.etcd import EtcdStore
-from blixard.store.etcd_conn import Compaction, EtcdOptions, parse_etcd_url
+from blixard.store.etcd.conn import Compaction, EtcdOptions, parse_etcd_url
 from blixard.store.snapshot import SnapshotBegin, VersionRecord
 from tests.etcd_cluster import (
     ClusterTls,
@@ -177,7 +177,7 @@ async def test_calls_go_to_the_leader_found_address_by_address(
     """Names that resolve to several addresses (here each to ::1, where nothing listens, and
     127.0.0.1, as localhost does on dual-stack hosts): the leader is found by asking each
     address which member answers, and the KV calls go to that member alone."""
-    from blixard.store import etcd_conn
+    from blixard.store.etcd import conn as etcd_conn
 
     async def dual_stack(endpoint: str) -> list[str]:
         port = endpoint.rpartition(":")[2]
@@ -211,7 +211,7 @@ async def test_a_user_is_not_needed_where_etcd_auth_is_off(
     store = open_store_from_url(
         f"etcd://{hosts}/blixard-noauth/{digest}", etcd=EtcdOptions(user="u", password="p")
     )
-    with caplog.at_level(logging.WARNING, logger="blixard.store.etcd_conn"):
+    with caplog.at_level(logging.WARNING, logger="blixard.store.etcd.conn"):
         await store.open()
     try:
         assert "etcd authentication is not enabled on the cluster" in caplog.text
@@ -257,7 +257,7 @@ async def test_the_leader_is_found_over_tls_address_by_address(
     """A name with two addresses over TLS: each address is asked on a channel of its own
     that still checks the certificate against the name (the member's names 127.0.0.1 and
     localhost, not ::1), and the calls then go through the leader's."""
-    from blixard.store import etcd_conn
+    from blixard.store.etcd import conn as etcd_conn
 
     async def dual_stack(endpoint: str) -> list[str]:
         port = endpoint.rpartition(":")[2]
@@ -265,7 +265,7 @@ async def test_the_leader_is_found_over_tls_address_by_address(
 
     monkeypatch.setattr(etcd_conn, "_resolve", dual_stack)
     store = secure.store("tls-leader")
-    with caplog.at_level(logging.DEBUG, logger="blixard.store.etcd_conn"):
+    with caplog.at_level(logging.DEBUG, logger="blixard.store.etcd.conn"):
         await store.open()
     try:
         assert f"reached at localhost:{secure.port} at ipv4:127.0.0.1:{secure.port}" in caplog.text
@@ -302,7 +302,7 @@ async def test_an_expired_token_is_replaced(
     try:
         await append(store, "w", 1)
         await asyncio.sleep(2.5)
-        with caplog.at_level(logging.INFO, logger="blixard.store.etcd_conn"):
+        with caplog.at_level(logging.INFO, logger="blixard.store.etcd.conn"):
             assert await append(store, "w", 2) == 2
         assert "etcd rejected the auth token; authenticating again" in caplog.text
         head = await store.read_head("w")
@@ -358,7 +358,7 @@ async def test_misconfigurations_are_one_clear_line(secure: Secure) -> None:
 async def _compacted(store: EtcdStore, revision: int) -> bool:
     """True if etcd no longer serves reads at `revision`."""
     try:
-        await store._range(store._k("ws/"), b"", revision=revision)
+        await store._range(store.keys.key("ws/"), b"", revision=revision)
     except StorageUnavailable as exc:
         assert "compacted" in exc.message
         return True
@@ -374,7 +374,7 @@ async def test_compaction_keeps_the_window_and_current_data(secure: Secure) -> N
         for serial in range(1, 4):
             await append(store, "w", serial)
         assert await store.compact_once(policy, now=t0) is None  # no sample old enough yet
-        sampled = (await store._range(store._k("ws/"), b"")).header.revision
+        sampled = (await store._range(store.keys.key("ws/"), b"")).header.revision
         for serial in range(4, 7):
             await append(store, "w", serial)
         # 30 s later: still inside the window; another node in the same round: skipped.
@@ -444,7 +444,7 @@ async def test_the_server_compacts_in_the_background(secure: Secure) -> None:
         while time.monotonic() < deadline:
             serial += 1
             await append(store, "w", serial)
-            found = await store._get(store._k("meta/compaction"))
+            found = await store._get(store.keys.key("meta/compaction"))
             doc = orjson.loads(found.value) if found else {}
             # The record names a round's target before the round compacts to it.
             if doc.get("compacted") and await _compacted(store, doc["compacted"] - 1):

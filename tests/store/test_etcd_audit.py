@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from blixard.domain.access import ApiKey, AuditEvent, Role
-from blixard.store.etcd import AUDIT_EPOCH_MS, AUDIT_LOW_BITS, OLD_AUDIT_IDS, EtcdStore, _prefix_end
+from blixard.store.etcd.keyspace import prefix_end
+from blixard.store.etcd.store import AUDIT_EPOCH_MS, AUDIT_LOW_BITS, OLD_AUDIT_IDS, EtcdStore
 from blixard.store.snapshot import AuditRecord, SnapshotRecord
 from tests.etcd_cluster import shared_cluster_endpoints
 from tests.store.test_engine_suite import a_lock, new_version, state
@@ -72,8 +73,8 @@ async def twins(tmp_path: Path) -> AsyncIterator[tuple[EtcdStore, ...]]:
 
 
 async def audit_keys(store: EtcdStore, family: str) -> list[tuple[bytes, int]]:
-    prefix = store._k(family)
-    resp = await store._kv.get(prefix, _prefix_end(prefix), keys_only=True)
+    prefix = store.keys.key(family)
+    resp = await store._kv.get(prefix, prefix_end(prefix), keys_only=True)
     return [(bytes(kv.key), int(kv.version)) for kv in resp.kvs]
 
 
@@ -254,7 +255,7 @@ async def test_old_ids_are_rekeyed_once_in_order_by_nodes_opening_at_once(
         newest_ms = (old[-1].id or 0) // 256 // 1000 - AUDIT_EPOCH_MS
         taken = ((newest_ms + 1) << AUDIT_LOW_BITS) - 1
         await store._txn([], store._audit_ops(AuditEvent(1.0, "admin", "ok", id=taken)), [])
-        await store._kv.delete(store._k("meta/auditids"))
+        await store._kv.delete(store.keys.key("meta/auditids"))
     finally:
         await store.close()
 

@@ -1,4 +1,4 @@
-"""Group commit on the etcd engine (etcd_batch.py), on the real cluster: requests queued
+"""Group commit on the etcd engine (batch.py), on the real cluster: requests queued
 behind a call in flight share one etcd Txn, yet each is decided on its own — no lost
 update, one LOCK winner, a failed compare affects nobody else, big and many requests fit
 etcd's limits, and an outage fails every caller in a batch with StorageUnavailable."""
@@ -172,7 +172,7 @@ async def test_a_batch_etcd_refuses_is_sent_again_request_by_request(
     a, b = stores
     assert a._batcher is not None
     refused = a._batcher.refused
-    bad = RequestOp(request_put=PutRequest(key=a._k("nowhere"), ignore_value=True))
+    bad = RequestOp(request_put=PutRequest(key=a.keys.key("nowhere"), ignore_value=True))
     results = await asyncio.gather(
         a.get_workspace("x0"),
         a._txn([], [bad], [], batch=True),

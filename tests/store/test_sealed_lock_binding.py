@@ -12,7 +12,7 @@ import pytest
 from blixard.domain.models import Lock
 from blixard.store.crypto import Cipher, DecryptionError
 from blixard.store.etcd import EtcdStore
-from blixard.store.etcd_batch import put_op
+from blixard.store.etcd.batch import put_op
 from blixard.store.protocol import Store
 from tests.store.conftest import BUILDERS
 

@@ -443,6 +443,14 @@ async def test_records_out_of_order_are_refused(store: Store, target: Store) -> 
         await target.import_snapshot(replay(records))
 
 
+async def test_a_snapshot_that_begins_twice_is_refused(store: Store, target: Store) -> None:
+    await populate(store)
+    records = await collect(store)
+    records.insert(2, records[0])  # a second SnapshotBegin after the first records
+    with pytest.raises(SnapshotCorrupt, match="begins twice"):
+        await target.import_snapshot(replay(records))
+
+
 # --------------------------------------------------------------------------- the file format
 
 

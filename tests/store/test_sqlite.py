@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blixard.store.sqlite import MIGRATIONS, SQLiteStore, StoreInUse
+from blixard.store.sqlite.store import MIGRATIONS, SQLiteStore, StoreInUse
 from tests.store.test_engine_suite import append, state
 
 pytestmark = pytest.mark.anyio

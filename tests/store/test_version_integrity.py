@@ -14,7 +14,7 @@ import pytest
 from blixard.domain.errors import VersionCorrupt
 from blixard.store.crypto import Cipher
 from blixard.store.etcd import EtcdStore
-from blixard.store.etcd_batch import put_op
+from blixard.store.etcd.batch import put_op
 from blixard.store.protocol import Store
 from tests.store.conftest import BUILDERS
 from tests.store.test_engine_suite import append, state

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -14,10 +13,11 @@ from starlette.responses import Response, StreamingResponse
 from blixard.api.body import read_json_model
 from blixard.api.params import count_param, query_bool, query_count, query_limit, string_param
 from blixard.api.security import authorize
-from blixard.api.views import iso, json_response
+from blixard.api.views import json_response, store_of
 from blixard.auth.keyring import KeyRing
-from blixard.domain.access import Action, ApiKey, AuditEvent, audit_event, parse_role
+from blixard.domain.access import Action, audit_event, parse_role
 from blixard.domain.parsing import parse_time
+from blixard.domain.shapes import audit_json, key_json
 from blixard.store.snapshot import MEDIA_TYPE, SUFFIX, SnapshotWriter
 
 log = logging.getLogger("blixard.admin")
@@ -33,36 +33,6 @@ class KeyRequest(BaseModel):
     workspaces: list[str] | str = Field(
         default="*", description="Workspace globs the key may see: a list or 'a-*,b'."
     )
-
-
-def key_json(key: ApiKey) -> dict[str, Any]:
-    """Everything about a key except its secret and hash."""
-    return {
-        "name": key.name,
-        "role": key.role.name,
-        "workspaces": list(key.scopes),
-        "created_at": iso(key.created_at),
-        "created_by": key.created_by,
-        "last_used_at": iso(key.last_used_at),
-        "revoked_at": iso(key.revoked_at),
-    }
-
-
-def audit_json(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "at": iso(event.at),
-        "key": event.key_name,
-        "role": event.role,
-        "source": event.source,
-        "action": event.action,
-        "workspace": event.workspace,
-        "version": event.version,
-        "lock_id": event.lock_id,
-        "outcome": event.outcome,
-        "status": event.status,
-        "detail": event.detail,
-    }
 
 
 def _keyring(request: Request) -> KeyRing:
@@ -155,7 +125,7 @@ async def audit(request: Request) -> Response:
     await authorize(request, Action.audit_read)
     query = request.query_params
     limit = query_limit(request, maximum=1000, default=100)
-    events = await _keyring(request).store.list_audit(
+    events = await store_of(request).list_audit(
         workspace=query.get("workspace"),
         key_name=query.get("key"),
         action=query.get("action"),
@@ -188,7 +158,7 @@ async def audit(request: Request) -> Response:
 async def backup(request: Request) -> Response:
     actor = await authorize(request, Action.admin)
     service = request.app.state.service
-    store = service.store
+    store = store_of(request)
     # Recorded before the view is taken, so the backup holds the record of its own making.
     await store.append_audit(
         [audit_event(actor, Action.admin, service.clock(), detail="backup: snapshot started")]

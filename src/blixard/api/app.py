@@ -22,9 +22,7 @@ from blixard.domain.explorer import ExplorerService
 from blixard.domain.service import StateService
 from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
-from blixard.store import open_store_from_url
-from blixard.store.crypto import Cipher
-from blixard.store.etcd_conn import EtcdOptions
+from blixard.store.bootstrap import build_store
 from blixard.store.protocol import Store
 
 DESCRIPTION = """
@@ -38,19 +36,9 @@ holder's LockInfo fields (`ID`, `Who`, `Operation`, ...) at top level.
 """
 
 
-def build_store(settings: Settings) -> Store:
-    """The (unopened) store the settings describe; raises KeyConfigError for a bad key."""
-    return open_store_from_url(
-        settings.resolved_storage_url,
-        cache_bytes=settings.cache_bytes,
-        cipher=Cipher.from_settings(settings),
-        etcd=EtcdOptions.from_settings(settings),
-    )
-
-
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     settings = settings or Settings.load()
-    store = store or build_store(settings)
+    store = store or build_store(settings)  # KeyConfigError (a ValueError) for a bad key
     service = StateService(store)
     metrics = Metrics()
     keyring = KeyRing(store, required=settings.auth == "required")
@@ -82,6 +70,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.store = store
     app.state.service = service
     app.state.metrics = metrics
     app.state.keyring = keyring

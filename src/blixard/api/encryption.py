@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from blixard.api.params import query_seconds
 from blixard.api.security import authorize
-from blixard.api.views import json_response, service_of
+from blixard.api.views import json_response, store_of
 from blixard.domain.access import Action, audit_event
 
 router = APIRouter(prefix="/api/tofu/admin/encryption", tags=["admin"])
@@ -21,7 +21,7 @@ _ERROR = {"description": "JSON error: `{error, message}`"}
 )
 async def encryption_status(request: Request) -> Response:
     await authorize(request, Action.admin)
-    return json_response((await service_of(request).store.encryption_status()).to_json())
+    return json_response((await store_of(request).encryption_status()).to_json())
 
 
 @router.post(
@@ -49,7 +49,7 @@ async def encryption_status(request: Request) -> Response:
 async def rotate(request: Request) -> Response:
     actor = await authorize(request, Action.admin)  # before looking at the query
     max_seconds = query_seconds(request, "max_seconds", default=1.0, maximum=30.0)
-    progress = await service_of(request).store.rotate_encryption(max_seconds=max_seconds)
+    progress = await store_of(request).rotate_encryption(max_seconds=max_seconds)
     if progress.rotated_versions or progress.rotated_locks or progress.retired_key_ids:
         request.app.state.audit.record(
             audit_event(

@@ -10,10 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from blixard import __version__
-from blixard.api.views import iso, json_response, service_of
+from blixard.api.views import iso, json_response, service_of, store_of
 from blixard.domain.errors import StorageUnavailable
+from blixard.domain.roles import NodeLeases
 from blixard.runs.binary import BinaryNotFound, resolve_binary
-from blixard.store.protocol import Store
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +37,7 @@ async def health(request: Request) -> Response:
 )
 async def storage_health(request: Request) -> Response:
     service = service_of(request)
-    report, nodes = await asyncio.gather(service.health(), _live_nodes(service.store))
+    report, nodes = await asyncio.gather(service.health(), _live_nodes(store_of(request)))
     if nodes is not None:
         report["blixard_nodes"] = nodes
     # Where data lives and how to reach the store is nobody's business but the operator's:
@@ -53,7 +53,7 @@ async def storage_health(request: Request) -> Response:
     return json_response(report, status_code=200 if report.get("is_healthy") else 503)
 
 
-async def _live_nodes(store: Store) -> list[dict[str, Any]] | None:
+async def _live_nodes(store: NodeLeases) -> list[dict[str, Any]] | None:
     """The Blixard nodes holding a lease (that execute runs), or None if the store cannot say
     within a second: the storage report is what a load balancer needs."""
     try:
@@ -69,7 +69,7 @@ async def _live_nodes(store: Store) -> list[dict[str, Any]] | None:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics
-    stats = await service_of(request).store.stats()
+    stats = await store_of(request).stats()
     registry.versions_stored.set(stats["versions"])
     registry.workspaces.set(stats["workspaces"])
     registry.stored_bytes.set(stats["stored_bytes"])

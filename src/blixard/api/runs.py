@@ -19,10 +19,11 @@ from blixard.api.params import (
     string_param,
 )
 from blixard.api.security import authorize
-from blixard.api.views import iso, json_response
+from blixard.api.views import json_response
 from blixard.domain.access import Action
 from blixard.domain.errors import InvalidInput
 from blixard.domain.runs import FINISHED, Run, RunStatus
+from blixard.domain.shapes import run_json
 from blixard.runs.service import RunRequest, RunService
 
 router = APIRouter(prefix="/api/tofu", tags=["runs"])
@@ -47,45 +48,6 @@ class PlanRequest(BaseModel):
 
 class ApplyRequest(BaseModel):
     approver: str | None = Field(None, description="A comment; the approver is the key's name.")
-
-
-def run_json(run: Run) -> dict[str, Any]:
-    summary = run.summary
-    return {
-        "plan_id": run.id,
-        "workspace": run.workspace,
-        "status": run.status.value,
-        "created_at": iso(run.created_at),
-        "created_by": run.created_by,
-        "auto_approve": run.auto_approve,
-        "destroy": run.destroy,
-        "targets": list(run.targets),
-        "variables": sorted(run.variables),  # names only: values may be secrets
-        "source": run.source,
-        "config_dir": run.config_dir,
-        "binary": run.binary,
-        "executor": run.executor,  # the node that executes (or last executed) it
-        "plan_serial": run.plan_serial,
-        "summary": None
-        if summary is None
-        else {
-            "add": summary.add,
-            "change": summary.change,
-            "destroy": summary.destroy,
-            "resource_changes": list(summary.resource_changes),
-        },
-        "state_version": run.state_version,
-        "error": run.error,
-        "started_at": iso(run.started_at),
-        "planned_at": iso(run.planned_at),
-        "apply_started_at": iso(run.apply_started_at),
-        "finished_at": iso(run.finished_at),
-        "approved_at": iso(run.approved_at),
-        "approved_by": run.approved_by,
-        "approver_comment": run.approver_comment,
-        "discarded_by": run.discarded_by,
-        "cancelled_by": run.cancelled_by,
-    }
 
 
 def _runs(request: Request) -> RunService:

@@ -1,6 +1,6 @@
 """Search across workspaces and duplicates (issue 12 items 6 and 8), and the index rebuild.
 
-Thin handlers over domain/search.py: every answer is scoped to the key's workspaces.
+Thin handlers over store/search.py: every answer is scoped to the key's workspaces.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from blixard.api.security import authorize
-from blixard.api.views import json_response, service_of
+from blixard.api.views import json_response, service_of, store_of
 from blixard.domain.access import Action, audit_event
 from blixard.domain.errors import InvalidInput
 from blixard.domain.resource_index import AttributeFilter, ResourceQuery
-from blixard.domain.search import SearchService
 from blixard.store.resource_index import Cursor, Match
+from blixard.store.search import SearchService
 
 router = APIRouter(prefix="/api/tofu", tags=["search"])
 
@@ -43,7 +43,7 @@ def match_json(match: Match) -> dict[str, Any]:
 
 
 def _search_service(request: Request) -> SearchService:
-    return SearchService(service_of(request).store)
+    return SearchService(store_of(request))
 
 
 @router.get(

@@ -12,7 +12,7 @@ import contextlib
 import logging
 
 from blixard.domain.access import AuditEvent
-from blixard.store.protocol import Store
+from blixard.domain.roles import AuditStore
 
 log = logging.getLogger("blixard.audit")
 
@@ -21,7 +21,7 @@ MAX_PENDING = 10_000
 
 
 class AuditSink:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AuditStore) -> None:
         self.store = store
         self._pending: list[AuditEvent] = []
         self._wake = asyncio.Event()

@@ -27,7 +27,7 @@ from blixard.domain.access import (
     parse_scopes,
 )
 from blixard.domain.errors import Conflict, InvalidInput, NotFound
-from blixard.store.protocol import Store
+from blixard.domain.roles import KeyStore
 
 log = logging.getLogger("blixard.auth")
 
@@ -52,7 +52,7 @@ def key_id(hashed: str) -> str:
 
 
 class KeyRing:
-    def __init__(self, store: Store, *, required: bool, clock: Callable[[], float] = time.time):
+    def __init__(self, store: KeyStore, *, required: bool, clock: Callable[[], float] = time.time):
         self.store = store
         self.required = required
         self.clock = clock

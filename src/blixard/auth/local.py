@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 from blixard.auth.keyring import KeyRing
 from blixard.domain.access import Action, Actor, Role, audit_event, parse_role
 from blixard.domain.parsing import parse_time
-
-DB_NAME = "blixard.db"
+from blixard.domain.roles import AuditTrail
 
 T = TypeVar("T")
 
@@ -34,11 +33,6 @@ class NoDatabase(RuntimeError):
     """The data directory holds no Blixard database (yet)."""
 
 
-def database_path(data_dir: Path) -> Path:
-    """Where `blixard serve --data-dir DIR` keeps its embedded store."""
-    return Path(data_dir) / DB_NAME
-
-
 def local_actor() -> Actor:
     """Who acts on the local store, as the audit trail records it: no key, the OS user."""
     try:
@@ -48,17 +42,18 @@ def local_actor() -> Actor:
     return Actor(name=None, role=Role.admin, source=f"local:{user}")
 
 
-async def _with_keyring(data_dir: Path, create: bool, work: Callable[[KeyRing], Awaitable[T]]) -> T:
-    from blixard.config import Settings
-    from blixard.store.crypto import Cipher
-    from blixard.store.sqlite import SQLiteStore, StoreInUse
+async def _with_keyring(
+    data_dir: Path, create: bool, work: Callable[[KeyRing, AuditTrail], Awaitable[T]]
+) -> T:
+    from blixard.config import Settings, database_path
+    from blixard.store.bootstrap import build_store, data_dir_url
+    from blixard.store.errors import StoreInUse
 
     path = database_path(data_dir)
     if not create and not path.exists():
         raise NoDatabase(f"no Blixard database at {path} (is --data-dir the server's data dir?)")
     # An encrypted store opens only with its keys (BLIXARD_ENCRYPTION_KEY... as for serve).
-    cipher = Cipher.from_settings(Settings.load())
-    store = SQLiteStore(path, cache_bytes=0, readers=1, cipher=cipher)
+    store = build_store(Settings.load(), url=data_dir_url(data_dir), serving=False, readers=1)
     try:
         await store.open()
     except StoreInUse:
@@ -70,23 +65,25 @@ async def _with_keyring(data_dir: Path, create: bool, work: Callable[[KeyRing], 
     try:
         keyring = KeyRing(store, required=False)
         await keyring.refresh()
-        return await work(keyring)
+        return await work(keyring, store)
     finally:
         await store.close()
 
 
-def _run(data_dir: Path, work: Callable[[KeyRing], Awaitable[T]], *, create: bool = False) -> T:
+def _run(
+    data_dir: Path, work: Callable[[KeyRing, AuditTrail], Awaitable[T]], *, create: bool = False
+) -> T:
     return asyncio.run(_with_keyring(data_dir, create, work))
 
 
 def create_key(data_dir: Path, name: str, role: str, workspaces: list[str]) -> dict[str, Any]:
     """Issue a key in the local store: {"key": {...}, "secret": "blx_..."} (secret shown once)."""
-    from blixard.api.admin import key_json
+    from blixard.domain.shapes import key_json
 
     parsed_role = parse_role(role)
     actor = local_actor()
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         key, secret = await keyring.create(
             name,
             parsed_role,
@@ -106,9 +103,9 @@ def create_key(data_dir: Path, name: str, role: str, workspaces: list[str]) -> d
 
 def list_keys(data_dir: Path, *, include_revoked: bool = False) -> dict[str, Any]:
     """{"keys": [...]} as GET /api/tofu/keys answers it: never secrets or hashes."""
-    from blixard.api.admin import key_json
+    from blixard.domain.shapes import key_json
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         keys = await keyring.store.list_keys(include_revoked=include_revoked)
         return {"keys": [key_json(key) for key in keys]}
 
@@ -117,11 +114,11 @@ def list_keys(data_dir: Path, *, include_revoked: bool = False) -> dict[str, Any
 
 def revoke_key(data_dir: Path, name: str) -> dict[str, Any]:
     """Revoke the active key `name`: {"key": {...}} with its revocation time."""
-    from blixard.api.admin import key_json
+    from blixard.domain.shapes import key_json
 
     actor = local_actor()
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
         revoked = await keyring.revoke(
             name,
             audit=audit_event(
@@ -148,13 +145,13 @@ def list_audit(
     limit: int = 100,
 ) -> dict[str, Any]:
     """{"events": [...], "next_before": id|None} as GET /api/tofu/audit answers it."""
-    from blixard.api.admin import audit_json
+    from blixard.domain.shapes import audit_json
 
     since_at = parse_time(since, "since")
     until_at = parse_time(until, "until")
 
-    async def work(keyring: KeyRing) -> dict[str, Any]:
-        events = await keyring.store.list_audit(
+    async def work(keyring: KeyRing, trail: AuditTrail) -> dict[str, Any]:
+        events = await trail.list_audit(
             workspace=workspace,
             key_name=key,
             action=action,

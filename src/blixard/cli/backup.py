@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from blixard.cli.client import DEFAULT_URL, ApiKeyOpt, UrlOpt
+from blixard.cli import common
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, UrlOpt
 from blixard.domain.errors import DomainError
 
 if TYPE_CHECKING:
+    from blixard.store.codec import VersionCodec
     from blixard.store.crypto import Cipher
     from blixard.store.protocol import Store
     from blixard.store.snapshot import SnapshotCounts, SnapshotRecord, SnapshotSummary
@@ -60,12 +62,6 @@ PLAINTEXT_WARNING = (
 )
 
 
-def _fail(message: str) -> NoReturn:
-    from blixard.cli.client import _fail as fail
-
-    fail(message)
-
-
 def _warn(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -81,7 +77,7 @@ def _cipher() -> Cipher | None:
     try:
         return Cipher.from_settings(Settings.load())
     except Exception as exc:
-        _fail(f"the encryption settings are not usable: {exc}")
+        common.fail(f"the encryption settings are not usable: {exc}")
 
 
 def _target_cipher(key_file: Path | None, unencrypted: bool) -> Cipher | None:
@@ -90,7 +86,7 @@ def _target_cipher(key_file: Path | None, unencrypted: bool) -> Cipher | None:
     from blixard.store.crypto import Cipher
 
     if key_file is not None and unencrypted:
-        _fail("give --to-key-file or --to-unencrypted, not both")
+        common.fail("give --to-key-file or --to-unencrypted, not both")
     if unencrypted:
         return None
     try:
@@ -100,32 +96,30 @@ def _target_cipher(key_file: Path | None, unencrypted: bool) -> Cipher | None:
         key = settings.encryption_key.get_secret_value() if settings.encryption_key else None
         return Cipher.from_config(key, settings.encryption_key_file)
     except Exception as exc:
-        _fail(f"the encryption settings are not usable: {exc}")
+        common.fail(f"the encryption settings are not usable: {exc}")
 
 
 def _data_dir_url(data_dir: Path | None, storage_url: str | None, what: str) -> str:
     if data_dir is not None and storage_url is not None:
-        _fail("give --data-dir or --storage-url, not both")
+        common.fail("give --data-dir or --storage-url, not both")
     if storage_url is not None:
         return storage_url
     if data_dir is not None:
-        from blixard.auth.local import database_path
+        from blixard.store.bootstrap import data_dir_url
 
-        return f"sqlite:///{database_path(data_dir)}"
-    _fail(f"say where {what}: --data-dir DIR or --storage-url URL")
+        return data_dir_url(data_dir)
+    common.fail(f"say where {what}: --data-dir DIR or --storage-url URL")
 
 
-def _build(url: str, cipher: Cipher | None) -> Store:
+def _build(url: str, cipher: Cipher | None, *, codec: VersionCodec | None = None) -> Store:
     from blixard.config import Settings
-    from blixard.store import open_store_from_url
-    from blixard.store.etcd_conn import EtcdOptions
+    from blixard.store.bootstrap import build_store
 
     try:
         # An etcd URL gets the BLIXARD_ETCD_* connection settings `blixard serve` would use.
-        etcd = EtcdOptions.from_settings(Settings.load(), compact=False)
-        return open_store_from_url(url, cache_bytes=0, cipher=cipher, etcd=etcd)
+        return build_store(Settings.load(), url=url, cipher=cipher, serving=False, codec=codec)
     except ValueError as exc:  # pydantic's ValidationError is one too
-        _fail(str(exc))
+        common.fail(str(exc))
 
 
 def _sqlite_path(store: Store) -> Path | None:
@@ -137,15 +131,15 @@ def _sqlite_path(store: Store) -> Path | None:
 def _open_error(exc: BaseException, url: str) -> str | None:
     """A one-line reason for a store that would not open, or None for unexpected errors."""
     from blixard.store.crypto import EncryptionError
+    from blixard.store.errors import StoreError, StoreInUse
     from blixard.store.snapshot import SnapshotError
-    from blixard.store.sqlite import StoreInUse
 
     if isinstance(exc, StoreInUse):
         return (
             f"{url} is in use by a running Blixard server: stop it first (a live server is "
             "backed up with `blixard backup FILE --url URL`)"
         )
-    if isinstance(exc, EncryptionError | SnapshotError | OSError):
+    if isinstance(exc, StoreError | EncryptionError | SnapshotError | OSError):
         return str(exc)
     return None
 
@@ -159,25 +153,27 @@ async def _open_source(url: str, cipher: Cipher | None) -> Store:
     store = _build(url, cipher)
     path = _sqlite_path(store)
     if path is not None and not path.is_file():
-        _fail(f"no Blixard database at {path}")
+        common.fail(f"no Blixard database at {path}")
+    from blixard.store.crypto import EncryptionError
+    from blixard.store.encryption import EncryptionRefused
+    from blixard.store.errors import StoreError
+
     try:
         await store.open()
         return store
-    except Exception as exc:
-        from blixard.store.encryption import EncryptionRefused
-
+    except (StoreError, EncryptionError) as exc:
         first = exc
     if isinstance(first, EncryptionRefused) and cipher is not None:
         store = _build(url, None)
         try:
             await store.open()
             return store
-        except Exception:
+        except (StoreError, EncryptionError):
             pass
     message = _open_error(first, url)
     if message is None:
         raise first
-    _fail(message)
+    common.fail(message)
 
 
 class _Target:
@@ -211,7 +207,6 @@ class _Target:
 
     async def open(self) -> Store:
         from blixard.store.codec import VersionCodec
-        from blixard.store.sqlite import SQLiteStore
 
         if self.final is None or self.temp is None:
             await self._open_in_place()
@@ -230,18 +225,21 @@ class _Target:
         # An import goes one workspace at a time: one delta dictionary is all it needs (the
         # cache counts bodies, and each digested dictionary costs ~10x its body).
         codec = VersionCodec(cipher=self.cipher, dictionary_cache_bytes=1)
-        self.store = SQLiteStore(self.temp, cache_bytes=0, cipher=self.cipher, codec=codec)
+        self.store = _build(f"sqlite:///{self.temp}", self.cipher, codec=codec)
         await self._open_in_place()
         return self.store
 
     async def _open_in_place(self) -> None:
+        from blixard.store.crypto import EncryptionError
+        from blixard.store.errors import StoreError
+
         try:
             await self.store.open()
-        except Exception as exc:
+        except (StoreError, EncryptionError) as exc:
             message = _open_error(exc, self.url)
             if message is None:
                 raise
-            _fail(message)
+            common.fail(message)
 
     async def _refuse_if_not_empty(self, store: Store) -> None:
         from blixard.store.snapshot import SnapshotBegin
@@ -255,7 +253,7 @@ class _Target:
         if begin.counts.records:
             c = begin.counts
             await store.close()
-            _fail(
+            common.fail(
                 f"{self.describe()} is not empty ({c.workspaces} workspaces, {c.versions} "
                 f"versions, {c.api_keys} API keys, {c.audit_events} audit events, {c.runs} runs): "
                 "restore and migrate only write into an empty store; pick a new location or "
@@ -270,7 +268,7 @@ class _Target:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            _fail(f"{self.final} is in use by a running Blixard server (or another restore)")
+            common.fail(f"{self.final} is in use by a running Blixard server (or another restore)")
         self._lock_fd = fd
 
     async def commit(self) -> None:
@@ -280,7 +278,9 @@ class _Target:
             return
         wal = Path(f"{self.temp}-wal")
         if wal.exists() and wal.stat().st_size > 0:
-            _fail(f"{self.temp}: the database was not checkpointed cleanly; nothing was replaced")
+            common.fail(
+                f"{self.temp}: the database was not checkpointed cleanly; nothing was replaced"
+            )
         with open(self.temp, "rb") as handle:
             os.fsync(handle.fileno())
         for stale in (Path(f"{self.final}-wal"), Path(f"{self.final}-shm")):
@@ -332,15 +332,13 @@ class _Progress:
             TimeElapsedColumn,
         )
 
-        from blixard.cli.client import _console
-
         self._progress = Progress(
             TextColumn("{task.description:<11}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("records {task.fields[detail]}"),
             TimeElapsedColumn(),
-            console=_console(stderr=True),
+            console=common.console(stderr=True),
         )
 
     def __enter__(self) -> _Progress:
@@ -366,7 +364,7 @@ class _Phase:
         self._progress.update(self._task, total=total)
 
     def record(self, record: SnapshotRecord) -> None:
-        from blixard.cli.client import human_size
+        from blixard.cli.common import human_size
         from blixard.store.snapshot import SnapshotBegin, VersionRecord
 
         if isinstance(record, SnapshotBegin):
@@ -400,10 +398,10 @@ def _print_summary(title: str, summary: SnapshotSummary, extra: list[tuple[str, 
     from rich.table import Table
     from rich.text import Text
 
-    from blixard.cli.client import _console, human_size
+    from blixard.cli.common import human_size
 
     counts: SnapshotCounts = summary.counts
-    console = _console()
+    console = common.console()
     console.print(title, markup=False)
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
@@ -488,12 +486,12 @@ def _backup_online(
     client = Client(url, api_key)
     try:
         with (
-            client._http.stream("GET", BACKUP_PATH) as response,
+            client.http.stream("GET", BACKUP_PATH) as response,
             _Output(partial, seal) as out,
             _Progress() as progress,
         ):
             if response.status_code >= 400:
-                _fail(client.error_message(response.status_code, response.read()))
+                common.fail(client.error_message(response.status_code, response.read()))
 
             def tee() -> Iterator[bytes]:
                 for chunk in response.iter_bytes(1024 * 1024):
@@ -508,15 +506,15 @@ def _backup_online(
                         phase.total(reader.expected.records)
                     phase.record(record)
             except SnapshotCorrupt as exc:
-                _fail(f"the server's snapshot is incomplete or damaged: {exc}")
+                common.fail(f"the server's snapshot is incomplete or damaged: {exc}")
             phase.finish()
             out.finish()
             if seal is not None:
                 checked, _ = _verify_file(partial, progress, "verifying", seal)
                 if checked != reader.summary:
-                    _fail(f"{partial} does not read back as downloaded")
+                    common.fail(f"{partial} does not read back as downloaded")
     except httpx.TransportError as exc:
-        _fail(f"the backup download from {client.base} failed: {exc or type(exc).__name__}")
+        common.fail(f"the backup download from {client.base} failed: {exc or type(exc).__name__}")
     finally:
         client.close()
     assert reader.summary is not None
@@ -538,11 +536,11 @@ def _verify_file(
         for record in reader:
             phase.record(record)
     except SealedSnapshotError as exc:
-        _fail(f"cannot read {file}: {exc}")
+        common.fail(f"cannot read {file}: {exc}")
     except SnapshotCorrupt as exc:
-        _fail(f"{file} is not a usable Blixard snapshot: {exc}")
+        common.fail(f"{file} is not a usable Blixard snapshot: {exc}")
     except OSError as exc:
-        _fail(f"cannot read {file}: {exc}")
+        common.fail(f"cannot read {file}: {exc}")
     phase.finish()
     assert reader.summary is not None
     return reader.summary, header
@@ -562,7 +560,7 @@ def _backup_offline(partial: Path, url: str, cipher: Cipher | None, seal: bool) 
                     async for chunk in writer.stream(export):
                         out.write(chunk)
                 except DomainError as exc:  # e.g. a version that no longer decodes
-                    _fail(f"backup failed, no file written: {exc.message}")
+                    common.fail(f"backup failed, no file written: {exc.message}")
                 out.finish()
             phase.finish()
         finally:
@@ -574,7 +572,9 @@ def _backup_offline(partial: Path, url: str, cipher: Cipher | None, seal: bool) 
         written = asyncio.run(run(progress))
         checked, _ = _verify_file(partial, progress, "verifying", cipher)
     if checked != written:
-        _fail(f"{partial} does not read back as written: " + "; ".join(checked.mismatches(written)))
+        common.fail(
+            f"{partial} does not read back as written: " + "; ".join(checked.mismatches(written))
+        )
     return checked
 
 
@@ -609,16 +609,16 @@ def backup(
     The states are in plaintext in the snapshot unless --encrypt: keep it safe.
     """
     if file.exists() and not force:
-        _fail(f"{file} exists; pass --force to overwrite it")
+        common.fail(f"{file} exists; pass --force to overwrite it")
     if file.is_dir():
-        _fail(f"{file} is a directory")
+        common.fail(f"{file} is a directory")
     if not file.parent.is_dir():
-        _fail(f"no directory {file.parent} to write {file.name} into")
+        common.fail(f"no directory {file.parent} to write {file.name} into")
     partial = _partial_for(file)
     online = data_dir is None and storage_url is None
     cipher = _cipher() if encrypt or not online else None
     if encrypt and cipher is None:
-        _fail(
+        common.fail(
             "--encrypt needs a key: set BLIXARD_ENCRYPTION_KEY or BLIXARD_ENCRYPTION_KEY_FILE "
             "(`blixard encryption generate-key` makes one)"
         )
@@ -646,7 +646,7 @@ def backup(
             _summary_json(summary, file=str(file), bytes=size, source=source, encrypted=key_id)
         )
         return
-    from blixard.cli.client import human_size
+    from blixard.cli.common import human_size
 
     sealed = f"yes, key id {cipher.current_id}" if cipher is not None and encrypt else "no"
     _print_summary(
@@ -678,7 +678,7 @@ async def _check_target(
 
 
 def _mismatch(target: _Target, problems: list[str]) -> NoReturn:
-    _fail(
+    common.fail(
         f"the data written to {target.describe()} does not match the snapshot ("
         + "; ".join(problems)
         + f"); {target.left_behind()}"
@@ -691,7 +691,7 @@ async def _import(target: _Target, records: AsyncIterator[SnapshotRecord], what:
     try:
         await target.store.import_snapshot(records)
     except (SnapshotError, OSError) as exc:
-        _fail(f"{what} failed, {target.left_behind()}: {exc}")
+        common.fail(f"{what} failed, {target.left_behind()}: {exc}")
 
 
 @backup_app.command()
@@ -717,7 +717,7 @@ def restore(
 
     url = _data_dir_url(data_dir, storage_url, "to restore to")
     if not file.is_file():
-        _fail(f"no snapshot file at {file}")
+        common.fail(f"no snapshot file at {file}")
     cipher = _cipher()
 
     async def run(progress: _Progress) -> tuple[SnapshotSummary, _Target]:
@@ -805,7 +805,7 @@ def migrate(
     )
 
     if source_url == target_url:
-        _fail("--from and --to are the same store")
+        common.fail("--from and --to are the same store")
     cipher = _cipher()
     target_cipher = _target_cipher(to_key_file, to_unencrypted)
 
@@ -814,7 +814,7 @@ def migrate(
         try:
             target = _Target(target_url, target_cipher)
             if target.final is not None and target.final == _sqlite_path(source):
-                _fail("--from and --to are the same store")
+                common.fail("--from and --to are the same store")
             await target.open()
             try:
                 copied = await copy(source, target, progress)
@@ -845,9 +845,9 @@ def migrate(
         phase.finish()
         copied = digest.summary()
         if not begin:
-            _fail("the source's export did not start with its counts")
+            common.fail("the source's export did not start with its counts")
         if problems := copied.counts.differences(begin[0].counts):
-            _fail("the source's export is not consistent: " + "; ".join(problems))
+            common.fail("the source's export is not consistent: " + "; ".join(problems))
         return copied
 
     with _Progress() as progress:

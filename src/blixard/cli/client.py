@@ -1,54 +1,25 @@
-"""What the client commands share: the HTTP Client, error messages, common options and formatting.
-
-Errors go to stderr as one line, exit code 1 (`_fail`).
+"""The HTTP client of the commands that talk to a server: requests, TLS, and the server's
+errors worded as one line (common.py has the options and formatting every command shares).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import ssl
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import typer
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-API_PREFIX = "/api/tofu"
-WORKSPACE_RE = re.compile(r"^(?!\.)[A-Za-z0-9._-]{1,128}$")
+from blixard.cli.common import fail
 
-UrlOpt = Annotated[
-    str,
-    typer.Option(
-        "--url",
-        envvar="BLIXARD_URL",
-        show_envvar=True,
-        help="Base URL of the Blixard server.",
-    ),
-]
-ApiKeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar="BLIXARD_API_KEY",
-        show_envvar=True,
-        help="API key, sent as 'Authorization: Bearer <key>'.",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's raw JSON.")]
+API_PREFIX = "/api/tofu"
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def _fail(message: str) -> NoReturn:
-    """Report a failure as one line on stderr and exit with code 1."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
 
 
 def _describe_holder(body: dict[str, Any]) -> str:
@@ -104,7 +75,7 @@ def _tls_context() -> ssl.SSLContext | bool:
         try:
             context.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
-            _fail(f"cannot load BLIXARD_CLIENT_CERT/BLIXARD_CLIENT_KEY: {exc}")
+            fail(f"cannot load BLIXARD_CLIENT_CERT/BLIXARD_CLIENT_KEY: {exc}")
     return context
 
 
@@ -118,7 +89,9 @@ class Client:
         headers = {"User-Agent": "blixard-cli"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.Client(
+        #: The httpx client itself, for a caller that reads a raw answer or a stream and
+        #: words its own errors (a backup download, a best-effort status poll).
+        self.http = httpx.Client(
             base_url=self.base,
             headers=headers,
             timeout=httpx.Timeout(120.0, connect=5.0),
@@ -126,7 +99,7 @@ class Client:
         )
 
     def close(self) -> None:
-        self._http.close()
+        self.http.close()
 
     def error_message(self, status: int, content: bytes) -> str:
         """The one-line message for an error answer (subclasses add context)."""
@@ -134,7 +107,7 @@ class Client:
 
     def _unreachable(self, exc: Exception) -> NoReturn:
         detail = str(exc) or type(exc).__name__
-        _fail(f"cannot reach Blixard at {self.base}: {detail}")
+        fail(f"cannot reach Blixard at {self.base}: {detail}")
 
     def request(
         self,
@@ -148,11 +121,11 @@ class Client:
 
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            resp = self._http.request(method, API_PREFIX + path, params=clean, json=json_body)
+            resp = self.http.request(method, API_PREFIX + path, params=clean, json=json_body)
         except httpx.TransportError as exc:
             self._unreachable(exc)
         if resp.status_code >= 400:
-            _fail(self.error_message(resp.status_code, resp.content))
+            fail(self.error_message(resp.status_code, resp.content))
         try:
             parsed = json.loads(resp.content) if resp.content else None
         except ValueError:
@@ -165,9 +138,9 @@ class Client:
 
         clean = {k: v for k, v in params.items() if v is not None}
         try:
-            with self._http.stream("GET", API_PREFIX + path, params=clean) as resp:
+            with self.http.stream("GET", API_PREFIX + path, params=clean) as resp:
                 if resp.status_code >= 400:
-                    _fail(self.error_message(resp.status_code, resp.read()))
+                    fail(self.error_message(resp.status_code, resp.read()))
                 for chunk in resp.iter_bytes():
                     out.write(chunk)
                 out.flush()
@@ -181,114 +154,9 @@ class Client:
 
 
 @contextmanager
-def _client(url: str, api_key: str | None) -> Iterator[Client]:
+def open_client(url: str, api_key: str | None) -> Iterator[Client]:
     client = Client(url, api_key)
     try:
         yield client
     finally:
         client.close()
-
-
-def _check_workspace(name: str) -> str:
-    if not WORKSPACE_RE.match(name):
-        _fail(
-            f"invalid workspace name {name!r}: use 1-128 characters of A-Z a-z 0-9 . _ - "
-            "not starting with '.'"
-        )
-    return name
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # pragma: no cover - loop always returns
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def relative_age(value: str | None, now: datetime | None = None) -> str:
-    """'12s ago', '5m ago', '3h ago', '2d ago' for an ISO 8601 time; '-' when absent."""
-    when = _parse_time(value)
-    if when is None:
-        return value or "-"
-    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
-    if seconds < 0:
-        return "just now"
-    return _format_duration(seconds) + " ago"
-
-
-def _format_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h"
-    return f"{int(seconds // 86400)}d"
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        # Piped or captured output: never truncate table cells to a guessed 80 columns.
-        console.width = max(console.width, 240)
-    return console
-
-
-def _text(value: Any) -> Any:
-    """Plain (non-markup) text for a table cell."""
-    from rich.text import Text
-
-    return Text("-" if value is None or value == "" else str(value))
-
-
-def _print_json(raw: bytes) -> None:
-    sys.stdout.write(raw.decode("utf-8", "replace").rstrip("\n") + "\n")
-    sys.stdout.flush()
-
-
-def _listed(raw: bytes, body: Any, field: str, source: str | None = None) -> list[Any]:
-    """The list under `field` of a listing answer; anything else means the server at `source`
-    is not one this CLI understands."""
-    items = body.get(field) if isinstance(body, dict) else None
-    if not isinstance(items, list):
-        where = f" from {source}" if source else ""
-        _fail(f"unexpected answer{where}: {raw[:200]!r}")
-    return items
-
-
-def _table(columns: Sequence[str | tuple[str, str]]) -> Any:
-    """The table every listing prints: bold header, no box; a column is a name or (name,
-    justify)."""
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in columns:
-        name, justify = (column, "left") if isinstance(column, str) else column
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    return table
-
-
-def _print_older(console: Any, body: Any, what: str) -> None:
-    """Tell how to page further back when the listing says there is more."""
-    next_before = body.get("next_before") if isinstance(body, dict) else None
-    if next_before:
-        console.print(f"(older {what}: --before {next_before})", markup=False)

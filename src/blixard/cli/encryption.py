@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from blixard.cli.client import DEFAULT_URL, ApiKeyOpt, UrlOpt
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, UrlOpt
 from blixard.store.encryption import RotationProgress
 
 encryption_app = typer.Typer(
@@ -63,14 +63,15 @@ def generate_key() -> None:
 @encryption_app.command("status")
 def status(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
     """Show the current key id, the key ids in use and how many blobs each one seals."""
-    from blixard.cli.client import _client, _console, _print_json
+    from blixard.cli import common
+    from blixard.cli.client import open_client
 
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         raw, body = client.request("GET", _STATUS_PATH)
     if as_json or not isinstance(body, dict):
-        _print_json(raw)
+        common.print_json(raw)
         return
-    console = _console()
+    console = common.console()
     console.print(f"Encrypted:       {'yes' if body.get('encrypted') else 'no'}", markup=False)
     console.print(f"Current key id:  {body.get('current_key_id') or '-'}", markup=False)
     console.print(
@@ -112,7 +113,7 @@ class _Bar:
             TimeElapsedColumn,
         )
 
-        from blixard.cli.client import _console
+        from blixard.cli import common
 
         self._progress = Progress(
             TextColumn("re-encrypting"),
@@ -120,7 +121,7 @@ class _Bar:
             MofNCompleteColumn(),
             TextColumn("versions"),
             TimeElapsedColumn(),
-            console=_console(stderr=True),
+            console=common.console(stderr=True),
             transient=False,
         )
         self._task: Any = None
@@ -140,7 +141,7 @@ class _Bar:
 
 
 def _progress_from_json(body: Any) -> RotationProgress:
-    from blixard.cli.client import _fail
+    from blixard.cli import common
 
     try:
         return RotationProgress(
@@ -153,15 +154,16 @@ def _progress_from_json(body: Any) -> RotationProgress:
             retired_key_ids=[str(key_id) for key_id in body["retired_key_ids"]],
         )
     except (KeyError, TypeError, ValueError):
-        _fail(f"unexpected answer from the server: {json.dumps(body)[:200]}")
+        common.fail(f"unexpected answer from the server: {json.dumps(body)[:200]}")
 
 
 def _rotate_online(url: str, api_key: str | None, as_json: bool) -> None:
-    from blixard.cli.client import _client, _console
+    from blixard.cli import common
+    from blixard.cli.client import open_client
 
     versions = locks = 0
     retired: list[str] = []
-    with _client(url, api_key) as client, _Bar() as bar:
+    with open_client(url, api_key) as client, _Bar() as bar:
         while True:
             _, body = client.request("POST", _STATUS_PATH + "/rotate", {"max_seconds": 1.0})
             progress = _progress_from_json(body)
@@ -171,7 +173,7 @@ def _rotate_online(url: str, api_key: str | None, as_json: bool) -> None:
             bar.update(progress)
             if progress.done:
                 break
-    _report(progress, versions, locks, retired, as_json, _console())
+    _report(progress, versions, locks, retired, as_json, common.console())
 
 
 def _report(
@@ -198,26 +200,33 @@ def _report(
 
 
 def _rotate_offline(data_dir: Path, as_json: bool) -> None:
-    from blixard.cli.client import _console, _fail
-    from blixard.config import Settings
+    from blixard.cli import common
+    from blixard.config import Settings, database_path
+    from blixard.store.bootstrap import build_store, data_dir_url
     from blixard.store.crypto import Cipher, EncryptionError
-    from blixard.store.sqlite import SQLiteStore, StoreInUse
+    from blixard.store.errors import StoreInUse
 
-    path = data_dir / "blixard.db"
+    path = database_path(data_dir)
     if not path.is_file():
-        _fail(f"no Blixard database at {path}")
+        common.fail(f"no Blixard database at {path}")
     try:
         cipher = Cipher.from_settings(Settings.load())
     except EncryptionError as exc:
-        _fail(str(exc))
+        common.fail(str(exc))
     if cipher is None:
-        _fail(
+        common.fail(
             "set BLIXARD_ENCRYPTION_KEY (or BLIXARD_ENCRYPTION_KEY_FILE) to the key to encrypt "
             "with, and BLIXARD_ENCRYPTION_OLD_KEYS to the keys the data is sealed with now"
         )
 
     async def run(bar: _Bar) -> tuple[RotationProgress, int, int, list[str]]:
-        store = SQLiteStore(path, cipher=cipher, adopt_plaintext=True)
+        store = build_store(
+            Settings.load(),
+            url=data_dir_url(data_dir),
+            cipher=cipher,
+            serving=False,
+            adopt_plaintext=True,
+        )
         await store.open()
         versions = locks = 0
         retired: list[str] = []
@@ -237,13 +246,13 @@ def _rotate_offline(data_dir: Path, as_json: bool) -> None:
         with _Bar() as bar:
             last, versions, locks, retired = asyncio.run(run(bar))
     except StoreInUse:
-        _fail(
+        common.fail(
             f"{path} is in use by a running server: rotate through it with "
             "`blixard encryption rotate --url URL`, or stop it first"
         )
     except EncryptionError as exc:
-        _fail(str(exc))
-    _report(last, versions, locks, retired, as_json, _console())
+        common.fail(str(exc))
+    _report(last, versions, locks, retired, as_json, common.console())
 
 
 @encryption_app.command("rotate")

@@ -9,18 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from blixard.cli.client import (
+from blixard.cli import common
+from blixard.cli.client import open_client
+from blixard.cli.common import (
     DEFAULT_URL,
     ApiKeyOpt,
     JsonOpt,
     UrlOpt,
-    _check_workspace,
-    _client,
-    _console,
-    _listed,
-    _print_json,
-    _table,
-    _text,
+    check_workspace,
+    listed,
+    print_json,
+    text,
 )
 
 VersionOpt = Annotated[
@@ -53,7 +52,7 @@ def resources(
     as_json: JsonOpt = False,
 ) -> None:
     """List the resource instances of a workspace's state."""
-    _check_workspace(workspace)
+    check_workspace(workspace)
     items: list[dict[str, Any]] = []
     params: dict[str, Any] = {
         "version": version,
@@ -63,18 +62,18 @@ def resources(
         "q": query,
         "limit": 1000,
     }
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         while True:
             raw, body = client.request("GET", f"/resources/{workspace}", params)
-            items.extend(_listed(raw, body, "resources", client.base))
+            items.extend(listed(raw, body, "resources", client.base))
             params["after"] = body.get("next_after")
             if not params["after"]:
                 break
     if as_json:
         answer = {**body, "resources": items, "next_after": None}
-        _print_json(json.dumps(answer, indent=2).encode())
+        print_json(json.dumps(answer, indent=2).encode())
         return
-    console = _console()
+    console = common.console()
     shown = body.get("version") or {}
     if not body.get("readable", True):
         console.print(
@@ -86,13 +85,13 @@ def resources(
     if not items:
         console.print(f"No resources in version {shown.get('version')} of {workspace}.")
         return
-    table = _table(("ADDRESS", "STATUS", "ID"))
+    table = common.table(("ADDRESS", "STATUS", "ID"))
     for item in items:
         identity = item.get("identity") or {}
         table.add_row(
-            _text(item.get("address")),
-            _text(item.get("status")),
-            _text(identity.get("id") or identity.get("arn") or identity.get("name")),
+            text(item.get("address")),
+            text(item.get("status")),
+            text(identity.get("id") or identity.get("arn") or identity.get("name")),
         )
     console.print(table)
     console.print(
@@ -114,15 +113,15 @@ def outputs(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a workspace's outputs (sensitive ones masked unless --reveal)."""
-    _check_workspace(workspace)
+    check_workspace(workspace)
     params = {"version": version, "as_of": as_of, "reveal": "true" if reveal else None}
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         raw, body = client.request("GET", f"/outputs/{workspace}", params)
     if as_json:
-        _print_json(raw)
+        print_json(raw)
         return
-    items = _listed(raw, body, "outputs", url)
-    console = _console()
+    items = listed(raw, body, "outputs", url)
+    console = common.console()
     if not items:
         console.print(f"No outputs in version {body['version']['version']} of {workspace}.")
         return
@@ -154,14 +153,14 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what changed between two versions, like a Terraform plan (+ - ~)."""
-    _check_workspace(workspace)
+    check_workspace(workspace)
     if other is not None:
-        _check_workspace(other)
+        check_workspace(other)
     params = {"from": from_version, "to": to_version, "from_workspace": other}
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         raw, body = client.request("GET", f"/diff/{workspace}", params)
     if as_json:
-        _print_json(raw)
+        print_json(raw)
         return
     print_diff(body)
 
@@ -170,7 +169,7 @@ def print_diff(body: dict[str, Any]) -> None:
     """A diff answer in Terraform's plan style."""
     from rich.text import Text
 
-    console = _console()
+    console = common.console()
     old, new = body.get("from"), body.get("to") or {}
     console.print(Text(f"{_side(old)} -> {_side(new)}", style="bold"))
     readable = body.get("readable") or {}

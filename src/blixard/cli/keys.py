@@ -11,22 +11,9 @@ from urllib.parse import quote
 
 import typer
 
-from blixard.cli.client import (
-    DEFAULT_URL,
-    ApiKeyOpt,
-    JsonOpt,
-    UrlOpt,
-    _client,
-    _console,
-    _fail,
-    _listed,
-    _parse_time,
-    _print_json,
-    _print_older,
-    _table,
-    _text,
-    relative_age,
-)
+from blixard.cli import common
+from blixard.cli.client import open_client
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, relative_age
 
 keys_app = typer.Typer(
     name="keys",
@@ -62,22 +49,22 @@ def _local(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         result: dict[str, Any] = call(*args, **kwargs)
     except (DataDirInUse, NoDatabase, EncryptionError) as exc:
-        _fail(str(exc))
+        common.fail(str(exc))
     except DomainError as exc:
-        _fail(exc.message)
+        common.fail(exc.message)
     return result
 
 
 def _split_globs(workspaces: str) -> list[str]:
     globs = [glob.strip() for glob in workspaces.split(",") if glob.strip()]
     if not globs:
-        _fail("--workspaces needs at least one workspace glob, e.g. '*' or 'team-a-*'")
+        common.fail("--workspaces needs at least one workspace glob, e.g. '*' or 'team-a-*'")
     return globs
 
 
 def _short_time(value: str | None) -> str:
     """'2026-11-25 10:00:00Z' for an ISO 8601 time; '-' when absent."""
-    when = _parse_time(value)
+    when = common.parse_time(value)
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if when else (value or "-")
 
 
@@ -85,18 +72,20 @@ def _key_table(keys: list[dict[str, Any]], *, with_revoked: bool) -> Any:
     columns = ["NAME", "ROLE", "WORKSPACES", "CREATED", "CREATED BY", "LAST USED"]
     if with_revoked:
         columns.append("REVOKED")
-    table = _table(columns)
+    table = common.table(columns)
     for key in keys:
         row = [
-            _text(key.get("name")),
-            _text(key.get("role")),
-            _text(",".join(key.get("workspaces") or [])),
-            _text(_short_time(key.get("created_at"))),
-            _text(key.get("created_by")),
-            relative_age(key.get("last_used_at")) if key.get("last_used_at") else _text("never"),
+            common.text(key.get("name")),
+            common.text(key.get("role")),
+            common.text(",".join(key.get("workspaces") or [])),
+            common.text(_short_time(key.get("created_at"))),
+            common.text(key.get("created_by")),
+            relative_age(key.get("last_used_at"))
+            if key.get("last_used_at")
+            else common.text("never"),
         ]
         if with_revoked:
-            row.append(_text(_short_time(key.get("revoked_at"))))
+            row.append(common.text(_short_time(key.get("revoked_at"))))
         table.add_row(*row)
     return table
 
@@ -138,7 +127,7 @@ def keys_create(
         body = _local(local.create_key, Path(data_dir), name, role.value, globs)
         raw = json.dumps(body, indent=2).encode()
     else:
-        with _client(url, api_key) as client:
+        with open_client(url, api_key) as client:
             raw, body = client.request(
                 "POST", "/keys", json_body={"name": name, "role": role.value, "workspaces": globs}
             )
@@ -147,12 +136,12 @@ def keys_create(
         or not isinstance(body.get("key"), dict)
         or not body.get("secret")
     ):
-        _fail(f"unexpected answer: {raw[:200]!r}")
+        common.fail(f"unexpected answer: {raw[:200]!r}")
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
     key = body["key"]
-    console = _console()
+    console = common.console()
     console.print(f"Created API key {key.get('name')}.", markup=False)
     console.print()
     console.print(f"  {body['secret']}", markup=False, soft_wrap=True)
@@ -166,11 +155,11 @@ def keys_create(
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("Name", _text(key.get("name")))
-    table.add_row("Role", _text(key.get("role")))
-    table.add_row("Workspaces", _text(",".join(key.get("workspaces") or [])))
-    table.add_row("Created", _text(key.get("created_at")))
-    table.add_row("Created by", _text(key.get("created_by")))
+    table.add_row("Name", common.text(key.get("name")))
+    table.add_row("Role", common.text(key.get("role")))
+    table.add_row("Workspaces", common.text(",".join(key.get("workspaces") or [])))
+    table.add_row("Created", common.text(key.get("created_at")))
+    table.add_row("Created by", common.text(key.get("created_by")))
     console.print(table)
 
 
@@ -189,17 +178,17 @@ def keys_list(
         body = _local(local.list_keys, Path(data_dir), include_revoked=show_all)
         raw = json.dumps(body, indent=2).encode()
     else:
-        with _client(url, api_key) as client:
+        with open_client(url, api_key) as client:
             raw, body = client.request(
                 "GET", "/keys", {"include_revoked": "true" if show_all else None}
             )
     keys = body.get("keys") if isinstance(body, dict) else None
     if not isinstance(keys, list):
-        _fail(f"unexpected answer: {raw[:200]!r}")
+        common.fail(f"unexpected answer: {raw[:200]!r}")
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
-    console = _console()
+    console = common.console()
     if not keys:
         console.print("No API keys." + ("" if show_all else " (--all includes revoked keys)"))
         return
@@ -221,14 +210,14 @@ def keys_revoke(
         body = _local(local.revoke_key, Path(data_dir), name)
         raw = json.dumps(body, indent=2).encode()
     else:
-        with _client(url, api_key) as client:
+        with open_client(url, api_key) as client:
             raw, body = client.request("DELETE", f"/keys/{quote(name, safe='')}")
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
     key = body.get("key") if isinstance(body, dict) else None
     revoked_at = key.get("revoked_at") if isinstance(key, dict) else None
-    _console().print(
+    common.console().print(
         f"Revoked API key {name}" + (f" at {revoked_at}." if revoked_at else "."), markup=False
     )
 
@@ -274,17 +263,17 @@ def audit(
         body = _local(local.list_audit, Path(data_dir), **filters)
         raw = json.dumps(body, indent=2).encode()
     else:
-        with _client(url, api_key) as client:
+        with open_client(url, api_key) as client:
             raw, body = client.request("GET", "/audit", filters)
-    events = _listed(raw, body, "events")
+    events = common.listed(raw, body, "events")
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
-    console = _console()
+    console = common.console()
     if not events:
         console.print("No audit events match.")
         return
-    table = _table(
+    table = common.table(
         (
             ("ID", "right"),
             "TIME",
@@ -302,18 +291,18 @@ def audit(
     )
     for event in events:
         table.add_row(
-            _text(event.get("id")),
-            _text(_short_time(event.get("at"))),
-            _text(event.get("key")),
-            _text(event.get("role")),
-            _text(event.get("source")),
-            _text(event.get("action")),
-            _text(event.get("workspace")),
-            _text(event.get("version")),
-            _text(event.get("lock_id")),
-            _text(event.get("outcome")),
-            _text(event.get("status")),
-            _text(event.get("detail")),
+            common.text(event.get("id")),
+            common.text(_short_time(event.get("at"))),
+            common.text(event.get("key")),
+            common.text(event.get("role")),
+            common.text(event.get("source")),
+            common.text(event.get("action")),
+            common.text(event.get("workspace")),
+            common.text(event.get("version")),
+            common.text(event.get("lock_id")),
+            common.text(event.get("outcome")),
+            common.text(event.get("status")),
+            common.text(event.get("detail")),
         )
     console.print(table)
-    _print_older(console, body, "events")
+    common.print_older(console, body, "events")

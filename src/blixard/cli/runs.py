@@ -14,25 +14,9 @@ from urllib.parse import quote
 
 import typer
 
-from blixard.cli.client import (
-    API_PREFIX,
-    DEFAULT_URL,
-    ApiKeyOpt,
-    Client,
-    JsonOpt,
-    UrlOpt,
-    _check_workspace,
-    _console,
-    _fail,
-    _format_duration,
-    _listed,
-    _print_json,
-    _print_older,
-    _table,
-    _text,
-    human_size,
-    relative_age,
-)
+from blixard.cli import common
+from blixard.cli.client import API_PREFIX, Client
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, human_size, relative_age
 
 #: Nothing more will happen to a run in these statuses.
 RUN_FINISHED = frozenset({"no_changes", "applied", "errored", "discarded", "cancelled"})
@@ -76,7 +60,7 @@ class RunClient(Client):
         import httpx
 
         try:
-            resp = self._http.post(
+            resp = self.http.post(
                 API_PREFIX + path,
                 params=tuple(params),
                 content=archive,
@@ -85,16 +69,16 @@ class RunClient(Client):
         except httpx.TransportError as exc:
             self._unreachable(exc)
         if resp.status_code >= 400:
-            _fail(self.error_message(resp.status_code, resp.content))
+            common.fail(self.error_message(resp.status_code, resp.content))
         body = _json_object(resp.content)
         if not body.get("plan_id"):
-            _fail(f"unexpected answer from {self.base}: {resp.content[:200]!r}")
+            common.fail(f"unexpected answer from {self.base}: {resp.content[:200]!r}")
         return body
 
     def run(self, plan_id: str) -> dict[str, Any]:
         raw, body = self.request("GET", f"/plan/{quote(plan_id, safe='')}")
         if not isinstance(body, dict) or "status" not in body:
-            _fail(f"unexpected answer from {self.base}: {raw[:200]!r}")
+            common.fail(f"unexpected answer from {self.base}: {raw[:200]!r}")
         return body
 
     def log_size(self, plan_id: str) -> int:
@@ -108,14 +92,14 @@ class RunClient(Client):
 
         seen = 0
         try:
-            with self._http.stream(
+            with self.http.stream(
                 "GET",
                 f"{API_PREFIX}/plan/{quote(plan_id, safe='')}/logs",
                 params={"follow": "1"},
                 timeout=httpx.Timeout(None, connect=5.0),  # a quiet run may say nothing for long
             ) as resp:
                 if resp.status_code >= 400:
-                    _fail(self.error_message(resp.status_code, resp.read()))
+                    common.fail(self.error_message(resp.status_code, resp.read()))
                 for chunk in resp.iter_bytes():
                     start = max(0, skip - seen)
                     seen += len(chunk)
@@ -137,7 +121,9 @@ def _run_client(url: str, api_key: str | None) -> Iterator[RunClient]:
 
 def _check_plan_id(plan_id: str) -> str:
     if not PLAN_ID_RE.match(plan_id):
-        _fail(f"invalid plan id {plan_id!r}: expected something like run-0192a3b4c5d6e7f8a9b0")
+        common.fail(
+            f"invalid plan id {plan_id!r}: expected something like run-0192a3b4c5d6e7f8a9b0"
+        )
     return plan_id
 
 
@@ -193,7 +179,7 @@ def _follow_run(
 
 def _watch(url: str, api_key: str | None, plan_id: str, skip: int, settled: Any) -> dict[str, Any]:
     """Follow a run: its log, and on a terminal a live status line below it."""
-    console = _console()
+    console = common.console()
     with _run_client(url, api_key) as client:
         if not console.is_terminal:
             return _follow_run(client, plan_id, _LogSink(), settled, skip)
@@ -210,11 +196,11 @@ def _watch(url: str, api_key: str | None, plan_id: str, skip: int, settled: Any)
                     current = "..."
                     while not stop.is_set():
                         try:
-                            resp = poller._http.get(f"{API_PREFIX}/plan/{quote(plan_id, safe='')}")
+                            resp = poller.http.get(f"{API_PREFIX}/plan/{quote(plan_id, safe='')}")
                             current = str(_json_object(resp.content).get("status") or current)
                         except Exception:
                             pass  # the status line is a nicety; the log stream reports errors
-                        elapsed = _format_duration(time.monotonic() - started)
+                        elapsed = common.format_duration(time.monotonic() - started)
                         status.update(f"{escape(plan_id)}: [bold]{escape(current)}[/] ({elapsed})")
                         stop.wait(STATUS_POLL_SECONDS)
 
@@ -257,7 +243,7 @@ def _action_symbol(actions: list[str]) -> str:
 
 def _report_run(run: dict[str, Any]) -> None:
     """What became of a run, and what to do next; exit 1 unless it went well."""
-    console = _console()
+    console = common.console()
     plan_id, ws, status = run.get("plan_id"), run.get("workspace"), run.get("status")
     summary = run.get("summary")
     if status == "planned":
@@ -282,11 +268,11 @@ def _report_run(run: dict[str, Any]) -> None:
             markup=False,
         )
     elif status == "errored":
-        _fail(f"run {plan_id} errored: {run.get('error') or 'unknown error'}")
+        common.fail(f"run {plan_id} errored: {run.get('error') or 'unknown error'}")
     elif status == "cancelled":
-        _fail(f"run {plan_id} was cancelled by {run.get('cancelled_by') or 'an operator'}")
+        common.fail(f"run {plan_id} was cancelled by {run.get('cancelled_by') or 'an operator'}")
     elif status == "discarded":
-        _fail(f"run {plan_id} was discarded by {run.get('discarded_by') or 'an operator'}")
+        common.fail(f"run {plan_id} was discarded by {run.get('discarded_by') or 'an operator'}")
     else:
         console.print(
             f"Run {plan_id} is {status}; follow it with: blixard logs {plan_id} --follow",
@@ -299,7 +285,7 @@ def _parse_vars(items: list[str]) -> list[tuple[str, str]]:
     for item in items:
         name, sep, _ = item.partition("=")
         if not sep or not name.strip():
-            _fail(f"invalid --var {item!r}: use NAME=VALUE")
+            common.fail(f"invalid --var {item!r}: use NAME=VALUE")
         params.append(("var", item))
     return params
 
@@ -343,7 +329,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Have the server plan DIR against WORKSPACE's state (a run, reviewed before apply)."""
-    _check_workspace(workspace)
+    common.check_workspace(workspace)
     params = [
         ("workspace", workspace),
         ("auto_approve", "true" if auto_approve else "false"),
@@ -356,22 +342,22 @@ def plan(
     try:
         archive = make_archive(directory)
     except Exception as exc:  # unreadable files, a link pointing outside, ...
-        _fail(f"cannot archive {directory}: {exc}")
+        common.fail(f"cannot archive {directory}: {exc}")
     with _run_client(url, api_key) as client:
         run = client.upload("/plan", params, archive)
     plan_id = str(run["plan_id"])
     if not follow:
         if as_json:
-            _print_json(json.dumps(run, indent=2).encode())
+            common.print_json(json.dumps(run, indent=2).encode())
             return
-        _console().print(
+        common.console().print(
             f"Queued plan {plan_id} for {workspace} ({human_size(len(archive))} uploaded).\n"
             f"Follow it with: blixard logs {plan_id} --follow",
             markup=False,
         )
         return
     if not as_json:
-        _console().print(f"Queued plan {plan_id} for {workspace}.", markup=False)
+        common.console().print(f"Queued plan {plan_id} for {workspace}.", markup=False)
     final = _following(
         lambda: _watch(
             url,
@@ -382,7 +368,7 @@ def plan(
         )
     )
     if as_json:
-        _print_json(json.dumps(final, indent=2).encode())
+        common.print_json(json.dumps(final, indent=2).encode())
         return
     _report_run(final)
 
@@ -410,9 +396,9 @@ def apply(
     run = body if isinstance(body, dict) else {}
     if not follow:
         if as_json:
-            _print_json(raw)
+            common.print_json(raw)
             return
-        _console().print(
+        common.console().print(
             f"Approved {plan_id} for {run.get('workspace')}"
             + (f" as {run['approved_by']}" if run.get("approved_by") else "")
             + f"; applying.\nFollow it with: blixard logs {plan_id} --follow",
@@ -423,7 +409,7 @@ def apply(
         lambda: _watch(url, api_key, plan_id, skip, lambda r: r.get("status") in RUN_FINISHED)
     )
     if as_json:
-        _print_json(json.dumps(final, indent=2).encode())
+        common.print_json(json.dumps(final, indent=2).encode())
         return
     _report_run(final)
 
@@ -447,18 +433,20 @@ def plans(
     as_json: JsonOpt = False,
 ) -> None:
     """List a workspace's plans (runs), newest first."""
-    _check_workspace(workspace)
+    common.check_workspace(workspace)
     with _run_client(url, api_key) as client:
         raw, body = client.request("GET", f"/plans/{workspace}", {"limit": limit, "before": before})
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
-    runs = _listed(raw, body, "plans", url)
-    console = _console()
+    runs = common.listed(raw, body, "plans", url)
+    console = common.console()
     if not runs:
         console.print(f"No plans for {workspace}.", markup=False)
         return
-    table = _table(("PLAN", "STATUS", "CHANGES", "CREATED", "BY", "APPROVED BY", "NODE", "NOTE"))
+    table = common.table(
+        ("PLAN", "STATUS", "CHANGES", "CREATED", "BY", "APPROVED BY", "NODE", "NOTE")
+    )
     for run in runs:
         status = str(run.get("status") or "-")
         if run.get("destroy"):
@@ -469,17 +457,17 @@ def plans(
         elif run.get("status") == "cancelled":
             note = f"cancelled by {run.get('cancelled_by') or '-'}"
         table.add_row(
-            _text(run.get("plan_id")),
-            _text(status),
-            _text(_changes_cell(run.get("summary"))),
+            common.text(run.get("plan_id")),
+            common.text(status),
+            common.text(_changes_cell(run.get("summary"))),
             relative_age(run.get("created_at")),
-            _text(run.get("created_by")),
-            _text(run.get("approved_by")),
-            _text(run.get("executor")),
-            _text(note),
+            common.text(run.get("created_by")),
+            common.text(run.get("approved_by")),
+            common.text(run.get("executor")),
+            common.text(note),
         )
     console.print(table)
-    _print_older(console, body, "plans")
+    common.print_older(console, body, "plans")
 
 
 def logs(
@@ -514,7 +502,7 @@ def _run_action(plan_id: str, action: str, url: str, api_key: str | None) -> dic
     with _run_client(url, api_key) as client:
         raw, body = client.request("POST", f"/plans/{quote(plan_id, safe='')}/{action}")
     if not isinstance(body, dict) or "status" not in body:
-        _fail(f"unexpected answer from {url}: {raw[:200]!r}")
+        common.fail(f"unexpected answer from {url}: {raw[:200]!r}")
     return body
 
 
@@ -527,9 +515,9 @@ def discard(
     """Throw away a plan that is queued or awaiting approval."""
     run = _run_action(plan_id, "discard", url, api_key)
     if as_json:
-        _print_json(json.dumps(run, indent=2).encode())
+        common.print_json(json.dumps(run, indent=2).encode())
         return
-    _console().print(f"Discarded {plan_id} ({run.get('workspace')}).", markup=False)
+    common.console().print(f"Discarded {plan_id} ({run.get('workspace')}).", markup=False)
 
 
 def cancel(
@@ -541,12 +529,12 @@ def cancel(
     """Stop a run: interrupt its plan or apply (its state lock is released)."""
     run = _run_action(plan_id, "cancel", url, api_key)
     if as_json:
-        _print_json(json.dumps(run, indent=2).encode())
+        common.print_json(json.dumps(run, indent=2).encode())
         return
     if run.get("status") == "cancelled":
-        _console().print(f"Cancelled {plan_id} ({run.get('workspace')}).", markup=False)
+        common.console().print(f"Cancelled {plan_id} ({run.get('workspace')}).", markup=False)
     else:
-        _console().print(
+        common.console().print(
             f"Cancel requested for {plan_id}; it is still {run.get('status')} "
             f"(check with: blixard logs {plan_id}).",
             markup=False,

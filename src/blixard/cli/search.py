@@ -8,17 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from blixard.cli.client import (
+from blixard.cli import common
+from blixard.cli.client import open_client
+from blixard.cli.common import (
     DEFAULT_URL,
     ApiKeyOpt,
     JsonOpt,
     UrlOpt,
-    _client,
-    _console,
-    _listed,
-    _print_json,
-    _table,
-    _text,
+    listed,
+    print_json,
+    text,
 )
 
 
@@ -61,35 +60,35 @@ def search(
     }
     matches: list[dict[str, Any]] = []
     complete = True
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         after: str | None = None
         while len(matches) < limit:
             page_size = min(1000, limit - len(matches))
             raw, body = client.request(
                 "GET", "/search", {**params, "limit": page_size, "after": after}
             )
-            matches += _listed(raw, body, "matches", client.base)
+            matches += listed(raw, body, "matches", client.base)
             complete = complete and bool(body.get("complete", True))
             after = body.get("next_after")
             if not after:
                 break
     if as_json:
         out = {"matches": matches, "next_after": after, "complete": complete}
-        _print_json(json.dumps(out, indent=2).encode())
+        print_json(json.dumps(out, indent=2).encode())
         return
-    console = _console()
+    console = common.console()
     if not matches:
         console.print("No matches.")
     else:
-        table = _table(("WORKSPACE", ("VERSION", "right"), "ADDRESS", "TYPE", "ID", "STATUS"))
+        table = common.table(("WORKSPACE", ("VERSION", "right"), "ADDRESS", "TYPE", "ID", "STATUS"))
         for m in matches:
             table.add_row(
-                _text(m.get("workspace")),
-                _text(m.get("version")),
-                _text(m.get("address")),
-                _text(m.get("type")),
-                _text(m.get("id") or m.get("arn") or m.get("self_link")),
-                _text(m.get("status")),
+                text(m.get("workspace")),
+                text(m.get("version")),
+                text(m.get("address")),
+                text(m.get("type")),
+                text(m.get("id") or m.get("arn") or m.get("self_link")),
+                text(m.get("status")),
             )
         console.print(table)
     if after:
@@ -104,24 +103,24 @@ def duplicates(
     as_json: JsonOpt = False,
 ) -> None:
     """Identity values (id, arn, self_link) managed by two or more workspaces."""
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         raw, body = client.request("GET", "/search/duplicates")
     if as_json:
-        _print_json(raw)
+        print_json(raw)
         return
-    found = _listed(raw, body, "duplicates", url)
-    console = _console()
+    found = listed(raw, body, "duplicates", url)
+    console = common.console()
     if not found:
         console.print("No identity value is managed by more than one workspace.")
         return
-    table = _table(("KIND", "VALUE", "WORKSPACE", "ADDRESS"))
+    table = common.table(("KIND", "VALUE", "WORKSPACE", "ADDRESS"))
     for duplicate in found:
         for instance in duplicate.get("instances", []):
             table.add_row(
-                _text(duplicate.get("kind")),
-                _text(duplicate.get("value")),
-                _text(instance.get("workspace")),
-                _text(instance.get("address")),
+                text(duplicate.get("kind")),
+                text(duplicate.get("value")),
+                text(instance.get("workspace")),
+                text(instance.get("address")),
             )
     console.print(table)
 
@@ -135,7 +134,7 @@ def reindex(
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild the resource index of every version from the stored states (admin key)."""
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         raw, status = client.request("POST", "/admin/reindex")
         while wait and (status.get("running") or not status.get("complete")):
             if status.get("error"):
@@ -143,9 +142,9 @@ def reindex(
             time.sleep(0.5)
             raw, status = client.request("GET", "/admin/reindex")
     if as_json:
-        _print_json(raw)
+        print_json(raw)
         return
-    console = _console()
+    console = common.console()
     if status.get("error"):
         console.print(f"Reindex stopped: {status['error']}", markup=False)
         raise typer.Exit(code=1)

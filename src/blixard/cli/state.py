@@ -9,25 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from blixard.cli.client import (
-    API_PREFIX,
-    DEFAULT_URL,
-    ApiKeyOpt,
-    JsonOpt,
-    UrlOpt,
-    _check_workspace,
-    _client,
-    _console,
-    _fail,
-    _format_duration,
-    _listed,
-    _print_json,
-    _print_older,
-    _table,
-    _text,
-    human_size,
-    relative_age,
-)
+from blixard.cli import common
+from blixard.cli.client import API_PREFIX, open_client
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, human_size, relative_age
 
 LOCK_FIELDS = ("ID", "Operation", "Info", "Who", "Version", "Created", "Path")
 
@@ -39,22 +23,22 @@ def workspaces(
 ) -> None:
     """List workspaces with their current version, size and lock."""
     items: list[dict[str, Any]] = []
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         after: str | None = None
         while True:
             raw, body = client.request("GET", "/workspaces", {"limit": 1000, "after": after})
-            items.extend(_listed(raw, body, "workspaces", client.base))
+            items.extend(common.listed(raw, body, "workspaces", client.base))
             after = body.get("next_after")
             if not after:
                 break
     if as_json:
-        _print_json(json.dumps({"workspaces": items, "next_after": None}, indent=2).encode())
+        common.print_json(json.dumps({"workspaces": items, "next_after": None}, indent=2).encode())
         return
-    console = _console()
+    console = common.console()
     if not items:
         console.print("No workspaces yet.")
         return
-    table = _table(
+    table = common.table(
         (
             "WORKSPACE",
             ("VERSION", "right"),
@@ -71,13 +55,13 @@ def workspaces(
         if ws.get("locked"):
             lock_text = f"locked by {lock.get('Who') or '?'} ({lock.get('ID') or '?'})"
         table.add_row(
-            _text(ws.get("name")),
-            _text(ws.get("version")),
-            _text(ws.get("serial")),
-            _text(ws.get("resource_count")),
+            common.text(ws.get("name")),
+            common.text(ws.get("version")),
+            common.text(ws.get("serial")),
+            common.text(ws.get("resource_count")),
             human_size(ws.get("size")),
             relative_age(ws.get("updated_at")),
-            _text(lock_text),
+            common.text(lock_text),
         )
     console.print(table)
 
@@ -95,20 +79,20 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a workspace's versions, newest first."""
-    _check_workspace(workspace)
-    with _client(url, api_key) as client:
+    common.check_workspace(workspace)
+    with open_client(url, api_key) as client:
         raw, body = client.request(
             "GET", f"/history/{workspace}", {"limit": limit, "before": before}
         )
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
-    versions = _listed(raw, body, "versions", url)
-    console = _console()
+    versions = common.listed(raw, body, "versions", url)
+    console = common.console()
     if not versions:
         console.print(f"No versions of {workspace}.", markup=False)
         return
-    table = _table(
+    table = common.table(
         (
             ("VERSION", "right"),
             ("SERIAL", "right"),
@@ -126,18 +110,18 @@ def history(
         if v.get("rolled_back_from") is not None:
             source = f"{source} from v{v['rolled_back_from']}"
         table.add_row(
-            _text(v.get("version")),
-            _text(v.get("serial")),
-            _text(v.get("resource_count")),
+            common.text(v.get("version")),
+            common.text(v.get("serial")),
+            common.text(v.get("resource_count")),
             human_size(v.get("size")),
             relative_age(v.get("created_at")),
-            _text(source),
-            _text(v.get("lock_id")),
-            _text(v.get("terraform_version")),
-            _text((v.get("sha256") or "")[:12]),
+            common.text(source),
+            common.text(v.get("lock_id")),
+            common.text(v.get("terraform_version")),
+            common.text((v.get("sha256") or "")[:12]),
         )
     console.print(table)
-    _print_older(console, body, "versions")
+    common.print_older(console, body, "versions")
 
 
 def show(
@@ -153,9 +137,9 @@ def show(
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Print a workspace's state to stdout exactly as stored."""
-    _check_workspace(workspace)
+    common.check_workspace(workspace)
     params = {"version": version, "as_of": as_of}
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         client.stream_to(f"/state/{workspace}", params, sys.stdout.buffer)
 
 
@@ -171,14 +155,14 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Make version N the current state again (as a new version; history is kept)."""
-    _check_workspace(workspace)
-    with _client(url, api_key) as client:
+    common.check_workspace(workspace)
+    with open_client(url, api_key) as client:
         raw, body = client.request("POST", f"/rollback/{workspace}/{version}", {"ID": lock_id})
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
     meta = body if isinstance(body, dict) else {}
-    _console().print(
+    common.console().print(
         f"Rolled back {workspace} to version {version}: new version {meta.get('version', '?')} "
         f"(serial {meta.get('serial', '?')}, {human_size(meta.get('size'))}).",
         markup=False,
@@ -192,14 +176,14 @@ def lock(
     as_json: JsonOpt = False,
 ) -> None:
     """Show whether a workspace is locked, and by whom."""
-    _check_workspace(workspace)
-    with _client(url, api_key) as client:
+    common.check_workspace(workspace)
+    with open_client(url, api_key) as client:
         raw, body = client.request("GET", f"/lock/{workspace}")
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
     status = body if isinstance(body, dict) else {}
-    console = _console()
+    console = common.console()
     info = status.get("lock")
     if not status.get("locked") or not isinstance(info, dict):
         console.print(f"{workspace} is not locked.", markup=False)
@@ -209,13 +193,13 @@ def lock(
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("Workspace", _text(workspace))
+    table.add_row("Workspace", common.text(workspace))
     table.add_row("Locked", "yes")
     for field in LOCK_FIELDS:
-        table.add_row(field, _text(info.get(field)))
+        table.add_row(field, common.text(info.get(field)))
     age = status.get("age_seconds")
-    table.add_row("Locked at", _text(status.get("locked_at")))
-    table.add_row("Held for", _format_duration(float(age)) if age is not None else "-")
+    table.add_row("Locked at", common.text(status.get("locked_at")))
+    table.add_row("Held for", common.format_duration(float(age)) if age is not None else "-")
     console.print(table)
 
 
@@ -229,20 +213,20 @@ def unlock(
     as_json: JsonOpt = False,
 ) -> None:
     """Force-unlock a workspace (like `terraform force-unlock`)."""
-    _check_workspace(workspace)
+    common.check_workspace(workspace)
     if not force:
-        _fail(
+        common.fail(
             f"refusing to unlock {workspace} without --force: removing a lock that a running "
             f"terraform/tofu still holds lets two writers clobber the state; check "
             f"'blixard lock {workspace}' first, then rerun with --force"
         )
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         raw, body = client.request("DELETE", f"/lock/{workspace}")
     if as_json:
-        _print_json(raw)
+        common.print_json(raw)
         return
     removed = body.get("lock") if isinstance(body, dict) else None
-    console = _console()
+    console = common.console()
     if isinstance(removed, dict):
         console.print(
             f"Unlocked {workspace}: removed lock {removed.get('ID') or '?'} held by "
@@ -312,6 +296,6 @@ def backend_config(
     url: UrlOpt = DEFAULT_URL,
 ) -> None:
     """Print a ready-to-paste `backend "http"` block for a workspace."""
-    _check_workspace(workspace)
+    common.check_workspace(workspace)
     sys.stdout.write(render_backend_config(url, workspace, style))
     sys.stdout.flush()

@@ -1,6 +1,6 @@
 """The state explorer: resources, outputs, diffs, per-resource timelines and time travel.
 
-Read-only views of stored versions, built from the stored bytes through the Store's read
+Read-only views of stored versions, built from the stored bytes through the ExplorerStore role
 methods only (get_workspace, list_versions, read_version), so they work on every engine and
 on versions written before the explorer existed. Parsed versions are kept in a small LRU
 cache keyed by (workspace, version, sha256) and bounded by the size of their stored bodies,
@@ -29,7 +29,7 @@ from blixard.domain.errors import InvalidInput, NotFound
 from blixard.domain.models import VersionMeta, Workspace
 from blixard.domain.parsing import check_workspace_name
 from blixard.domain.resources import Output, ResourceInstance, StateContents, read_contents
-from blixard.store.protocol import Store
+from blixard.domain.roles import ExplorerStore
 
 #: Estimated memory of the parsed versions kept (ParsedCache): about four 10 MiB versions.
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -182,7 +182,7 @@ class Timeline:
 class ExplorerService:
     def __init__(
         self,
-        store: Store,
+        store: ExplorerStore,
         *,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         clock: Callable[[], float] = time.time,

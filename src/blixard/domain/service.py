@@ -35,7 +35,7 @@ from blixard.domain.errors import (
 )
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.domain.parsing import check_workspace_name, parse_lock_info, parse_state, with_serial
-from blixard.store.protocol import Store
+from blixard.domain.roles import StateStore
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class LockStatus:
 
 
 class StateService:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: StateStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
 

@@ -38,6 +38,7 @@ from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
 from blixard.domain.access import Action, Actor, Role, audit_event
 from blixard.domain.errors import StorageUnavailable
+from blixard.domain.roles import RunHost
 from blixard.domain.runs import (
     EXECUTING,
     FINISHED,
@@ -53,7 +54,6 @@ from blixard.runs.logs import LiveLog, Redactor
 from blixard.runs.nodes import NodePresence
 from blixard.runs.sandbox import RunPaths, RunSandbox, SandboxUnavailable, describe_off
 from blixard.runs.workdir import UnsupportedConfig, backend_env, cli_config_text, prepare_workdir
-from blixard.store.protocol import Store
 
 log = logging.getLogger("blixard.runs")
 
@@ -80,7 +80,7 @@ class ClaimedElsewhere(Exception):
 
 class RunExecutor:
     def __init__(
-        self, store: Store, service: StateService, keyring: KeyRing, settings: Settings
+        self, store: RunHost, service: StateService, keyring: KeyRing, settings: Settings
     ) -> None:
         self.store = store
         self.service = service

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blixard.domain.errors import StorageUnavailable
-from blixard.store.protocol import Store
+from blixard.domain.roles import NodeLeases
 
 log = logging.getLogger("blixard.runs")
 
@@ -23,7 +23,7 @@ class NodePresence:
 
     def __init__(
         self,
-        store: Store,
+        store: NodeLeases,
         node_id: str,
         ttl: int,
         info: dict[str, Any],

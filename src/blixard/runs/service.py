@@ -18,13 +18,13 @@ from blixard.config import Settings
 from blixard.domain.access import Action, Actor, AuditEvent, audit_event
 from blixard.domain.errors import InvalidInput, NotFound, PermissionDenied, RunnerUnavailable
 from blixard.domain.parsing import check_workspace_name
+from blixard.domain.roles import RunHost
 from blixard.domain.runs import EXECUTING, Run, RunConflict, RunStatus, new_run_id
 from blixard.runs.archive import UnsafeArchive, extract_archive, make_archive
 from blixard.runs.binary import BinaryNotFound, resolve_binary
 from blixard.runs.executor import RunExecutor
 from blixard.runs.sandbox import SandboxUnavailable
 from blixard.runs.workdir import REFUSED_IN_UPLOADS, OutsideRoots, UnsupportedConfig, walk_config
-from blixard.store.protocol import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class RunRequest:
 
 
 class RunService:
-    def __init__(self, store: Store, executor: RunExecutor, settings: Settings) -> None:
+    def __init__(self, store: RunHost, executor: RunExecutor, settings: Settings) -> None:
         self.store = store
         self.executor = executor
         self.settings = settings

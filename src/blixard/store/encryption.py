@@ -9,17 +9,19 @@ an old key id, the engine forgets that id and the operator may drop the old key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from blixard.domain.errors import Conflict
-from blixard.store.crypto import EncryptionError
+from blixard.store.crypto import Cipher, EncryptionError
+from blixard.store.errors import StoreError
 
 #: How status and rotation reports name blobs that are not encrypted at all.
 PLAINTEXT = "plaintext"
 
 
-class EncryptionRefused(EncryptionError):
+class EncryptionRefused(EncryptionError, StoreError):
     """The store must not be served with the configured keys; the message says why and what next."""
 
 
@@ -40,6 +42,33 @@ class EncryptionStatus:
     locks: dict[str, int]
     #: Configured old keys that nothing needs any more: safe to remove from the configuration.
     removable_key_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        encrypted: bool,
+        cipher: Cipher | None,
+        in_use: Iterable[str],
+        versions: dict[str, int],
+        locks: dict[str, int],
+    ) -> EncryptionStatus:
+        """The status both engines report: what they counted, and which of the configured
+        old keys nothing needs (no canary, no version, no lock sealed with it)."""
+        sealed_with = sorted(in_use)
+        return cls(
+            encrypted=encrypted,
+            current_key_id=cipher.current_id if cipher else None,
+            configured_key_ids=cipher.key_ids if cipher else [],
+            key_ids_in_use=sealed_with,
+            versions=versions,
+            locks=locks,
+            removable_key_ids=[
+                key_id
+                for key_id in (cipher.old_key_ids if cipher else [])
+                if key_id not in sealed_with and key_id not in versions and key_id not in locks
+            ],
+        )
 
     @property
     def pending_versions(self) -> int:

@@ -35,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import orjson
 import zstandard
@@ -46,9 +46,7 @@ from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.models import Lock, VersionMeta, VersionSource
 from blixard.domain.runs import Run
 from blixard.store.codec import DeltaBase, Encoded, VersionCodec
-
-if TYPE_CHECKING:
-    from blixard.store.protocol import Store
+from blixard.store.errors import StoreError
 
 FORMAT = "blixard-snapshot"
 FORMAT_VERSION = 1
@@ -77,7 +75,7 @@ class StoreNotEmpty(SnapshotError):
     """Snapshots are imported only into an empty store."""
 
 
-class UnfinishedImport(SnapshotError):
+class UnfinishedImport(SnapshotError, StoreError):
     """The store holds a partial import (a restore or migration stopped part-way)."""
 
 
@@ -455,6 +453,26 @@ def decode_record(obj: dict[str, Any], payload: bytes | None) -> DataRecord:
     raise SnapshotCorrupt(f"unknown record type {kind!r}")
 
 
+def check_begin(
+    record: SnapshotBegin, announced: SnapshotCounts | None, imported: SnapshotCounts
+) -> SnapshotCounts:
+    """An importer's SnapshotBegin: the first record and only once; returns what it
+    announces, for check_announced at the end."""
+    if announced is not None or imported.records:
+        raise SnapshotCorrupt("the snapshot begins twice")
+    return record.counts
+
+
+def check_announced(announced: SnapshotCounts | None, imported: SnapshotCounts) -> None:
+    """At an import's end: what came in is what its SnapshotBegin announced."""
+    if announced is not None:
+        problems = imported.differences(announced)
+        if problems:
+            raise SnapshotCorrupt(
+                "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
+            )
+
+
 def check_version(record: VersionRecord) -> None:
     """The body must be exactly what the version's metadata describes."""
     meta, body = record.meta, record.body
@@ -802,7 +820,7 @@ async def records_from(reader: SnapshotReader, *, batch: int = 64) -> AsyncItera
 
 
 async def digest_store(
-    store: Store, on_record: Callable[[SnapshotRecord], None] | None = None
+    store: SnapshotStore, on_record: Callable[[SnapshotRecord], None] | None = None
 ) -> SnapshotSummary:
     """Export `store` and compute what a snapshot of it would state, writing nothing.
 
@@ -840,3 +858,36 @@ async def encode_imported(
     if base is not None and encoded.base_version == base.version:
         return encoded, DeltaBase(base.version, base.body, base.stored_size, base.deltas_since + 1)
     return encoded, base
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """Backup, restore, migrate: the whole store as a stream of records (this module)."""
+
+    def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
+        """Everything the store holds, as one consistent view, streamed (an async generator).
+
+        First a SnapshotBegin with the engine and the counts of that view, then the data
+        records in canonical order: each workspace (by name) followed by its versions (by
+        number, exact bodies), then API keys (by creation time, then id), audit events (by
+        id), runs (by id), run blobs (by run id, kind) and run logs (by run id, seq). The view
+        is one read transaction (SQLite) or one revision (etcd): writes made meanwhile are
+        not in it. Memory stays bounded whatever the store's size; stopping the iteration
+        early (aclose) releases the view.
+        """
+        ...
+
+    async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+        """Write a snapshot's records into this store, which must be empty (StoreNotEmpty).
+
+        Versions keep their numbers, times and metadata, bodies stay byte-identical (stored
+        with this store's codec and cipher), the audit trail keeps its ids and order, keys
+        their hashes, runs their documents and revisions. Writes go in batches; while an
+        import is unfinished the store refuses to serve (UnfinishedImport at open), so a
+        failure part-way never leaves a store that looks complete. Records must come in
+        export order (a workspace before its versions). Any inconsistency (a body that does
+        not match its SHA-256, a version of an unknown workspace, a head version that never
+        came, fewer or more records than the SnapshotBegin announced) raises
+        SnapshotCorrupt. For stores not serving traffic: restore and migrate run offline.
+        """
+        ...

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blixard.domain.errors import StorageUnavailable
-from blixard.store.etcd_conn import grpc_detail
+from blixard.store.etcd.conn import grpc_detail
 
 #: Calls in flight at once, each a lone request or a batch. Two made batches smaller and
 #: cost more CPU per cycle for no more cycles/s (bench/cycle.py, docs/etcd-notes.md §12).
@@ -78,14 +78,14 @@ def unavailable(exc: BaseException) -> StorageUnavailable:
 
 def put_op(key: bytes, value: bytes, *, lease: int = 0) -> Any:
     """A put for a Txn's success or failure list (etcd3aio's builder, without its checks)."""
-    from etcd3aio._protobuf import PutRequest, RequestOp
+    from blixard.store.etcd.wire import PutRequest, RequestOp
 
     return RequestOp(request_put=PutRequest(key=key, value=value, lease=lease))
 
 
 def get_op(key: bytes) -> Any:
     """A point read for a Txn's success or failure list."""
-    from etcd3aio._protobuf import RangeRequest, RequestOp
+    from blixard.store.etcd.wire import RangeRequest, RequestOp
 
     return RequestOp(request_range=RangeRequest(key=key))
 
@@ -98,24 +98,20 @@ class DirectKV:
     LOCK, GET, POST and UNLOCK. Errors are raw `grpc.aio.AioRpcError`s, which every caller
     maps (`unavailable`, `_refused`)."""
 
-    __slots__ = ("_service",)
+    __slots__ = ("_range", "_service", "_txn")
 
     def __init__(self, service: Any) -> None:
+        from blixard.store.etcd.wire import stub_range, stub_txn
+
         self._service = service
+        self._txn = stub_txn
+        self._range = stub_range
 
     def txn(self, request: Any, timeout: float) -> Awaitable[Any]:
-        service = self._service
-        call: Awaitable[Any] = service._stub.Txn(
-            request, metadata=service._metadata or None, timeout=timeout
-        )
-        return call
+        return self._txn(self._service, request, timeout)
 
     def range(self, request: Any, timeout: float) -> Awaitable[Any]:
-        service = self._service
-        call: Awaitable[Any] = service._stub.Range(
-            request, metadata=service._metadata or None, timeout=timeout
-        )
-        return call
+        return self._range(self._service, request, timeout)
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -272,7 +268,7 @@ class TxnBatcher:
         self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]
     ) -> Any:
         """What a Txn of (compare, success, failure) answers, possibly as part of a batch."""
-        from etcd3aio._protobuf import RequestOp, TxnRequest
+        from blixard.store.etcd.wire import RequestOp, TxnRequest
 
         kv = self._kv
         request = TxnRequest(compare=compare, success=success, failure=failure)
@@ -295,7 +291,7 @@ class TxnBatcher:
 
     async def get(self, key: bytes) -> Any:
         """What a linearizable point read of `key` answers, possibly batched."""
-        from etcd3aio._protobuf import RangeRequest
+        from blixard.store.etcd.wire import RangeRequest
 
         kv = self._kv
         request = RangeRequest(key=key)
@@ -403,7 +399,7 @@ class TxnBatcher:
             else:
                 self.batches += 1
                 self.batched += len(waiters)
-                from etcd3aio._protobuf import TxnRequest
+                from blixard.store.etcd.wire import TxnRequest
 
                 request = TxnRequest(success=[op for w in waiters for op in w.ops])
                 answers = self._split(waiters, await self._kv.txn(request, timeout))
@@ -432,7 +428,7 @@ class TxnBatcher:
     @staticmethod
     def _split(waiters: list[_Waiter], resp: Any) -> list[Any]:
         """Each caller's answer from a batch's, shaped as its lone call's would be."""
-        from etcd3aio._protobuf import TxnResponse
+        from blixard.store.etcd.wire import TxnResponse
 
         answers: list[Any] = []
         header, responses, i = resp.header, resp.responses, 0

@@ -161,19 +161,8 @@ def status(conn: sqlite3.Connection, cipher: Cipher | None) -> EncryptionStatus:
     encrypted, canaries = _meta(conn)
     versions = _versions_by_key(conn)
     locks = _locks_by_key(conn)
-    old = cipher.old_key_ids if cipher else []
-    return EncryptionStatus(
-        encrypted=encrypted,
-        current_key_id=cipher.current_id if cipher else None,
-        configured_key_ids=cipher.key_ids if cipher else [],
-        key_ids_in_use=sorted(canaries),
-        versions=versions,
-        locks=locks,
-        removable_key_ids=[
-            key_id
-            for key_id in old
-            if key_id not in canaries and key_id not in versions and key_id not in locks
-        ],
+    return EncryptionStatus.of(
+        encrypted=encrypted, cipher=cipher, in_use=canaries, versions=versions, locks=locks
     )
 
 

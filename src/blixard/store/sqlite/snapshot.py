@@ -48,19 +48,24 @@ from blixard.store.snapshot import (
     UnfinishedImport,
     VersionRecord,
     WorkspaceRecord,
+    check_announced,
+    check_begin,
     check_version,
     encode_imported,
 )
-from blixard.store.sqlite_rows import (
+from blixard.store.sqlite.rows import (
     INSERT_KEY,
     INSERT_VERSION,
     KEY_COLUMNS,
+    VERSION_COLUMN_COUNT,
+    VERSION_COLUMNS,
+    api_key_from_row,
     key_row,
     version_row,
 )
 
 if TYPE_CHECKING:
-    from blixard.store.sqlite import SQLiteStore
+    from blixard.store.sqlite.door import SQLiteDoor
 
 #: The `meta` row present while an import is unfinished.
 IMPORT_MARKER = "import:unfinished"
@@ -101,14 +106,8 @@ def _counts(conn: sqlite3.Connection) -> SnapshotCounts:
     return SnapshotCounts(*row)
 
 
-def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
+def _records(store: SQLiteDoor, conn: sqlite3.Connection) -> Iterator[SnapshotRecord]:
     """Every record, in canonical order, from `conn`'s read transaction."""
-    from blixard.store.sqlite import (
-        _VERSION_COLUMN_COUNT,
-        _VERSION_COLUMNS,
-        _api_key,
-    )
-
     yield SnapshotBegin(store.engine, _counts(conn))
     workspaces = conn.execute(
         "SELECT id, name, created_at, updated_at, deleted_at, head_version, lock_id, lock_info, "
@@ -128,18 +127,18 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
     ) in workspaces:
         lock = None
         if lock_id is not None:
-            info = orjson.loads(store._open_lock(name, lock_info))
+            info = orjson.loads(store.open_lock(name, lock_info))
             lock = Lock(lock_id, info, locked_at, owner)
         yield WorkspaceRecord(name, created, updated, deleted, head, lock)
         last_full: tuple[int, bytes] | None = None
         rows = conn.execute(
-            f"SELECT {_VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
+            f"SELECT {VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
             "WHERE v.workspace_id = ? ORDER BY v.version",
             (ws_id,),
         )
         for row in rows:
-            meta = store._version_meta(name, row[:_VERSION_COLUMN_COUNT])
-            encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
+            meta = store.version_meta(name, row[:VERSION_COLUMN_COUNT])
+            encoded = Encoded(*row[VERSION_COLUMN_COUNT:])
             base_body = None
             if encoded.base_version is not None:
                 if last_full is not None and last_full[0] == encoded.base_version:
@@ -165,22 +164,22 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
                 last_full = (meta.version, body)
             yield VersionRecord(meta, body)
     for row in conn.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"):
-        yield KeyRecord(_api_key(row))
+        yield KeyRecord(api_key_from_row(row))
     for row in conn.execute(
         "SELECT at, action, outcome, key_name, role, source, workspace, version, lock_id, "
         "status, detail, id FROM audit ORDER BY id"
     ):
         yield AuditRecord(AuditEvent(*row))
     for row in conn.execute("SELECT id, revision, document FROM runs ORDER BY id"):
-        yield RunRecord(store._run_from_row(row))
+        yield RunRecord(store.run_from_row(row))
     for run_id, kind, data in conn.execute(
         "SELECT run_id, kind, data FROM run_blobs ORDER BY run_id, kind"
     ):
-        yield RunBlobRecord(run_id, kind, store._open_run(run_id, kind, data))
+        yield RunBlobRecord(run_id, kind, store.open_run(run_id, kind, data))
     for run_id, seq, data in conn.execute(
         "SELECT run_id, seq, data FROM run_logs ORDER BY run_id, seq"
     ):
-        yield RunLogRecord(run_id, seq, store._open_run(run_id, f"log{seq}", data))
+        yield RunLogRecord(run_id, seq, store.open_run(run_id, f"log{seq}", data))
 
 
 def _weight(record: SnapshotRecord) -> int:
@@ -194,9 +193,8 @@ def _weight(record: SnapshotRecord) -> int:
 _Handoff = list[SnapshotRecord] | BaseException | None
 
 
-def _produce(store: SQLiteStore, handoff: queue.Queue[_Handoff], stop: threading.Event) -> None:
+def _produce(store: SQLiteDoor, handoff: queue.Queue[_Handoff], stop: threading.Event) -> None:
     """The export thread: one connection, one read transaction, records in batches."""
-    from blixard.store.sqlite import _connect
 
     def put(item: _Handoff) -> bool:
         while not stop.is_set():
@@ -209,8 +207,7 @@ def _produce(store: SQLiteStore, handoff: queue.Queue[_Handoff], stop: threading
 
     conn: sqlite3.Connection | None = None
     try:
-        conn = _connect(store.path)
-        conn.execute("PRAGMA query_only=1")
+        conn = store.open_read_connection()
         conn.execute("BEGIN")  # deferred: the first SELECT fixes the view for the whole export
         batch: list[SnapshotRecord] = []
         weight = 0
@@ -244,15 +241,15 @@ def _take(handoff: queue.Queue[_Handoff], stop: threading.Event) -> _Handoff:
     return None
 
 
-async def export(store: SQLiteStore) -> AsyncGenerator[SnapshotRecord, None]:
-    if store._executor is None:
+async def export(store: SQLiteDoor) -> AsyncGenerator[SnapshotRecord, None]:
+    if not store.is_open:
         raise StorageUnavailable("The store is not open.")
     handoff: queue.Queue[_Handoff] = queue.Queue(maxsize=_EXPORT_QUEUE)
     stop = threading.Event()
     thread = threading.Thread(
         target=_produce, args=(store, handoff, stop), name="blixard-sqlite-export", daemon=True
     )
-    store._exports.add(stop)
+    store.exports.add(stop)
     thread.start()
     try:
         while True:
@@ -267,7 +264,7 @@ async def export(store: SQLiteStore) -> AsyncGenerator[SnapshotRecord, None]:
                 yield record
     finally:
         stop.set()
-        store._exports.discard(stop)
+        store.exports.discard(stop)
         await asyncio.to_thread(thread.join)
 
 
@@ -320,7 +317,7 @@ class _Current:
 
 
 class _Importer:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteDoor) -> None:
         self.store = store
         self.report = ImportReport()
         self._names: set[str] = set()
@@ -356,7 +353,7 @@ class _Importer:
                 (IMPORT_MARKER, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()),
             )
 
-        await self.store._write(operation)
+        await self.store.execute_write_fn(operation)
 
     def _add_row(self, table: str, row: tuple[Any, ...], size: int = 0) -> None:
         self._rows[table].append(row)
@@ -365,9 +362,7 @@ class _Importer:
 
     async def add(self, record: SnapshotRecord) -> None:
         if isinstance(record, SnapshotBegin):
-            if self._announced is not None or self.report.counts.records:
-                raise SnapshotCorrupt("the snapshot begins twice")
-            self._announced = record.counts
+            self._announced = check_begin(record, self._announced, self.report.counts)
             return
         if isinstance(record, VersionRecord):
             await self._version(record)
@@ -403,7 +398,7 @@ class _Importer:
         elif isinstance(record, RunRecord):
             run = record.run
             self._run_ids.add(run.id)
-            document = self.store._seal_run(run.id, "document", orjson.dumps(run.to_document()))
+            document = self.store.seal_run(run.id, "document", orjson.dumps(run.to_document()))
             self._add_row(
                 "runs",
                 (run.id, run.workspace, run.status.value, run.revision, run.created_at, document),
@@ -411,11 +406,11 @@ class _Importer:
             )
         elif isinstance(record, RunBlobRecord):
             self._known_run(record.run_id)
-            sealed = self.store._seal_run(record.run_id, record.kind, record.data)
+            sealed = self.store.seal_run(record.run_id, record.kind, record.data)
             self._add_row("run_blobs", (record.run_id, record.kind, sealed), len(sealed))
         elif isinstance(record, RunLogRecord):
             self._known_run(record.run_id)
-            sealed = self.store._seal_run(record.run_id, f"log{record.seq}", record.data)
+            sealed = self.store.seal_run(record.run_id, f"log{record.seq}", record.data)
             self._add_row("run_logs", (record.run_id, record.seq, sealed), len(sealed))
         else:  # pragma: no cover - the union is exhaustive
             raise SnapshotCorrupt(f"unexpected record {type(record).__name__}")
@@ -434,7 +429,7 @@ class _Importer:
         self._names.add(record.name)
         ws_id = len(self._names)
         lock = record.lock
-        lock_info = self.store._seal_lock(record.name, orjson.dumps(lock.info)) if lock else None
+        lock_info = self.store.seal_lock(record.name, orjson.dumps(lock.info)) if lock else None
         self._add_row(
             "workspaces",
             (
@@ -489,7 +484,7 @@ class _Importer:
         self._add_row(
             "versions",
             version_row(
-                current.id, meta, encoded, self.store._seal_who(meta.workspace, meta.lock_who)
+                current.id, meta, encoded, self.store.seal_who(meta.workspace, meta.lock_who)
             ),
             len(encoded.blob),
         )
@@ -509,7 +504,7 @@ class _Importer:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             await inflight
-        future = self.store._write(operation)
+        future = self.store.execute_write_fn(operation)
         if final:
             await future
         else:
@@ -517,12 +512,7 @@ class _Importer:
 
     async def finish(self) -> None:
         self._end_workspace()
-        if self._announced is not None:
-            problems = self.report.counts.differences(self._announced)
-            if problems:
-                raise SnapshotCorrupt(
-                    "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
-                )
+        check_announced(self._announced, self.report.counts)
         await self._flush(final=True)
 
     async def abandon(self) -> None:
@@ -533,9 +523,7 @@ class _Importer:
             self._inflight = None
 
 
-async def import_records(
-    store: SQLiteStore, records: AsyncIterator[SnapshotRecord]
-) -> ImportReport:
+async def import_records(store: SQLiteDoor, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
     started = time.monotonic()
     importer = _Importer(store)
     await importer.begin()
@@ -551,10 +539,7 @@ async def import_records(
         raise
     finally:
         # The in-memory index follows the file, whatever made it into it.
-        store._workspaces.clear()
-        store._ids.clear()
-        store._base_info.clear()
         with contextlib.suppress(StorageUnavailable):
-            await store._read(store._load_index)
+            await store.reload_index()
     importer.report.seconds = time.monotonic() - started
     return importer.report

@@ -1,5 +1,5 @@
 """Encryption status and online rotation on the etcd engine, with the SQLite engine's semantics
-(sqlite_encryption.py, encryption.py).
+(sqlite/encryption.py, ../encryption.py).
 
 What is sealed, and where (docs/etcd-notes.md §12):
 
@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -45,8 +45,23 @@ from blixard.store.encryption import (
     EncryptionStatus,
     RotationProgress,
 )
-from blixard.store.etcd import EtcdStore, _b64, _prefix_end, _unb64
-from blixard.store.etcd_batch import get_op, put_op
+from blixard.store.etcd import keyspace
+from blixard.store.etcd.batch import get_op, put_op
+from blixard.store.etcd.keyspace import (
+    BLOBS,
+    CHUNKS,
+    META_ENCRYPTION,
+    RUN_BLOBS,
+    RUN_LOGS,
+    RUNS,
+    WORKSPACES,
+    b64,
+    prefix_end,
+    unb64,
+)
+
+if TYPE_CHECKING:
+    from blixard.store.etcd.door import EtcdDoor
 
 #: Old chunks of a re-sealed value live this long after the swap (for readers in flight).
 RETIRED_CHUNKS_TTL = 30
@@ -64,7 +79,7 @@ _MEMORY_LIMIT = 250_000
 
 #: "No sealed payload here" (a workspace record without a lock).
 _NONE = ""
-_CANARIES = "meta/encryption"
+_CANARIES = META_ENCRYPTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +110,12 @@ def _run_log_aad(rest: bytes) -> bytes:
     return run_aad(run_id, f"log{int(seq)}")
 
 
-VERSIONS = _Family("ver/", "pointer", lambda rest: state_aad(_name(rest)), "blob/")
-LOCKS = _Family("ws/", "lock", lambda rest: lock_aad(rest.decode()))
+VERSIONS = _Family(keyspace.VERSIONS, "pointer", lambda rest: state_aad(_name(rest)), BLOBS)
+LOCKS = _Family(WORKSPACES, "lock", lambda rest: lock_aad(rest.decode()))
 RUN_DATA = (
-    _Family("runs/", "raw", lambda rest: run_aad(rest.decode(), "document")),
-    _Family("runblob/", "pointer", _run_file_aad, "chunks/runblob/"),
-    _Family("runlog/", "raw", _run_log_aad),
+    _Family(RUNS, "raw", lambda rest: run_aad(rest.decode(), "document")),
+    _Family(RUN_BLOBS, "pointer", _run_file_aad, CHUNKS + RUN_BLOBS),
+    _Family(RUN_LOGS, "raw", _run_log_aad),
 )
 
 
@@ -127,7 +142,7 @@ class _Resealed:
 class EtcdEncryption:
     """Status and rotation for one EtcdStore (which owns the connection and the cipher)."""
 
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: EtcdDoor) -> None:
         self.store = store
         self._seen: dict[bytes, tuple[int, str | None]] = {}
 
@@ -151,13 +166,13 @@ class EtcdEncryption:
             return raw
         doc = orjson.loads(raw)
         if family.shape == "lock":
-            return _unb64(doc["lock"]["info"]) if doc["lock"] else None
+            return unb64(doc["lock"]["info"]) if doc["lock"] else None
         if "inline" in doc:
-            return _unb64(doc["inline"])
-        at = store._k(doc["chunks_at"])
+            return unb64(doc["inline"])
+        at = store.keys.key(doc["chunks_at"])
         if whole:
-            return await store._read_chunks(at, doc["chunks"])
-        first = await store._range(at, _prefix_end(at), limit=1)
+            return await store.read_chunks(at, doc["chunks"])
+        first = await store.read_range(at, prefix_end(at), limit=1)
         return bytes(first.kvs[0].value) if first.kvs else b""
 
     async def _key_id(self, family: _Family, raw: bytes) -> str | None:
@@ -169,7 +184,7 @@ class EtcdEncryption:
         store = self.store
         found: list[_Value] = []
         for i in range(0, len(keys), _VALUES_PER_READ):
-            resp = await store._txn([], [get_op(key) for key in keys[i : i + _VALUES_PER_READ]], [])
+            resp = await store.txn([], [get_op(key) for key in keys[i : i + _VALUES_PER_READ]], [])
             for response in resp.responses:
                 for kv in response.response_range.kvs:
                     found.append(_Value(bytes(kv.key), int(kv.mod_revision), bytes(kv.value)))
@@ -181,11 +196,11 @@ class EtcdEncryption:
         """(key id, value) of every value of a family, ascending. A value is fetched (a few
         at a time) when its key id is not known at its revision or `fetch_if(key id)`."""
         store = self.store
-        start = store._k(family.prefix)
-        end = _prefix_end(start)
+        start = store.keys.key(family.prefix)
+        end = prefix_end(start)
         while True:
-            page = await store._call(
-                store._kv.get(start, end, limit=_KEYS_PAGE, keys_only=True, timeout=store.timeout)
+            page = await store.call(
+                store.kv.get(start, end, limit=_KEYS_PAGE, keys_only=True, timeout=store.timeout)
             )
             wanted: list[bytes] = []
             last = len(page.kvs) - 1
@@ -214,7 +229,7 @@ class EtcdEncryption:
         return counts
 
     async def _canaries(self) -> tuple[Any | None, dict[str, str]]:
-        kv = await self.store._get(self.store._k(_CANARIES))
+        kv = await self.store.get_kv(self.store.keys.key(_CANARIES))
         return kv, (orjson.loads(kv.value)["canaries"] if kv is not None else {})
 
     # -- status ----------------------------------------------------------------------------
@@ -224,19 +239,8 @@ class EtcdEncryption:
         _, canaries = await self._canaries()
         versions = dict(await self._count(VERSIONS))
         locks = dict(await self._count(LOCKS))
-        old = cipher.old_key_ids if cipher else []
-        return EncryptionStatus(
-            encrypted=bool(canaries),
-            current_key_id=cipher.current_id if cipher else None,
-            configured_key_ids=cipher.key_ids if cipher else [],
-            key_ids_in_use=sorted(canaries),
-            versions=versions,
-            locks=locks,
-            removable_key_ids=[
-                key_id
-                for key_id in old
-                if key_id not in canaries and key_id not in versions and key_id not in locks
-            ],
+        return EncryptionStatus.of(
+            encrypted=bool(canaries), cipher=cipher, in_use=canaries, versions=versions, locks=locks
         )
 
     # -- rotation --------------------------------------------------------------------------
@@ -345,7 +349,7 @@ class EtcdEncryption:
 
     async def _resealed(self, cipher: Cipher, family: _Family, value: _Value) -> _Resealed | None:
         store = self.store
-        rest = value.key[len(store._k(family.prefix)) :]
+        rest = value.key[len(store.keys.key(family.prefix)) :]
         aad = family.aad(rest)
         if family.shape == "raw":
             return _Resealed(value, cipher.reseal(value.raw, aad))
@@ -353,8 +357,8 @@ class EtcdEncryption:
         if family.shape == "lock":
             if not doc["lock"]:
                 return None
-            info = cipher.reseal(_unb64(doc["lock"]["info"]), aad)
-            doc["lock"]["info"] = _b64(info)
+            info = cipher.reseal(unb64(doc["lock"]["info"]), aad)
+            doc["lock"]["info"] = b64(info)
             return _Resealed(value, orjson.dumps(doc))
         blob = await self._blob(family, value.raw, whole=True)
         assert blob is not None
@@ -362,27 +366,28 @@ class EtcdEncryption:
         who = doc.get("meta", {}).get("lock_who") if family is VERSIONS else None
         if who is not None:
             # A version's lock holder is sealed with its blob's key and moves with it.
-            doc["meta"]["lock_who"] = _b64(cipher.reseal(_unb64(who), lock_aad(_name(rest))))
+            doc["meta"]["lock_who"] = b64(cipher.reseal(unb64(who), lock_aad(_name(rest))))
         if "stored" in doc:
             doc["stored"] = len(sealed)
         if "inline" in doc:
-            doc["inline"] = _b64(sealed)
+            doc["inline"] = b64(sealed)
             return _Resealed(value, orjson.dumps(doc))
-        old_at = store._k(doc["chunks_at"])
+        old_at = store.keys.key(doc["chunks_at"])
         old_chunks = [old_at + f"{i:05d}".encode() for i in range(doc["chunks"])]
-        new_at = store._k(family.chunks_under) + rest + b"/" + secrets.token_hex(8).encode() + b"/"
-        lease, publish = await store._upload_chunks(new_at, sealed)
-        doc["chunks_at"] = new_at[len(store._p) :].decode()
-        doc["chunks"] = len(publish)
+        new_at = (
+            store.keys.key(family.chunks_under) + rest + b"/" + secrets.token_hex(8).encode() + b"/"
+        )
+        lease, publish = await store.upload_chunks(new_at, sealed)
+        doc.update(store.keys.chunked(new_at, len(publish)))
         return _Resealed(value, orjson.dumps(doc), lease, publish, old_chunks)
 
     async def _put_inline(self, cipher: Cipher, items: list[_Resealed]) -> tuple[int, list[_Value]]:
         """Put re-sealed values, each in a nested Txn compared on its mod_revision, in
         requests of ≤ _ITEMS_PER_TXN values and ~_BYTES_PER_TXN: (put, lost their compare)."""
-        from etcd3aio._protobuf import RequestOp, TxnRequest
+        from blixard.store.etcd.wire import RequestOp, TxnRequest
 
         store = self.store
-        kv = store._kv
+        kv = store.kv
         rotated = 0
         lost: list[_Value] = []
         start = 0
@@ -398,13 +403,15 @@ class EtcdEncryption:
             ops = [
                 RequestOp(
                     request_txn=TxnRequest(
-                        compare=[store._cmp_mod(item.value.key, item.value.mod_revision)],
+                        compare=[
+                            store.compare_mod_revision(item.value.key, item.value.mod_revision)
+                        ],
                         success=[kv.txn_op_put(item.value.key, item.new_raw)],
                     )
                 )
                 for item in group
             ]
-            resp = await store._txn([], ops, [])
+            resp = await store.txn([], ops, [])
             revision = int(resp.header.revision)
             for item, response in zip(group, resp.responses, strict=True):
                 if response.response_txn.succeeded:
@@ -417,39 +424,39 @@ class EtcdEncryption:
     async def _put_chunked(self, cipher: Cipher, item: _Resealed) -> bool:
         """Publish a chunked value's new chunks and pointer in one Txn compared on the
         pointer's mod_revision; the old chunks go to a short lease."""
-        from etcd3aio._protobuf import PutRequest, RequestOp
+        from blixard.store.etcd.wire import PutRequest, RequestOp
 
         store = self.store
         assert item.publish is not None and item.old_chunks is not None
         try:
-            grant = await store._call(
-                store._client.lease.grant(RETIRED_CHUNKS_TTL, timeout=store.timeout)
+            grant = await store.call(
+                store.client.lease.grant(RETIRED_CHUNKS_TTL, timeout=store.timeout)
             )
             retire = [
                 RequestOp(request_put=PutRequest(key=key, ignore_value=True, lease=int(grant.ID)))
                 for key in item.old_chunks
             ]
-            resp = await store._txn(
-                [store._cmp_mod(item.value.key, item.value.mod_revision)],
+            resp = await store.txn(
+                [store.compare_mod_revision(item.value.key, item.value.mod_revision)],
                 [
                     put_op(item.value.key, item.new_raw),
-                    *store._nest([*item.publish, *retire]),
+                    *store.nest([*item.publish, *retire]),
                 ],
                 [],
             )
             if not resp.succeeded:
-                await store._revoke(int(grant.ID))
+                await store.revoke_lease(int(grant.ID))
                 return False
             self._remember(item.value.key, int(resp.header.revision), cipher.current_id)
             return True
         finally:
             # Published chunks no longer hold the upload lease; unpublished ones go with it.
-            await store._revoke(item.upload_lease)
+            await store.revoke_lease(item.upload_lease)
 
     async def _retire(self, cipher: Cipher) -> list[str]:
         """Forget the canaries of old key ids (a full pass just found nothing they seal)."""
         store = self.store
-        key = store._k(_CANARIES)
+        key = store.keys.key(_CANARIES)
         while True:
             kv, canaries = await self._canaries()
             old = sorted(key_id for key_id in canaries if key_id != cipher.current_id)
@@ -457,9 +464,9 @@ class EtcdEncryption:
                 return []
             keep = {k: v for k, v in canaries.items() if k == cipher.current_id}
             if cipher.current_id not in keep:
-                keep[cipher.current_id] = _b64(cipher.canary())
-            resp = await store._txn(
-                [store._cmp_mod(key, int(kv.mod_revision))],
+                keep[cipher.current_id] = b64(cipher.canary())
+            resp = await store.txn(
+                [store.compare_mod_revision(key, int(kv.mod_revision))],
                 [put_op(key, orjson.dumps({"canaries": keep}))],
                 [],
             )

@@ -31,17 +31,30 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from blixard.datadir import private_file
-from blixard.domain.access import ApiKey, AuditEvent, Role
+from blixard.domain.access import ApiKey, AuditEvent
 from blixard.domain.errors import StorageUnavailable
-from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import OPEN, Run
-from blixard.store import resource_index, sqlite_encryption, sqlite_snapshot
+from blixard.store import resource_index
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
+from blixard.store.errors import StoreCannotConnect, StoreCorrupt, StoreInUse
 from blixard.store.resource_index import HeadIndex, IndexDoc, ReindexStatus
 from blixard.store.snapshot import ImportReport, SnapshotRecord
-from blixard.store.sqlite_rows import INSERT_KEY, INSERT_VERSION, KEY_COLUMNS, key_row, version_row
+from blixard.store.sqlite import encryption as sqlite_encryption
+from blixard.store.sqlite import snapshot as sqlite_snapshot
+from blixard.store.sqlite.rows import (
+    INSERT_KEY,
+    INSERT_VERSION,
+    KEY_COLUMNS,
+    VERSION_COLUMN_COUNT,
+    VERSION_COLUMNS,
+    api_key_from_row,
+    key_row,
+    version_meta_from_row,
+    version_row,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -195,18 +208,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
 ]
 
 _OPEN_STATUSES = frozenset(status.value for status in OPEN)
-_VERSION_COLUMNS = (
-    "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
-    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by, "
-    "v.lock_who"
-)
-_VERSION_COLUMN_COUNT = 14
-
 log = logging.getLogger("blixard.store.sqlite")
-
-
-class StoreInUse(RuntimeError):
-    """Another process already serves this database file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +438,8 @@ class _Writer(threading.Thread):
 
 class SQLiteStore:
     engine = "sqlite"
+    #: Read threads of a server; an offline tool opens with one.
+    DEFAULT_READERS = 4
 
     def __init__(
         self,
@@ -443,7 +447,7 @@ class SQLiteStore:
         *,
         codec: VersionCodec | None = None,
         cache_bytes: int = 256 * 1024 * 1024,
-        readers: int = 4,
+        readers: int = DEFAULT_READERS,
         cipher: Cipher | None = None,
         adopt_plaintext: bool = False,
     ) -> None:
@@ -471,7 +475,7 @@ class SQLiteStore:
         self._checkpointer: _Checkpointer | None = None
         self._flock_fd: int | None = None
         #: Stop signals of the exports in progress (see sqlite_snapshot).
-        self._exports: set[threading.Event] = set()
+        self.exports: set[threading.Event] = set()
         #: Node leases by id (see grant_node_lease).
         self._node_leases: dict[int, _NodeLease] = {}
         self._lease_ids = itertools.count(1)
@@ -485,8 +489,13 @@ class SQLiteStore:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._take_file_lock()
+        """Raises a StoreError subclass when the file cannot be used (in use by another
+        process, unreadable, not a database, the wrong keys, an unfinished import)."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._take_file_lock()
+        except OSError as exc:
+            raise StoreCannotConnect(str(exc)) from exc
         try:
             self._executor = ThreadPoolExecutor(
                 self._readers, thread_name_prefix="blixard-sqlite-read"
@@ -498,8 +507,12 @@ class SQLiteStore:
             await self._writer.submit(lambda conn: sqlite_snapshot.check_at_open(conn, self.path))
             await self._read(self._load_index)
             await self._read(self._load_resource_heads)
-        except BaseException:
+        except BaseException as exc:
             await self.close()  # e.g. the wrong key: release the file for the next attempt
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreCorrupt(f"{self.path}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StoreCannotConnect(str(exc)) from exc
             raise
         self._checkpointer = _Checkpointer(self.path, interval=1.0)
         self._checkpointer.start()
@@ -510,7 +523,7 @@ class SQLiteStore:
             self._reindexer.cancel()
             await asyncio.gather(self._reindexer, return_exceptions=True)
             self._reindexer = None
-        for stop in list(self._exports):
+        for stop in list(self.exports):
             stop.set()  # an export's thread lets go of its read transaction
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
@@ -588,13 +601,40 @@ class SQLiteStore:
             raise StorageUnavailable("The store is not open.")
         return self._writer.submit(operation, on_commit)
 
+    # -- the public door for this package's helpers (door.py's SQLiteDoor, documented there)
+
+    async def execute_fn(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._read(function)
+
+    def execute_write_fn(
+        self,
+        function: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        return self._write(function, on_commit)
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    def open_read_connection(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        conn.execute("PRAGMA query_only=1")
+        return conn
+
+    async def reload_index(self) -> None:
+        self._workspaces.clear()
+        self._ids.clear()
+        self._base_info.clear()
+        await self._read(self._load_index)
+
     # -- index ---------------------------------------------------------------------------
 
     def _load_index(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute(
             "SELECT w.id, w.name, w.revision, w.created_at, w.updated_at, w.deleted_at, "
             "w.lock_id, w.lock_info, w.locked_at, w.base_version, w.base_stored_size, "
-            f"w.deltas_since_base, b.size, w.lock_owner, {_VERSION_COLUMNS} FROM workspaces w "
+            f"w.deltas_since_base, b.size, w.lock_owner, {VERSION_COLUMNS} FROM workspaces w "
             "LEFT JOIN versions v ON v.workspace_id = w.id AND v.version = w.head_version "
             "LEFT JOIN versions b ON b.workspace_id = w.id AND b.version = w.base_version"
         ).fetchall()
@@ -602,10 +642,10 @@ class SQLiteStore:
             ws_id, name, revision, created, updated, deleted = row[:6]
             lock_id, lock_info, locked_at = row[6:9]
             base_version, base_stored_size, deltas_since, base_body_size, owner = row[9:14]
-            head = self._version_meta(name, row[14:]) if row[14] is not None else None
-            assert len(row) == 14 + _VERSION_COLUMN_COUNT
+            head = self.version_meta(name, row[14:]) if row[14] is not None else None
+            assert len(row) == 14 + VERSION_COLUMN_COUNT
             lock = (
-                Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at, owner)
+                Lock(lock_id, orjson.loads(self.open_lock(name, lock_info)), locked_at, owner)
                 if lock_id is not None
                 else None
             )
@@ -680,11 +720,11 @@ class SQLiteStore:
 
         def query(conn: sqlite3.Connection) -> list[VersionMeta]:
             rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.workspace_id = ? "
+                f"SELECT {VERSION_COLUMNS} FROM versions v WHERE v.workspace_id = ? "
                 "AND v.version < ? ORDER BY v.version DESC LIMIT ?",
                 (ws_id, before if before is not None else 2**62, limit),
             ).fetchall()
-            return [self._version_meta(name, row) for row in rows]
+            return [self.version_meta(name, row) for row in rows]
 
         return await self._read(query)
 
@@ -712,14 +752,14 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, name: str, ws_id: int, version: int
     ) -> tuple[VersionMeta, bytes] | None:
         row = conn.execute(
-            f"SELECT {_VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
+            f"SELECT {VERSION_COLUMNS}, v.encoding, v.base_version, v.blob FROM versions v "
             "WHERE v.workspace_id = ? AND v.version = ?",
             (ws_id, version),
         ).fetchone()
         if row is None:
             return None
-        meta = self._version_meta(name, row[:_VERSION_COLUMN_COUNT])
-        encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
+        meta = self.version_meta(name, row[:VERSION_COLUMN_COUNT])
+        encoded = Encoded(*row[VERSION_COLUMN_COUNT:])
         base_body = None
         if encoded.base_version is not None:
             base_body = self._bases.get(name, encoded.base_version)
@@ -766,7 +806,7 @@ class SQLiteStore:
     ) -> Workspace | None:
         if self._stale(name, expect_revision):
             return None
-        lock_json = self._seal_lock(name, orjson.dumps(lock.info)) if lock else None
+        lock_json = self.seal_lock(name, orjson.dumps(lock.info)) if lock else None
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int] | None:
             values = (
@@ -860,7 +900,7 @@ class SQLiteStore:
         else:
             encoded = self.codec.encode(name, body, base)
         now = version.created_at
-        lock_who = self._seal_who(name, version.lock_who)
+        lock_who = self.seal_who(name, version.lock_who)
         known = self._workspaces.get(name)
         expected_number = known.head.version + 1 if known and known.head else 1
         reusable = self.resource_index.reusable(name)
@@ -960,7 +1000,7 @@ class SQLiteStore:
             rows = conn.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY name, created_at"
             ).fetchall()
-            return [_api_key(row) for row in rows]
+            return [api_key_from_row(row) for row in rows]
 
         return await self._read(query)
 
@@ -976,7 +1016,7 @@ class SQLiteStore:
                 return None
             conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (at, row[0]))
             _insert_audit(conn, audit)
-            return replace(_api_key(row), revoked_at=at)
+            return replace(api_key_from_row(row), revoked_at=at)
 
         return await self._write(operation)
 
@@ -1033,20 +1073,20 @@ class SQLiteStore:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def _seal_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+    def seal_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.seal(payload, run_aad(run_id, kind))
 
-    def _open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
+    def open_run(self, run_id: str, kind: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.open(payload, run_aad(run_id, kind))
 
-    def _run_from_row(self, row: tuple[Any, ...]) -> Run:
+    def run_from_row(self, row: tuple[Any, ...]) -> Run:
         run_id, revision, document = row
-        run = Run.from_document(orjson.loads(self._open_run(run_id, "document", document)))
+        run = Run.from_document(orjson.loads(self.open_run(run_id, "document", document)))
         return replace(run, revision=revision)
 
     async def create_run(self, run: Run) -> Run:
         stored = replace(run, revision=1)
-        document = self._seal_run(run.id, "document", orjson.dumps(stored.to_document()))
+        document = self.seal_run(run.id, "document", orjson.dumps(stored.to_document()))
 
         def operation(conn: sqlite3.Connection) -> Run:
             conn.execute(
@@ -1062,7 +1102,7 @@ class SQLiteStore:
         self, run: Run, *, expect_revision: int, audit: AuditEvent | None = None
     ) -> Run | None:
         stored = replace(run, revision=expect_revision + 1)
-        document = self._seal_run(run.id, "document", orjson.dumps(stored.to_document()))
+        document = self.seal_run(run.id, "document", orjson.dumps(stored.to_document()))
 
         def operation(conn: sqlite3.Connection) -> Run | None:
             cursor = conn.execute(
@@ -1082,7 +1122,7 @@ class SQLiteStore:
             row = conn.execute(
                 "SELECT id, revision, document FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
-            return self._run_from_row(row) if row else None
+            return self.run_from_row(row) if row else None
 
         return await self._read(query)
 
@@ -1116,12 +1156,12 @@ class SQLiteStore:
                 f"SELECT id, revision, document FROM runs{where} ORDER BY id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
-            return [self._run_from_row(row) for row in rows]
+            return [self.run_from_row(row) for row in rows]
 
         return await self._read(query)
 
     async def put_run_blob(self, run_id: str, kind: str, data: bytes) -> None:
-        sealed = self._seal_run(run_id, kind, data)
+        sealed = self.seal_run(run_id, kind, data)
 
         def operation(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -1137,7 +1177,7 @@ class SQLiteStore:
             row = conn.execute(
                 "SELECT data FROM run_blobs WHERE run_id = ? AND kind = ?", (run_id, kind)
             ).fetchone()
-            return self._open_run(run_id, kind, row[0]) if row else None
+            return self.open_run(run_id, kind, row[0]) if row else None
 
         return await self._read(query)
 
@@ -1148,7 +1188,7 @@ class SQLiteStore:
             ).fetchone()
             conn.execute(
                 "INSERT INTO run_logs(run_id, seq, data) VALUES (?, ?, ?)",
-                (run_id, seq, self._seal_run(run_id, f"log{seq}", chunk)),
+                (run_id, seq, self.seal_run(run_id, f"log{seq}", chunk)),
             )
 
         await self._write(operation)
@@ -1158,7 +1198,7 @@ class SQLiteStore:
             rows = conn.execute(
                 "SELECT seq, data FROM run_logs WHERE run_id = ? ORDER BY seq", (run_id,)
             ).fetchall()
-            return b"".join(self._open_run(run_id, f"log{seq}", data) for seq, data in rows)
+            return b"".join(self.open_run(run_id, f"log{seq}", data) for seq, data in rows)
 
         return await self._read(query)
 
@@ -1171,7 +1211,7 @@ class SQLiteStore:
             return replace(current, deltas_since=current.deltas_since + 1)
         return current
 
-    # -- snapshots (sqlite_snapshot.py) ---------------------------------------------------
+    # -- snapshots (snapshot.py) ---------------------------------------------------
 
     def export_snapshot(self) -> AsyncGenerator[SnapshotRecord, None]:
         return sqlite_snapshot.export(self)
@@ -1358,17 +1398,17 @@ class SQLiteStore:
 
         return await self._read(query)
 
-    # -- encryption at rest (sqlite_encryption.py) ---------------------------------------
+    # -- encryption at rest (encryption.py) ---------------------------------------
 
     def _check_encryption(self, conn: sqlite3.Connection) -> None:
         sqlite_encryption.check_at_open(
             conn, self.cipher, self.path, adopt_plaintext=self._adopt_plaintext
         )
 
-    def _seal_lock(self, name: str, payload: bytes) -> bytes:
+    def seal_lock(self, name: str, payload: bytes) -> bytes:
         return payload if self.cipher is None else self.cipher.seal(payload, lock_aad(name))
 
-    def _open_lock(self, name: str, payload: bytes) -> bytes:
+    def open_lock(self, name: str, payload: bytes) -> bytes:
         if self.cipher is None:
             if is_sealed(payload):
                 raise DecryptionError("found an encrypted lock but no encryption key is configured")
@@ -1377,15 +1417,16 @@ class SQLiteStore:
             return payload  # not sealed yet: offline encryption in progress
         return self.cipher.open(payload, lock_aad(name))
 
-    def _seal_who(self, name: str, who: str | None) -> bytes | None:
+    def seal_who(self, name: str, who: str | None) -> bytes | None:
         """A version's lock holder as stored: sealed with the version's blob key (rotation
         re-seals both together), since `Who` names a person and a machine."""
-        return None if who is None else self._seal_lock(name, who.encode())
+        return None if who is None else self.seal_lock(name, who.encode())
 
-    def _version_meta(self, name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+    def version_meta(self, name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+        """A version's metadata from its VERSION_COLUMNS, the lock holder opened."""
         who = row[13]
-        return _version_meta(
-            name, row, None if who is None else self._open_lock(name, bytes(who)).decode()
+        return version_meta_from_row(
+            name, row, None if who is None else self.open_lock(name, bytes(who)).decode()
         )
 
     async def encryption_status(self) -> EncryptionStatus:
@@ -1553,40 +1594,4 @@ def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
             event.status,
             event.detail,
         ),
-    )
-
-
-def _api_key(row: tuple[Any, ...]) -> ApiKey:
-    return ApiKey(
-        id=row[0],
-        name=row[1],
-        role=Role[row[2]],
-        scopes=tuple(orjson.loads(row[3])),
-        secret_hash=row[4],
-        created_at=row[5],
-        created_by=row[6],
-        last_used_at=row[7],
-        revoked_at=row[8],
-    )
-
-
-def _version_meta(
-    name: str, row: tuple[Any, ...] | sqlite3.Row, lock_who: str | None
-) -> VersionMeta:
-    return VersionMeta(
-        workspace=name,
-        version=row[0],
-        serial=row[1],
-        lineage=row[2],
-        size=row[3],
-        sha256=row[4],
-        md5=row[5],
-        created_at=row[6],
-        lock_id=row[7],
-        terraform_version=row[8],
-        resource_count=row[9],
-        source=cast(VersionSource, row[10]),
-        rolled_back_from=row[11],
-        written_by=row[12],
-        lock_who=lock_who,
     )

@@ -575,7 +575,7 @@ class _Manager:
         return self.channels
 
 
-class EtcdConnectError(Exception):
+class EtcdConnectError(Exception):  # raised as StoreCannotConnect by EtcdStore.open
     """The cluster cannot be used as configured; the message is one line, without secrets."""
 
 

@@ -25,6 +25,24 @@ from blixard.domain.access import AuditEvent
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import VersionMeta, Workspace
 from blixard.store.codec import DeltaBase, Encoded
+from blixard.store.etcd.keyspace import (
+    AUDIT,
+    CHUNK_BYTES,
+    INLINE_BYTES,
+    KEYS_BY_ID,
+    KEYS_USED,
+    META_AUDIT_IDS,
+    META_IMPORT,
+    OLD_AUDIT_IDS,
+    RUN_BLOBS,
+    RUN_LOGS,
+    RUN_REVISIONS,
+    RUNS,
+    WORKSPACES,
+    chunk_keys,
+    inline,
+    prefix_end,
+)
 from blixard.store.snapshot import (
     AuditRecord,
     ImportReport,
@@ -39,12 +57,14 @@ from blixard.store.snapshot import (
     StoreNotEmpty,
     VersionRecord,
     WorkspaceRecord,
+    check_announced,
+    check_begin,
     check_version,
     encode_imported,
 )
 
 if TYPE_CHECKING:
-    from blixard.store.etcd import EtcdStore
+    from blixard.store.etcd.door import EtcdDoor
 
 _VERSIONS_PER_TXN = 16
 _BATCH_OPS = 100
@@ -54,28 +74,25 @@ _BATCH_BYTES = 1024 * 1024
 # --------------------------------------------------------------------------- export
 
 
-async def _count(store: EtcdStore, prefix: str, revision: int) -> int:
-    from blixard.store.etcd import _prefix_end
-
-    start = store._k(prefix)
-    resp = await store._call(
-        store._kv.get(
-            start, _prefix_end(start), revision=revision, count_only=True, timeout=store.timeout
+async def _count(store: EtcdDoor, prefix: str, revision: int) -> int:
+    start = store.keys.key(prefix)
+    resp = await store.call(
+        store.kv.get(
+            start, prefix_end(start), revision=revision, count_only=True, timeout=store.timeout
         )
     )
     return int(resp.count)
 
 
-async def _value_at(store: EtcdStore, doc: dict[str, Any], revision: int) -> bytes:
-    from blixard.store.etcd import _unb64
+async def _value_at(store: EtcdDoor, doc: dict[str, Any], revision: int) -> bytes:
+    async def read_chunks(prefix: bytes, count: int) -> bytes:
+        return await store.read_chunks(prefix, count, revision)
 
-    if "inline" in doc:
-        return _unb64(doc["inline"])
-    return await store._read_chunks(store._k(doc["chunks_at"]), doc["chunks"], revision)
+    return await store.keys.read_value(doc, read_chunks)
 
 
-async def export(store: EtcdStore) -> AsyncGenerator[SnapshotRecord, None]:
-    if store._kv is None:
+async def export(store: EtcdDoor) -> AsyncGenerator[SnapshotRecord, None]:
+    if store.kv is None:
         raise StorageUnavailable("The store is not open.")
     async with (
         store.pinned_revision() as rev,
@@ -85,14 +102,12 @@ async def export(store: EtcdStore) -> AsyncGenerator[SnapshotRecord, None]:
             yield record
 
 
-async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecord, None]:
-    from blixard.store.etcd import _prefix_end
-
+async def _export_at(store: EtcdDoor, rev: int) -> AsyncGenerator[SnapshotRecord, None]:
     # Counts of the view.
     counts = SnapshotCounts()
     records: list[tuple[str, dict[str, Any], int]] = []  # name, doc, mod_revision
-    ws_prefix = store._k("ws/")
-    async for kv in store._scan(ws_prefix, _prefix_end(ws_prefix), revision=rev):
+    ws_prefix = store.keys.key(WORKSPACES)
+    async for kv in store.scan(ws_prefix, prefix_end(ws_prefix), revision=rev):
         name = bytes(kv.key)[len(ws_prefix) :].decode()
         doc = orjson.loads(kv.value)
         counts.workspaces += 1
@@ -100,17 +115,17 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
         counts.versions += doc["version_count"]
         counts.body_bytes += doc.get("body_bytes", 0)
         records.append((name, doc, int(kv.mod_revision)))
-    counts.api_keys = await _count(store, "keys/id/", rev)
-    counts.audit_events = await _count(store, "audit/", rev)
-    counts.runs = await _count(store, "runrev/", rev)
-    counts.run_blobs = await _count(store, "runblob/", rev)
-    counts.run_logs = await _count(store, "runlog/", rev)
+    counts.api_keys = await _count(store, KEYS_BY_ID, rev)
+    counts.audit_events = await _count(store, AUDIT, rev)
+    counts.runs = await _count(store, RUN_REVISIONS, rev)
+    counts.run_blobs = await _count(store, RUN_BLOBS, rev)
+    counts.run_logs = await _count(store, RUN_LOGS, rev)
     yield SnapshotBegin(store.engine, counts)
 
     # Workspaces by name, each followed by its versions by number.
     for name, _doc, mod_revision in records:
         kv_like = _KV(orjson.dumps(_doc), mod_revision)
-        ws: Workspace = store._decode_record(name, kv_like).ws
+        ws: Workspace = store.decode_record(name, kv_like).ws
         yield WorkspaceRecord(
             name,
             ws.created_at,
@@ -123,9 +138,9 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
         last_full: tuple[int, bytes] | None = None
         for start in range(1, head + 1, _VERSIONS_PER_TXN):
             numbers = list(range(start, min(head, start + _VERSIONS_PER_TXN - 1) + 1))
-            resp = await store._txn(
+            resp = await store.txn(
                 [],
-                [store._kv.txn_op_get(store._ver_key(name, n), revision=rev) for n in numbers],
+                [store.kv.txn_op_get(store.keys.version(name, n), revision=rev) for n in numbers],
                 [],
             )
             for number, op in zip(numbers, resp.responses, strict=True):
@@ -133,7 +148,7 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
                 if not kvs:
                     raise StorageUnavailable(f"workspace '{name}': version {number} is missing")
                 vdoc = orjson.loads(kvs[0].value)
-                meta = store._meta_from(name, vdoc["meta"])
+                meta = store.meta_from(name, vdoc["meta"])
                 blob = await _value_at(store, vdoc, rev)
                 encoded = Encoded(vdoc["encoding"], vdoc["base_version"], blob)
                 base_body = None
@@ -141,8 +156,8 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
                     if last_full is not None and last_full[0] == encoded.base_version:
                         base_body = last_full[1]
                     else:
-                        base_kv = await store._range(
-                            store._ver_key(name, encoded.base_version), b"", revision=rev
+                        base_kv = await store.read_range(
+                            store.keys.version(name, encoded.base_version), b"", revision=rev
                         )
                         if not base_kv.kvs:
                             raise StorageUnavailable(
@@ -167,14 +182,14 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
 
     # API keys by creation time, then id.
     used: dict[str, bytes] = {}
-    used_prefix = store._k("keys/used/")
-    async for kv in store._scan(used_prefix, _prefix_end(used_prefix), revision=rev):
+    used_prefix = store.keys.key(KEYS_USED)
+    async for kv in store.scan(used_prefix, prefix_end(used_prefix), revision=rev):
         used[bytes(kv.key)[len(used_prefix) :].decode()] = bytes(kv.value)
     keys = []
-    id_prefix = store._k("keys/id/")
-    async for kv in store._scan(id_prefix, _prefix_end(id_prefix), revision=rev):
+    id_prefix = store.keys.key(KEYS_BY_ID)
+    async for kv in store.scan(id_prefix, prefix_end(id_prefix), revision=rev):
         key_id = bytes(kv.key)[len(id_prefix) :].decode()
-        keys.append(store._key_from(bytes(kv.value), used.get(key_id)))
+        keys.append(store.key_from_document(bytes(kv.value), used.get(key_id)))
     keys.sort(key=lambda k: (k.created_at, k.id))
     for key in keys:
         yield KeyRecord(key)
@@ -182,11 +197,11 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
     # Audit events by id: their keys are inverted ids, so walk the range backwards.
     from etcd3aio import SortOrder
 
-    audit_prefix = store._k("audit/")
-    end = _prefix_end(audit_prefix)
+    audit_prefix = store.keys.key(AUDIT)
+    end = prefix_end(audit_prefix)
     while True:
-        resp = await store._call(
-            store._kv.get(
+        resp = await store.call(
+            store.kv.get(
                 audit_prefix,
                 end,
                 revision=rev,
@@ -202,23 +217,23 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
         end = bytes(resp.kvs[-1].key)
 
     # Runs by id, their blobs by (run id, kind), their logs by (run id, seq).
-    runs_prefix = store._k("runs/")
-    rev_prefix = store._k("runrev/")
-    async for kv in store._scan(runs_prefix, _prefix_end(runs_prefix), revision=rev):
+    runs_prefix = store.keys.key(RUNS)
+    rev_prefix = store.keys.key(RUN_REVISIONS)
+    async for kv in store.scan(runs_prefix, prefix_end(runs_prefix), revision=rev):
         run_id = bytes(kv.key)[len(runs_prefix) :].decode()
-        found = await store._range(rev_prefix + run_id.encode(), b"", revision=rev)
+        found = await store.read_range(rev_prefix + run_id.encode(), b"", revision=rev)
         revision = bytes(found.kvs[0].value) if found.kvs else b"1"
-        yield RunRecord(store._run_from(run_id, bytes(kv.value), revision))
-    blob_prefix = store._k("runblob/")
-    async for kv in store._scan(blob_prefix, _prefix_end(blob_prefix), page=16, revision=rev):
+        yield RunRecord(store.run_from_document(run_id, bytes(kv.value), revision))
+    blob_prefix = store.keys.key(RUN_BLOBS)
+    async for kv in store.scan(blob_prefix, prefix_end(blob_prefix), page=16, revision=rev):
         run_id, kind = bytes(kv.key)[len(blob_prefix) :].decode().split("\x00", 1)
         data = await _value_at(store, orjson.loads(kv.value), rev)
-        yield RunBlobRecord(run_id, kind, store._open_run(run_id, kind, data))
-    log_prefix = store._k("runlog/")
-    async for kv in store._scan(log_prefix, _prefix_end(log_prefix), revision=rev):
+        yield RunBlobRecord(run_id, kind, store.open_run(run_id, kind, data))
+    log_prefix = store.keys.key(RUN_LOGS)
+    async for kv in store.scan(log_prefix, prefix_end(log_prefix), revision=rev):
         run_id, seq_text = bytes(kv.key)[len(log_prefix) :].decode().split("\x00", 1)
         seq = int(seq_text)
-        yield RunLogRecord(run_id, seq, store._open_run(run_id, f"log{seq}", bytes(kv.value)))
+        yield RunLogRecord(run_id, seq, store.open_run(run_id, f"log{seq}", bytes(kv.value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +256,9 @@ class _Current:
 
 
 class _Importer:
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: EtcdDoor) -> None:
         self.store = store
-        self.kv = store._kv
+        self.kv = store.kv
         self.report = ImportReport()
         self._names: set[str] = set()
         self._run_ids: set[str] = set()
@@ -260,13 +275,13 @@ class _Importer:
         found = {
             what: await _count(store, prefix, 0)
             for what, prefix in (
-                ("workspaces", "ws/"),
-                ("API keys", "keys/id/"),
-                ("audit events", "audit/"),
-                ("runs", "runrev/"),
-                ("run files", "runblob/"),
-                ("run logs", "runlog/"),
-                ("import markers", "meta/import"),
+                ("workspaces", WORKSPACES),
+                ("API keys", KEYS_BY_ID),
+                ("audit events", AUDIT),
+                ("runs", RUN_REVISIONS),
+                ("run files", RUN_BLOBS),
+                ("run logs", RUN_LOGS),
+                ("import markers", META_IMPORT),
             )
         }
         if any(found.values()):
@@ -277,11 +292,11 @@ class _Importer:
             )
         marker = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
         # The audit id marker open() wrote goes: finish() writes it again for what came in.
-        await store._txn(
+        await store.txn(
             [],
             [
-                self.kv.txn_op_put(store._k("meta/import"), marker),
-                self.kv.txn_op_delete(store._k("meta/auditids")),
+                self.kv.txn_op_put(store.keys.key(META_IMPORT), marker),
+                self.kv.txn_op_delete(store.keys.key(META_AUDIT_IDS)),
             ],
             [],
         )
@@ -297,33 +312,28 @@ class _Importer:
     async def _flush(self) -> None:
         if self._ops:
             ops, self._ops, self._bytes = self._ops, [], 0
-            await self.store._txn([], ops, [])
+            await self.store.txn([], ops, [])
 
     async def _value_doc(self, chunks_key: bytes, data: bytes) -> dict[str, Any]:
         """A value inline, or its chunks written now (no lease: the marker guards them)."""
-        from blixard.store.etcd import CHUNK_BYTES, INLINE_BYTES, _b64
-
         store = self.store
         if len(data) <= INLINE_BYTES:
-            return {"inline": _b64(data)}
-        count = 0
-        for i in range(0, len(data), CHUNK_BYTES):
-            await store._call(
+            return inline(data)
+        keys = chunk_keys(chunks_key, len(data))
+        for i, key in enumerate(keys):
+            await store.call(
                 self.kv.put(
-                    chunks_key + f"{count:05d}".encode(),
-                    data[i : i + CHUNK_BYTES],
+                    key,
+                    data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
                     timeout=max(store.timeout, 30),
                 )
             )
-            count += 1
-        return {"chunks_at": chunks_key[len(store._p) :].decode(), "chunks": count}
+        return store.keys.chunked(chunks_key, len(keys))
 
     async def add(self, record: SnapshotRecord) -> None:
         store = self.store
         if isinstance(record, SnapshotBegin):
-            if self._announced is not None or self.report.counts.records:
-                raise SnapshotCorrupt("the snapshot begins twice")
-            self._announced = record.counts
+            self._announced = check_begin(record, self._announced, self.report.counts)
             return
         if isinstance(record, VersionRecord):
             await self._version(record)
@@ -336,11 +346,9 @@ class _Importer:
         else:
             await self._end_workspace()
             if isinstance(record, KeyRecord):
-                for op in store._key_ops(record.key):
+                for op in store.key_ops(record.key):
                     await self._op(op)
             elif isinstance(record, AuditRecord):
-                from blixard.store.etcd import OLD_AUDIT_IDS
-
                 event = record.event
                 if event.id is None or event.id <= self._last_audit_id:
                     raise SnapshotCorrupt(
@@ -350,23 +358,23 @@ class _Importer:
                 self._last_audit_id = event.id
                 if event.id < OLD_AUDIT_IDS:
                     self._newest_id = event.id
-                for op in store._audit_ops(event):
+                for op in store.audit_ops(event):
                     await self._op(op)
             elif isinstance(record, RunRecord):
                 self._run_ids.add(record.run.id)
-                for op in store._run_ops(record.run):
+                for op in store.run_ops(record.run):
                     await self._op(op, 1024)
             elif isinstance(record, RunBlobRecord):
                 self._known_run(record.run_id)
-                key = store._k("runblob/", record.run_id, "\x00", record.kind)
-                sealed = store._seal_run(record.run_id, record.kind, record.data)
-                doc = await self._value_doc(store._chunks_prefix(key), sealed)
+                key = store.keys.key(RUN_BLOBS, record.run_id, "\x00", record.kind)
+                sealed = store.seal_run(record.run_id, record.kind, record.data)
+                doc = await self._value_doc(store.keys.chunks_of(key), sealed)
                 value = orjson.dumps(doc)
                 await self._op(self.kv.txn_op_put(key, value), len(value))
             elif isinstance(record, RunLogRecord):
                 self._known_run(record.run_id)
-                key = store._log_prefix(record.run_id) + f"{record.seq:08d}".encode()
-                sealed = store._seal_run(record.run_id, f"log{record.seq}", record.data)
+                key = store.keys.run_log(record.run_id) + f"{record.seq:08d}".encode()
+                sealed = store.seal_run(record.run_id, f"log{record.seq}", record.data)
                 await self._op(self.kv.txn_op_put(key, sealed), len(sealed))
             else:  # pragma: no cover - the union is exhaustive
                 raise SnapshotCorrupt(f"unexpected record {type(record).__name__}")
@@ -400,9 +408,9 @@ class _Importer:
         current.stored_bytes += len(encoded.blob)
         current.body_bytes += len(body)
         self.report.stored_bytes += len(encoded.blob)
-        chunks_key = store._blob_prefix(meta.workspace, meta.version, "import")
+        chunks_key = store.keys.blob(meta.workspace, meta.version, "import")
         doc: dict[str, Any] = {
-            "meta": store._meta_doc(meta),
+            "meta": store.meta_doc(meta),
             "encoding": encoded.encoding,
             "base_version": encoded.base_version,
             "stored": len(encoded.blob),
@@ -410,7 +418,7 @@ class _Importer:
         }
         value = orjson.dumps(doc)
         await self._op(
-            self.kv.txn_op_put(store._ver_key(meta.workspace, meta.version), value), len(value)
+            self.kv.txn_op_put(store.keys.version(meta.workspace, meta.version), value), len(value)
         )
 
     async def _end_workspace(self) -> None:
@@ -445,27 +453,24 @@ class _Importer:
             if base
             else None
         )
-        value = self.store._encode_record(
+        value = self.store.encode_record(
             ws, base_doc, current.version_count, current.stored_bytes, current.body_bytes
         )
-        await self._op(self.kv.txn_op_put(self.store._ws_key(record.name), value), len(value))
+        await self._op(
+            self.kv.txn_op_put(self.store.keys.workspace(record.name), value), len(value)
+        )
 
     async def finish(self) -> None:
         await self._end_workspace()
-        if self._announced is not None:
-            problems = self.report.counts.differences(self._announced)
-            if problems:
-                raise SnapshotCorrupt(
-                    "the snapshot does not hold what it announced (" + "; ".join(problems) + ")"
-                )
+        check_announced(self._announced, self.report.counts)
         await self._flush()
         # Events of an etcd export from before the ids changed get new ones now; new events
         # will have ids above every imported one.
-        await self.store._upgrade_audit_ids(floor=self._newest_id)
-        await self.store._txn([], [self.kv.txn_op_delete(self.store._k("meta/import"))], [])
+        await self.store.upgrade_audit_ids(floor=self._newest_id)
+        await self.store.txn([], [self.kv.txn_op_delete(self.store.keys.key(META_IMPORT))], [])
 
 
-async def import_records(store: EtcdStore, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+async def import_records(store: EtcdDoor, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
     started = time.monotonic()
     importer = _Importer(store)
     await importer.begin()
