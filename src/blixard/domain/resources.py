@@ -245,7 +245,10 @@ def read_contents(body: Body) -> StateContents:
 
 def _read_tolerantly(body: Body) -> StateContents:
     """read_contents for a state whose parts have unexpected types: what can be read is."""
-    document = orjson.loads(body)
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:  # msgspec may call bytes that are not JSON a shape error
+        return StateContents(None, None, None, (), (), readable=False)
     if not isinstance(document, dict):
         return StateContents(None, None, None, (), (), readable=False)
     resources = document.get("resources")
