@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from blixard import __version__
-from blixard.api import admin, backend, encryption, health, management, runs
+from blixard import __version__, ui
+from blixard.api import admin, backend, encryption, events, health, management, runs
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import HeaderLimits
@@ -17,12 +17,14 @@ from blixard.api.metrics import Metrics, MetricsMiddleware
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
+from blixard.domain.events import EventBus
 from blixard.domain.service import StateService
 from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
 from blixard.store import open_store_from_url
 from blixard.store.crypto import Cipher
 from blixard.store.etcd_conn import EtcdOptions
+from blixard.store.observed import observed
 from blixard.store.protocol import Store
 
 DESCRIPTION = """
@@ -48,7 +50,8 @@ def build_store(settings: Settings) -> Store:
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     settings = settings or Settings.load()
-    store = store or build_store(settings)
+    bus = EventBus()
+    store = observed(store or build_store(settings), bus)
     service = StateService(store)
     metrics = Metrics()
     keyring = KeyRing(store, required=settings.auth == "required")
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.keyring = keyring
     app.state.audit = audit
     app.state.runs = run_service
+    app.state.events = bus
     install_error_handlers(app)
     app.include_router(backend.router)
     app.include_router(management.router)
@@ -92,6 +96,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(health.router)
     app.include_router(encryption.router)
     app.include_router(runs.router)
+    app.include_router(events.router)
+    ui.mount(app, settings)  # the web UI, on the same services and checks
     return app
 
 

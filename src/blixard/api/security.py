@@ -50,13 +50,19 @@ def _source(request: Request) -> str | None:
 
 async def authorize(request: Request, action: Action, workspace: str | None = None) -> Actor:
     """The actor behind a request, if allowed to do `action` (on `workspace`)."""
+    return await authorize_key(request, presented_key(request), action, workspace)
+
+
+async def authorize_key(
+    request: Request, secret: str | None, action: Action, workspace: str | None = None
+) -> Actor:
+    """`authorize` for a key that came some other way (the web UI's session cookie)."""
     keyring: KeyRing = request.app.state.keyring
     state = request.state
     state.action = action
     state.workspace = workspace
     if workspace is not None:
         check_workspace_name(workspace)
-    secret = presented_key(request)
     if not await keyring.enabled():
         # Open server: anyone may act, but a valid key (e.g. a run's) still names the actor.
         key = await keyring.verify(secret) if secret else None

@@ -1,0 +1,77 @@
+"""Change events (locks, versions, workspaces, runs) fanned out to live listeners.
+
+One bus per process: what this node's store accepted. Listeners get events in the order the
+store acknowledged them; a listener that falls behind by more than its queue loses the oldest
+events and is told so (`lost`), so a slow browser can never hold the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    kind: str  # "lock", "version", "workspace" or "run"
+    workspace: str
+    data: dict[str, Any]
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.kind, "workspace": self.workspace, "at": self.at, **self.data}
+
+
+class Listener:
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(QUEUE_SIZE)
+        self.lost = 0
+
+    def _offer(self, event: ChangeEvent) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.lost += 1
+        self._queue.put_nowait(event)
+
+    async def next(self, timeout: float) -> ChangeEvent | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._bus._listeners.discard(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._listeners: set[Listener] = set()
+
+    def publish(self, event: ChangeEvent) -> None:
+        for listener in list(self._listeners):
+            listener._offer(event)
+
+    def listen(self) -> Listener:
+        listener = Listener(self)
+        self._listeners.add(listener)
+        return listener
+
+    async def events(self, timeout: float) -> AsyncIterator[ChangeEvent | None]:
+        """Events as they come; None after each `timeout` seconds of silence (keep-alives)."""
+        listener = self.listen()
+        try:
+            while True:
+                yield await listener.next(timeout)
+        finally:
+            listener.close()
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
