@@ -83,6 +83,23 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def startup_line(settings: Settings, auth_on: bool) -> str:
+    """The one line a new user needs: where to click, where data lives, whether keys count."""
+    url = settings.self_url
+    storage = settings.resolved_storage_url
+    if storage.startswith("sqlite:///"):
+        where = str(Path(storage.removeprefix("sqlite:///")).resolve())
+    else:  # never print credentials or options an operator put in the URL
+        scheme, _, rest = storage.partition("://")
+        where = f"{scheme}://{rest.rpartition('@')[2].split('?')[0]}"
+    auth = (
+        "on (sign in with an API key)"
+        if auth_on
+        else "OFF (no API key exists: anyone who reaches this address is admin)"
+    )
+    return f"Blixard: web UI {url}/ui/ · API docs {url}/docs · data {where} · authentication {auth}"
+
+
 def serve(overrides: dict[str, Any] | None = None) -> None:
     try:
         settings = Settings.load(overrides)
@@ -108,6 +125,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     from blixard.api.app import asgi_app, create_app
 
     app = create_app(settings)
+    app.state.announce = lambda auth_on: print(startup_line(settings, auth_on), flush=True)
     uvicorn.run(
         asgi_app(app),
         host=settings.host,

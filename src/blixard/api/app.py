@@ -65,6 +65,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         try:
             admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
             await keyring.start(admin_key)
+            announce = getattr(app.state, "announce", None)
+            if announce is not None:  # `blixard serve`'s start-up line
+                announce(await keyring.enabled())
             await audit.start()
             await executor.start()
             try:
