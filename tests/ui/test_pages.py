@@ -1,0 +1,426 @@
+"""The web UI in a real browser, against a live server holding what real Terraform wrote."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.tfkit import lock_info, resource_config, unique_name
+from tests.ui.conftest import AXE_JS, Site, screenshot, sign_in
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def data(site: Site) -> dict[str, str]:
+    """team-a-app with two versions, team-b-db with one: written by `terraform apply`."""
+    team_a = unique_name("team-a-app")
+    team_b = unique_name("team-b-db")
+    proj = site.apply(team_a, "one")
+    proj.write(resource_config("two"))
+    proj.run("apply", "-auto-approve", "-input=false")
+    site.apply(team_b, "secret-project")
+    return {"team_a": team_a, "team_b": team_b}
+
+
+def history(site: Site, ws: str) -> list[dict[str, Any]]:
+    with site.api() as api:
+        resp = api.get(f"/history/{ws}")
+        assert resp.status_code == 200, resp.text
+        versions: list[dict[str, Any]] = resp.json()["versions"]
+        return versions
+
+
+def take_lock(site: Site, ws: str, who: str) -> dict[str, str]:
+    info = lock_info(f"ui-{uuid.uuid4()}", who=who)
+    with site.api() as api:
+        resp = api.post(f"/lock/{ws}", content=json.dumps(info))
+        assert resp.status_code == 200, resp.text
+    return info
+
+
+def lock_of(site: Site, ws: str) -> dict[str, Any] | None:
+    with site.api() as api:
+        body = api.get(f"/lock/{ws}").json()
+        lock: dict[str, Any] | None = body["lock"] if body["locked"] else None
+        return lock
+
+
+def release(site: Site, ws: str) -> None:
+    with site.api() as api:
+        api.delete(f"/lock/{ws}")
+
+
+# ------------------------------------------------------------------ sign in and out
+
+
+def test_sign_in_and_out(site: Site, data: dict[str, str], new_page: Any) -> None:
+    page = new_page()
+    page.goto("/ui/")
+    expect(page).to_have_url(f"{site.url}/ui/login?next=%2Fui%2F")
+    page.fill("#key", "not-a-key")
+    page.click("form button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("not valid")
+
+    sign_in(page, site.keys["admin"])
+    expect(page.locator("h1")).to_have_text("Workspaces")
+    expect(page.locator(f"tr[data-ws='{data['team_a']}']")).to_be_visible()
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "blixard_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    assert site.keys["admin"] not in cookie["value"]  # sealed, not merely encoded
+    assert cookie["expires"] > time.time() + 3600
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{site.url}/ui/login")
+    page.goto(f"/ui/workspaces/{data['team_a']}")
+    expect(page).to_have_url(f"{site.url}/ui/login?next=%2Fui%2Fworkspaces%2F{data['team_a']}")
+
+
+def test_a_revoked_key_ends_its_sessions(site: Site, data: dict[str, str], new_page: Any) -> None:
+    with site.api() as api:
+        resp = api.post("/keys", json={"name": f"short-{uuid.uuid4().hex[:6]}", "role": "reader"})
+        assert resp.status_code == 201
+        name, secret = resp.json()["key"]["name"], resp.json()["secret"]
+        page = new_page()
+        sign_in(page, secret)
+        expect(page.locator(f"tr[data-ws='{data['team_a']}']")).to_be_visible()
+        assert api.delete(f"/keys/{name}").status_code == 200
+    page.goto("/ui/")
+    expect(page.locator("h1")).to_have_text("Sign in")
+
+
+# ------------------------------------------------------------------ roles and scopes
+
+
+def test_reader_sees_no_force_unlock_rollback_or_key_buttons(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    ws = data["team_a"]
+    take_lock(site, ws, "someone@else")
+    try:
+        page = new_page()
+        sign_in(page, site.keys["reader"])
+        page.goto(f"/ui/workspaces/{ws}")
+        expect(page.locator("#lock-who")).to_have_text("someone@else")
+        expect(page.locator("tr[data-version]")).to_have_count(2)
+        assert page.locator("#force-unlock").count() == 0
+        assert page.locator("a.rollback").count() == 0
+        assert page.get_by_text("Delete workspace").count() == 0
+        assert page.get_by_role("link", name="Keys").count() == 0
+        assert page.get_by_role("link", name="Audit").count() == 0
+        # The server refuses what the page hides.
+        for path in (f"/ui/workspaces/{ws}/unlock", f"/ui/workspaces/{ws}/rollback/1", "/ui/keys"):
+            response = page.goto(path)
+            assert response is not None and response.status == 403, path
+            expect(page.locator("h1")).to_have_text("Not allowed")
+        assert lock_of(site, ws) is not None
+    finally:
+        release(site, ws)
+
+
+def test_writer_scoped_to_team_a_never_sees_team_b(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    page = new_page()
+    sign_in(page, site.keys["writer-a"])
+    expect(page.locator(f"tr[data-ws='{data['team_a']}']")).to_be_visible()
+    assert "team-b" not in page.content()
+    page.goto("/ui/?q=team-b")
+    expect(page.locator("tr[data-ws]")).to_have_count(0)
+    assert "team-b-db" not in page.content()
+    response = page.goto(f"/ui/workspaces/{data['team_b']}")
+    assert response is not None and response.status == 404  # exactly like a missing one
+    for path in (
+        f"/ui/workspaces/{data['team_b']}/runs",
+        f"/ui/workspaces/{data['team_b']}/unlock",
+    ):
+        response = page.goto(path)
+        assert response is not None and response.status in (403, 404), path
+        assert data["team_b"] not in page.locator("main").inner_text() or (
+            "does not exist" in page.locator("main").inner_text()
+        )
+    page.goto("/ui/cluster")
+    assert "team-b" not in page.content()
+
+    # The live event stream carries team-a's changes to this key, never team-b's.
+    events: list[dict[str, Any]] = []
+    with httpx.Client(base_url=site.url, timeout=30.0) as client:
+        headers = {"Authorization": f"Bearer {site.keys['writer-a']}"}
+        with client.stream("GET", "/api/tofu/events", headers=headers) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            take_lock(site, data["team_b"], "b@team")
+            release(site, data["team_b"])
+            take_lock(site, data["team_a"], "a@team")
+            release(site, data["team_a"])
+            for line in lines:
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if len(events) == 2:
+                        break
+    assert [(e["type"], e["workspace"], e["locked"]) for e in events] == [
+        ("lock", data["team_a"], True),
+        ("lock", data["team_a"], False),
+    ]
+
+
+# ------------------------------------------------------------------ locks, live updates
+
+
+def test_force_unlock_from_the_ui_lets_a_waiting_terraform_apply_through(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    ws = unique_name("team-a-waiter")
+    proj = site.apply(ws, "one")
+    page = new_page()
+    sign_in(page, site.keys["admin"])
+    page.goto(f"/ui/workspaces/{ws}")
+    expect(page.locator("#lock-free")).to_be_visible()
+    expect(page.locator("body")).to_have_attribute("data-live", "connected")
+
+    stuck = take_lock(site, ws, "ci-runner@elsewhere")
+    # The open page shows the new lock without a reload.
+    expect(page.locator("#lock-who")).to_have_text("ci-runner@elsewhere")
+
+    proj.write(resource_config("two"))
+    waiting = proj.start("apply", "-auto-approve", "-input=false", "-lock-timeout=120s")
+    try:
+        time.sleep(2)
+        assert waiting.poll() is None, proj.background_output()
+
+        page.click("#force-unlock")
+        expect(page.locator("h1")).to_contain_text("Force unlock")
+        expect(page.locator("main")).to_contain_text(stuck["ID"])
+        page.get_by_role("button", name="Force unlock").click()
+        expect(page.locator("main .notice")).to_contain_text("released")
+
+        assert waiting.wait(90) == 0, proj.background_output()
+        assert "Apply complete!" in proj.background_output()
+    finally:
+        proj.cleanup()
+    latest = history(site, ws)[0]
+    assert latest["version"] == 2 and latest["lock_id"] != stuck["ID"]
+    # The page follows the apply's new version live as well.
+    expect(page.locator("#head-version")).to_have_text("2")
+    with site.api() as api:
+        events = api.get("/audit", params={"workspace": ws, "action": "lock.force_unlock"})
+        (event,) = events.json()["events"]
+        assert event["key"] == "admin" and event["lock_id"] == stuck["ID"], event
+
+
+def test_rollback_from_the_ui_creates_a_new_version(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    ws = unique_name("team-a-rollback")
+    proj = site.apply(ws, "one")
+    proj.write(resource_config("two"))
+    proj.run("apply", "-auto-approve", "-input=false")
+    before = history(site, ws)
+    assert [v["version"] for v in before] == [2, 1]
+
+    page = new_page()
+    sign_in(page, site.keys["admin"])
+    page.goto(f"/ui/workspaces/{ws}")
+    page.get_by_role("link", name="Roll back to version 1").click()
+    expect(page.locator("h1")).to_contain_text("to version 1")
+    expect(page.locator("main")).to_contain_text("new version 3")
+    page.get_by_role("button", name="Roll back to version 1").click()
+    expect(page.locator("main .notice")).to_contain_text("Rolled back")
+    expect(page.locator("tr[data-version='3']")).to_contain_text("rollback (from 1)")
+
+    after = history(site, ws)
+    assert after[0]["version"] == 3 and after[0]["source"] == "rollback"
+    assert after[0]["rolled_back_from"] == 1 and after[0]["serial"] == before[0]["serial"] + 1
+    with site.api() as api:
+        state = api.get(f"/state/{ws}").json()
+    assert state["resources"][0]["instances"][0]["attributes"]["input"]["value"] == "one"
+    # Terraform reads the rolled-back state as current: its plan changes "one" back to "two".
+    assert '"one" -> "two"' in proj.run("plan", "-input=false").flat
+
+
+def test_a_form_post_without_the_csrf_token_is_refused(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    ws = data["team_a"]
+    info = take_lock(site, ws, "keep@me")
+    try:
+        page = new_page()
+        sign_in(page, site.keys["admin"])
+        request = page.context.request
+        for form in ({}, {"csrf": "0" * 64}):
+            resp = request.post(f"/ui/workspaces/{ws}/unlock", form=form, max_redirects=0)
+            assert resp.status == 403, (resp.status, resp.text()[:300])
+            assert "security token" in resp.text()
+        resp = request.post(f"/ui/workspaces/{ws}/rollback/1", form={}, max_redirects=0)
+        assert resp.status == 403
+        lock = lock_of(site, ws)
+        assert lock is not None and lock["ID"] == info["ID"]
+        assert [v["version"] for v in history(site, ws)] == [2, 1]
+        # A token from another session is refused as well.
+        other = new_page()
+        sign_in(other, site.keys["admin"])
+        other.goto(f"/ui/workspaces/{ws}/unlock")
+        token = other.locator("input[name=csrf]").first.get_attribute("value")
+        resp = request.post(f"/ui/workspaces/{ws}/unlock", form={"csrf": token or ""})
+        assert resp.status == 403
+        assert lock_of(site, ws) is not None
+    finally:
+        release(site, ws)
+
+
+# ------------------------------------------------------------------ runs
+
+
+def test_a_runs_log_streams_live_then_approve_applies_it(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    ws = unique_name("team-a-run")
+    config = site.root / "plans" / ws
+    config.mkdir(parents=True)
+    (config / "main.tf").write_text(RUN_CONFIG_TEXT)
+    with site.api("operator") as api:
+        resp = api.post(
+            "/plan",
+            json={"workspace": ws, "config_dir": str(config), "variables": {"sleep": "6"}},
+        )
+        assert resp.status_code == 202, resp.text
+        plan_id = resp.json()["plan_id"]
+        deadline = time.monotonic() + 120
+        while api.get(f"/plan/{plan_id}").json()["status"] in ("queued", "planning"):
+            assert time.monotonic() < deadline, "the plan never finished"
+            time.sleep(0.3)
+        assert api.get(f"/plan/{plan_id}").json()["status"] == "planned"
+
+    page = new_page()
+    sign_in(page, site.keys["operator"])
+    page.goto(f"/ui/workspaces/{ws}/runs")
+    page.get_by_role("link", name=plan_id).click()
+    expect(page.locator("#run-status")).to_have_text("planned")
+    expect(page.locator(".plan-summary")).to_contain_text("1 to add")
+    screenshot(page, "run-planned")
+    page.click("#approve")
+    # While the apply sleeps in its provisioner, its output is already on the page.
+    expect(page.locator("#run-log")).to_contain_text("provisioning-step", timeout=60_000)
+    assert page.locator("#run-status").inner_text() == "applying"
+    screenshot(page, "run-applying")
+    expect(page.locator("#run-status")).to_have_text("applied", timeout=90_000)
+    expect(page.locator("#run-log")).to_contain_text("Apply complete!")
+    assert page.locator("#approve").count() == 0
+    (latest,) = history(site, ws)
+    assert latest["version"] == 1
+
+
+RUN_CONFIG_TEXT = """
+variable "sleep" {
+  type    = number
+  default = 0
+}
+
+resource "terraform_data" "main" {
+  input = "from-a-run"
+
+  provisioner "local-exec" {
+    command = "echo provisioning-step && sleep ${var.sleep}"
+  }
+}
+"""
+
+
+# ------------------------------------------------------------------ every page
+
+
+def pages_of(site: Site, data: dict[str, str]) -> dict[str, str]:
+    ws = data["team_a"]
+    return {
+        "workspaces": "/ui/",
+        "workspace": f"/ui/workspaces/{ws}",
+        "confirm-rollback": f"/ui/workspaces/{ws}/rollback/1",
+        "confirm-delete": f"/ui/workspaces/{ws}/delete",
+        "runs": f"/ui/workspaces/{ws}/runs",
+        "audit": "/ui/audit",
+        "keys": "/ui/keys",
+        "cluster": "/ui/cluster",
+        "not-found": "/ui/no-such-page",
+    }
+
+
+@pytest.fixture
+def axe_source() -> Iterator[str]:
+    if not AXE_JS.exists():
+        pytest.skip(f"{AXE_JS} is missing: scripts/test.sh installs axe-core with npm")
+    yield AXE_JS.read_text()
+
+
+def test_every_page_passes_axe_and_is_keyboard_navigable(
+    site: Site, data: dict[str, str], new_page: Any, axe_source: str
+) -> None:
+    page = new_page(bypass_csp=True)
+    page.goto("/ui/login")
+    problems = _axe(page, axe_source)
+    screenshot(page, "login")
+    sign_in(page, site.keys["admin"])
+    for name, path in pages_of(site, data).items():
+        response = page.goto(path)
+        assert response is not None
+        csp = response.headers["content-security-policy"]
+        assert "unsafe-inline" not in csp and "script-src 'self'" in csp, csp
+        problems += [f"{name}: {p}" for p in _axe(page, axe_source)]
+        _check_keyboard(page, name, path)
+        screenshot(page, name)
+    narrow = new_page(360, 740)
+    sign_in(narrow, site.keys["admin"])
+    for name in ("workspaces", "workspace"):
+        narrow.goto(pages_of(site, data)[name])
+        width = narrow.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360, f"{name} scrolls sideways at 360 px ({width} px wide)"
+        screenshot(narrow, f"{name}-360px")
+    for dark in (True,):
+        page.emulate_media(color_scheme="dark" if dark else "light")
+        page.goto(pages_of(site, data)["workspace"])
+        problems += [f"workspace (dark): {p}" for p in _axe(page, axe_source)]
+        screenshot(page, "workspace-dark")
+    assert not problems, "\n".join(problems)
+
+
+def _axe(page: Any, source: str) -> list[str]:
+    page.add_script_tag(content=source)
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def _check_keyboard(page: Any, name: str, path: str) -> None:
+    """The first Tab reaches the skip link, which moves focus to the content; every link and
+    control is reachable with Tab and shows a focus outline."""
+    page.goto(path)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip", name
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main", name
+    focusable = page.evaluate(
+        "Array.from(document.querySelectorAll('a[href], button, input:not([type=hidden]), "
+        'select, [tabindex="0"]\')).filter(e => e.offsetParent !== null).length'
+    )
+    page.goto(path)
+    reached: set[str] = set()
+    for _ in range(focusable):
+        page.keyboard.press("Tab")
+        info = page.evaluate(
+            "(() => { const e = document.activeElement; const s = getComputedStyle(e);"
+            " return [e.outerHTML.slice(0, 160), s.outlineStyle, s.outlineWidth, e.tagName]; })()"
+        )
+        if info[3] == "BODY":
+            break
+        reached.add(info[0])
+        assert info[1] != "none" and info[2] != "0px", f"{name}: no focus outline on {info[0]}"
+    assert len(reached) >= focusable, f"{name}: Tab reached {len(reached)} of {focusable}"
