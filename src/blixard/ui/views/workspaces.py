@@ -19,8 +19,8 @@ from blixard.domain.models import Workspace
 from blixard.ui.web import page, render, router
 
 PAGE_SIZE = 50
-BATCH = 500
-SCAN_BUDGET = 10_000
+BATCH = 2_500
+SCAN_BUDGET = 25_000
 CHANGED_WITHIN = {"": None, "1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 NOTICES = {"deleted": "The workspace was deleted. An admin can restore it from this list."}
 
@@ -102,5 +102,6 @@ async def workspaces(request: Request) -> Response:
         filters=filters,
         after=after,
         next_after=next_after,
+        partial=filters.active and next_after is not None and len(rows) < PAGE_SIZE,
         notice=NOTICES.get(request.query_params.get("notice", "")),
     )
