@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__, ui
-from blixard.api import admin, backend, encryption, events, health, management, runs
+from blixard.api import admin, backend, encryption, events, explorer, health, management, runs
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import HeaderLimits
@@ -18,6 +18,7 @@ from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
 from blixard.domain.events import EventBus
+from blixard.domain.explorer import ExplorerService
 from blixard.domain.service import StateService
 from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.audit = audit
     app.state.runs = run_service
     app.state.events = bus
+    app.state.explorer = ExplorerService(store)
     install_error_handlers(app)
     app.include_router(backend.router)
     app.include_router(management.router)
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(encryption.router)
     app.include_router(runs.router)
     app.include_router(events.router)
+    app.include_router(explorer.router)
     ui.mount(app, settings)  # the web UI, on the same services and checks
     return app
 

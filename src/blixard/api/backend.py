@@ -40,6 +40,14 @@ _VERSION_PARAM = {
     "schema": {"type": "integer", "minimum": 1},
 }
 
+_AS_OF_PARAM = {
+    "name": "as_of",
+    "in": "query",
+    "required": False,
+    "description": "RFC 3339 time: the version that was current then (404 before the first).",
+    "schema": {"type": "string", "format": "date-time"},
+}
+
 _ERROR = {"description": "JSON error: `{error, message}`"}
 _HOLDER = {"description": "JSON error with the lock holder's LockInfo fields at top level"}
 _LOCK_INFO_BODY: dict[str, Any] = {
@@ -109,8 +117,8 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
 @protocol_route(
     "/state/{workspace}",
     ["GET"],
-    summary="Read the current state (or ?version=N)",
-    openapi_extra={"parameters": [_VERSION_PARAM]},
+    summary="Read the current state (or ?version=N, or ?as_of=TIME)",
+    openapi_extra={"parameters": [_VERSION_PARAM, _AS_OF_PARAM]},
     responses={
         200: {
             "description": "The state bytes exactly as written",
@@ -123,6 +131,8 @@ def protocol_route(path: str, methods: list[str], **doc: Any) -> Callable[[Handl
 async def get_state(request: Request, workspace: str) -> Response:
     await authorize(request, Action.state_read, workspace)
     version = positive_int_query(request, "version")
+    if (as_of := request.query_params.get("as_of")) is not None:  # time travel
+        version = await request.app.state.explorer.version_at(workspace, as_of, version)
     meta, body = await service_of(request).read_state(workspace, version)
     return Response(
         body,

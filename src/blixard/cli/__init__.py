@@ -5,8 +5,8 @@ http://127.0.0.1:8080) and an optional API key from `--api-key` or `BLIXARD_API_
 (sent as `Authorization: Bearer <key>`). Errors go to stderr as one line, exit code 1.
 
 This package holds the `app` and registers every command; the commands live in
-serve.py, state.py, keys.py (keys and audit), runs.py, encryption.py and backup.py,
-and share client.py (the HTTP Client, errors and formatting).
+serve.py, state.py, explorer.py, keys.py (keys and audit), runs.py, encryption.py and
+backup.py, and share client.py (the HTTP Client, errors and formatting).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 
 from blixard.cli.backup import backup_app
 from blixard.cli.encryption import encryption_app
+from blixard.cli.explorer import diff, outputs, resources
 from blixard.cli.keys import audit, keys_app
 from blixard.cli.runs import apply, cancel, discard, logs, plan, plans
 from blixard.cli.serve import serve
@@ -52,6 +53,9 @@ app.command()(rollback)
 app.command()(lock)
 app.command()(unlock)
 app.command("backend-config")(backend_config)
+app.command()(resources)
+app.command()(outputs)
+app.command()(diff)
 app.command()(audit)
 app.command()(plan)
 app.command()(apply)

@@ -145,13 +145,18 @@ def show(
     version: Annotated[
         int | None, typer.Option("--version", min=1, help="A past version (default: current).")
     ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="The version current at this RFC 3339 time."),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Print a workspace's state to stdout exactly as stored."""
     _check_workspace(workspace)
+    params = {"version": version, "as_of": as_of}
     with _client(url, api_key) as client:
-        client.stream_to(f"/state/{workspace}", {"version": version}, sys.stdout.buffer)
+        client.stream_to(f"/state/{workspace}", params, sys.stdout.buffer)
 
 
 def rollback(

@@ -36,6 +36,7 @@ class Action(StrEnum):
     workspace_delete = "workspace.delete"
     workspace_restore = "workspace.restore"
     history_read = "history.read"
+    sensitive_reveal = "sensitive.reveal"  # see sensitive values (outputs) unmasked
     rollback = "state.rollback"
     plan_read = "plan.read"
     plan_create = "plan.create"
@@ -55,6 +56,7 @@ REQUIRED_ROLE: dict[Action, Role] = {
     Action.lock_acquire: Role.writer,
     Action.lock_release: Role.writer,
     Action.plan_create: Role.operator,
+    Action.sensitive_reveal: Role.operator,
     Action.plan_apply: Role.operator,
     Action.lock_force: Role.admin,
     Action.rollback: Role.admin,

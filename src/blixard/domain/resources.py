@@ -18,6 +18,7 @@ every output marked `sensitive` read `"(sensitive)"` unless the caller asks to r
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,28 @@ class ResourceInstance:
         """Unique within a state: the address, plus the deposed key for a deposed object."""
         return f"{self.address} (deposed {self.deposed_key})" if self.deposed_key else self.address
 
+    def as_dict(self, *, attributes: bool = False) -> dict[str, Any]:
+        """The instance as the explorer lists it; `attributes` adds them, masked, and the
+        sensitive paths (named, never valued)."""
+        shown: dict[str, Any] = {
+            "address": self.address,
+            "module": self.module,
+            "mode": self.mode,
+            "type": self.type,
+            "name": self.name,
+            "index_key": self.index_key,
+            "provider": self.provider,
+            "status": self.status,
+            "deposed_key": self.deposed_key,
+            "dependencies": list(self.dependencies),
+            "identity": self.identity,
+            "digest": self.digest,
+        }
+        if attributes:
+            shown["attributes"] = self.masked_attributes()
+            shown["sensitive_attributes"] = [format_path(p) for p in self.sensitive_paths]
+        return shown
+
     def masked_attributes(self, *, reveal: bool = False) -> dict[str, Any]:
         """The attributes with every sensitive path replaced by MASK (unless `reveal`)."""
         if reveal or not self.sensitive_paths:
@@ -77,6 +100,14 @@ class Output:
 
     def shown_value(self, *, reveal: bool = False) -> Any:
         return MASK if self.sensitive and not reveal else self.value
+
+    def as_dict(self, *, reveal: bool = False) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "value": self.shown_value(reveal=reveal),
+            "sensitive": self.sensitive,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +195,46 @@ def _mask_one(value: Any, path: Path) -> Any:
         items[step] = _mask_one(value[step], rest)
         return items
     return value
+
+
+def resolve_path(value: Any, path: Path) -> Path:
+    """The path as it runs through the stored JSON: a sensitive path names steps of the
+    attribute's value, and where it crosses a dynamically typed value (`{"value", "type"}`)
+    the stored JSON has an extra `"value"` step. Follows `_mask_one`'s reading exactly, so a
+    resolved path masks what the sensitive path masks; steps past a missing one are kept."""
+    resolved: list[str | int] = []
+    for position, step in enumerate(path):
+        if _is_dynamic_wrapper(value) and not (isinstance(step, str) and step in value):
+            resolved.append("value")
+            value = value["value"]
+        if not _has_step(value, step):
+            resolved.extend(path[position:])
+            break
+        value = value[step]
+        resolved.append(step)
+    return tuple(resolved)
+
+
+def _has_step(value: Any, step: str | int) -> bool:
+    if isinstance(value, dict):
+        return isinstance(step, str) and step in value
+    return isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value)
+
+
+def format_path(path: Path) -> str:
+    """A path as Terraform prints one: `tags["Name"]`, `ingress[0].cidr_blocks`."""
+    text = ""
+    for step in path:
+        if isinstance(step, int):
+            text += f"[{step}]"
+        elif _IDENTIFIER.fullmatch(step):
+            text += f".{step}" if text else step
+        else:
+            text += "[" + orjson.dumps(step).decode() + "]"
+    return text
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def _is_dynamic_wrapper(value: Any) -> bool:
