@@ -231,6 +231,10 @@ def test_rollback_from_the_ui_creates_a_new_version(
     page.get_by_role("link", name="Roll back to version 1").click()
     expect(page.locator("h1")).to_contain_text("to version 1")
     expect(page.locator("main")).to_contain_text("new version 3")
+    expect(page.locator("#count-changed")).to_have_text("1")  # the diff it will make
+    row = page.locator("tr[data-attribute='input.value']")
+    expect(row.locator("td.before")).to_contain_text('"two"')
+    expect(row.locator("td.after")).to_contain_text('"one"')
     page.get_by_role("button", name="Roll back to version 1").click()
     expect(page.locator("main .notice")).to_contain_text("Rolled back")
     expect(page.locator("tr[data-version='3']")).to_contain_text("rollback (from 1)")
@@ -273,6 +277,83 @@ def test_a_form_post_without_the_csrf_token_is_refused(
         assert lock_of(site, ws) is not None
     finally:
         release(site, ws)
+
+
+# ------------------------------------------------------------------ explorer pages
+
+
+def test_compare_two_versions_shows_counts_and_the_changed_attribute(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    ws = data["team_a"]
+    page = new_page()
+    sign_in(page, site.keys["reader"])
+    page.goto(f"/ui/workspaces/{ws}")
+    page.select_option("#cmp-from", "1")
+    page.select_option("#cmp-to", "2")
+    page.get_by_role("button", name="Compare").click()
+    expect(page).to_have_url(f"{site.url}/ui/workspaces/{ws}/diff?from=1&to=2")
+    expect(page.locator("h1")).to_have_text(f"{ws} v1 → {ws} v2")
+    counts = {k: page.locator(f"#count-{k}").inner_text() for k in ("added", "removed", "changed")}
+    assert counts == {"added": "0", "removed": "0", "changed": "1"}, counts
+    row = page.locator("details.kind-changed tr[data-attribute='input.value']")
+    expect(row.locator("td.before")).to_contain_text('"one"')
+    expect(row.locator("td.after")).to_contain_text('"two"')
+    screenshot(page, "diff")
+    # The URL is the page: opened afresh, it shows the same comparison.
+    fresh = new_page()
+    sign_in(fresh, site.keys["reader"])
+    fresh.goto(f"/ui/workspaces/{ws}/diff?from=1&to=2")
+    expect(fresh.locator("#count-changed")).to_have_text("1")
+    # A scoped writer cannot compare with a workspace outside its scope.
+    writer = new_page()
+    sign_in(writer, site.keys["writer-a"])
+    response = writer.goto(f"/ui/workspaces/{ws}/diff?from_workspace={data['team_b']}")
+    assert response is not None and response.status == 404
+    assert "secret-project" not in writer.content()
+
+
+def test_resources_and_outputs_mask_sensitive_values_until_an_operator_reveals_them(
+    site: Site, new_page: Any
+) -> None:
+    ws = unique_name("team-a-outputs")
+    proj = site.project("tf-outputs", ws)
+    proj.write(
+        resource_config(
+            "visible", extra='output "token" {\n  value = "hunter2"\n  sensitive = true\n}\n'
+        )
+    )
+    proj.run("init", "-input=false")
+    proj.run("apply", "-auto-approve", "-input=false")
+
+    reader = new_page()
+    sign_in(reader, site.keys["reader"])
+    reader.goto(f"/ui/workspaces/{ws}/outputs")
+    expect(reader.locator("tr[data-output='token'] .value")).to_have_text("(sensitive)")
+    expect(reader.locator("tr[data-output='value'] .value")).to_contain_text("visible")
+    assert reader.locator("#reveal").count() == 0 and "hunter2" not in reader.content()
+    refused = reader.context.request.post(f"/ui/workspaces/{ws}/outputs", form={})
+    assert refused.status == 403 and "hunter2" not in refused.text()
+
+    reader.goto(f"/ui/workspaces/{ws}/resources")
+    reader.get_by_role("link", name="terraform_data.main").click()
+    expect(reader.locator("h1")).to_have_text("terraform_data.main")
+    expect(reader.locator("pre.attributes")).to_contain_text('"visible"')
+    expect(reader.locator("#timeline-h + div")).to_contain_text("appeared")
+
+    operator = new_page()
+    sign_in(operator, site.keys["operator"])
+    operator.goto(f"/ui/workspaces/{ws}/outputs")
+    screenshot(operator, "outputs")
+    operator.click("#reveal")
+    expect(operator.locator("tr[data-output='token'] .value")).to_contain_text("hunter2")
+    with site.api() as api:
+        events = api.get("/audit", params={"workspace": ws, "action": "sensitive.reveal"}).json()
+    # The reader's attempt is on record as denied; the operator's reveal as done.
+    outcomes = sorted((e["key"], e["outcome"]) for e in events["events"])
+    assert outcomes == [("ui-operator", "ok"), ("ui-reader", "denied")], events
+    (event,) = [e for e in events["events"] if e["outcome"] == "ok"]
+    assert "token" in event["detail"], event
 
 
 # ------------------------------------------------------------------ runs
@@ -344,6 +425,9 @@ def pages_of(site: Site, data: dict[str, str]) -> dict[str, str]:
         "confirm-rollback": f"/ui/workspaces/{ws}/rollback/1",
         "confirm-delete": f"/ui/workspaces/{ws}/delete",
         "runs": f"/ui/workspaces/{ws}/runs",
+        "diff": f"/ui/workspaces/{ws}/diff?from=1&to=2",
+        "resources": f"/ui/workspaces/{ws}/resources",
+        "resource": f"/ui/workspaces/{ws}/resource?address=terraform_data.main",
         "audit": "/ui/audit",
         "keys": "/ui/keys",
         "cluster": "/ui/cluster",

@@ -8,11 +8,34 @@ from starlette.staticfiles import StaticFiles
 
 from blixard.config import Settings
 from blixard.ui import web
-from blixard.ui.views import audit, cluster, keys, login, runs, workspace, workspaces
+from blixard.ui.views import (
+    audit,
+    cluster,
+    diff,
+    keys,
+    login,
+    outputs,
+    resources,
+    runs,
+    workspace,
+    workspaces,
+)
 from blixard.ui.views import errors as catch_all
 
 #: Imported for their routes; the catch-all 404 page is registered last.
-PAGES = (login, workspaces, workspace, runs, audit, keys, cluster, catch_all)
+PAGES = (
+    login,
+    workspaces,
+    workspace,
+    diff,
+    resources,
+    outputs,
+    runs,
+    audit,
+    keys,
+    cluster,
+    catch_all,
+)
 
 
 def mount(app: FastAPI, settings: Settings) -> None:

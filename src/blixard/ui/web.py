@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import orjson
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -29,7 +30,9 @@ from blixard.auth.keyring import KeyRing
 from blixard.auth.sessions import COOKIE_NAME, Session, SessionCodec, resolve_session_secret
 from blixard.config import Settings
 from blixard.domain.access import Action, Actor
+from blixard.domain.diff import ABSENT
 from blixard.domain.errors import DomainError, InvalidInput, PermissionDenied, Unauthenticated
+from blixard.domain.resources import MASK, format_path
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -99,6 +102,15 @@ def _size(value: int | None) -> str:
     return f"{value} B"
 
 
+def _shown(value: Any) -> str:
+    """A value as the diff and resource pages print it: JSON, or a dash where absent."""
+    if value is ABSENT:
+        return "—"
+    if isinstance(value, str):
+        return value if value == MASK else orjson.dumps(value).decode()
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
 def _signed(value: int | None) -> str:
     if value is None:
         return ""
@@ -112,7 +124,14 @@ templates = Environment(
     lstrip_blocks=True,
 )
 templates.filters.update(
-    time=_format_time, iso=_iso, age=_age, size=_size, signed=_signed, url=lambda v: quote(v, "")
+    time=_format_time,
+    iso=_iso,
+    age=_age,
+    size=_size,
+    signed=_signed,
+    shown=_shown,
+    path=format_path,
+    url=lambda v: quote(v, ""),
 )
 
 
@@ -207,7 +226,7 @@ def render(
         request=request,
         page=current,
         Action=Action,
-        version=__version__,
+        blixard_version=__version__,
         path=request.url.path,
         **context,
     )

@@ -12,6 +12,7 @@ from blixard.api.views import service_of
 from blixard.domain.access import Action
 from blixard.domain.errors import InvalidInput, NotFound
 from blixard.domain.models import Lock, VersionMeta, Workspace
+from blixard.ui.views.diff import OPEN_LIMIT, SYMBOLS, explorer_of, grouped
 from blixard.ui.web import Page, form, page, redirect, render, router
 
 PAGE_SIZE = 25
@@ -138,8 +139,22 @@ async def confirm_rollback(request: Request, workspace: str, version: str) -> Re
     current = await page(request, Action.rollback, workspace)
     ws = await _workspace(request, workspace)
     target, _ = await service_of(request).read_state(workspace, _version_number(version))
+    assert ws.head is not None  # it has a version
+    # What the rollback will change: from the current version to the chosen one.
+    view = await explorer_of(request).diff(
+        workspace, to_version=target.version, from_version=ws.head.version
+    )
     return render(
-        current, request, "confirm_rollback.html", section="workspaces", ws=ws, target=target
+        current,
+        request,
+        "confirm_rollback.html",
+        section="workspaces",
+        ws=ws,
+        target=target,
+        view=view,
+        groups=grouped(view.diff.resources),
+        symbols=SYMBOLS,
+        fold=len(view.diff.resources) > OPEN_LIMIT,
     )
 
 
