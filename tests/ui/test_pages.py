@@ -279,6 +279,39 @@ def test_a_form_post_without_the_csrf_token_is_refused(
         release(site, ws)
 
 
+def test_an_admin_creates_a_key_sees_its_secret_once_and_revokes_it(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    name = f"made-in-ui-{uuid.uuid4().hex[:6]}"
+    page = new_page()
+    sign_in(page, site.keys["admin"])
+    page.goto("/ui/keys")
+    page.fill("#k-name", name)
+    page.select_option("#k-role", "reader")
+    page.fill("#k-ws", "team-a-*")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret").inner_text()
+    assert secret, "no secret shown"
+    screenshot(page, "keys-created")
+    page.goto("/ui/keys")
+    assert secret not in page.content()
+    # The new key works, with its scope.
+    other = new_page()
+    sign_in(other, secret)
+    expect(other.locator(f"tr[data-ws='{data['team_a']}']")).to_be_visible()
+    assert data["team_b"] not in other.content()
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Revoke {name}").click()
+    expect(page.locator("main .notice")).to_contain_text("revoked")
+    other.goto("/ui/")
+    expect(other.locator("h1")).to_have_text("Sign in")
+
+    page.goto("/ui/audit?action=keys.manage&key=admin")
+    expect(page.locator("main table")).to_contain_text(f"created key '{name}'")
+    expect(page.locator("main table")).to_contain_text(f"revoked key '{name}'")
+
+
 # ------------------------------------------------------------------ explorer pages
 
 
