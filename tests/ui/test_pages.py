@@ -249,6 +249,29 @@ def test_rollback_from_the_ui_creates_a_new_version(
     assert '"one" -> "two"' in proj.run("plan", "-input=false").flat
 
 
+def test_an_admin_deletes_and_restores_a_workspace(site: Site, new_page: Any) -> None:
+    ws = unique_name("team-a-deleted")
+    site.apply(ws, "one")
+    page = new_page()
+    sign_in(page, site.keys["admin"])
+    page.goto(f"/ui/workspaces/{ws}")
+    page.get_by_role("link", name="Delete workspace…").click()
+    page.get_by_role("button", name="Delete workspace").click()
+    expect(page.locator("main .notice")).to_contain_text("deleted")
+    assert page.locator(f"tr[data-ws='{ws}']").count() == 0
+    with site.api() as api:
+        assert api.get(f"/history/{ws}").status_code == 404
+    page.check("#deleted")
+    page.fill("#q", ws)
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("link", name=ws).click()
+    page.get_by_role("button", name="Restore workspace").click()
+    expect(page.locator("main .notice")).to_contain_text("restored")
+    expect(page.locator("tr[data-version]")).to_have_count(1)
+    with site.api() as api:
+        assert api.get(f"/history/{ws}").status_code == 200
+
+
 def test_a_form_post_without_the_csrf_token_is_refused(
     site: Site, data: dict[str, str], new_page: Any
 ) -> None:
