@@ -44,6 +44,24 @@ def test_history_metadata_and_pagination(client: TestClient) -> None:
     assert client.get(f"{API}/history/nope").status_code == 404
 
 
+def test_history_shows_who_held_the_lock_of_each_write(client: TestClient) -> None:
+    write(client, "w", tfstate(1, salt="1"))
+    info = lock_info(who="alice@laptop")
+    assert client.post(f"{API}/lock/w", json=info).status_code == 200
+    write(client, "w", tfstate(2, salt="2"), lock_id=info["ID"])
+    rolled = client.post(f"{API}/rollback/w/1", params={"ID": info["ID"]})
+    assert rolled.status_code == 200 and rolled.json()["who"] == "alice@laptop"
+    assert client.post(f"{API}/unlock/w", json=info).status_code == 200
+    write(client, "w", tfstate(9, salt="9"))
+    versions = client.get(f"{API}/history/w").json()["versions"]
+    assert [(v["version"], v["who"]) for v in versions] == [
+        (4, None),
+        (3, "alice@laptop"),
+        (2, "alice@laptop"),
+        (1, None),
+    ]
+
+
 def test_rollback_creates_new_version_with_next_serial(client: TestClient) -> None:
     for serial in (1, 2, 3):
         write(client, "w", tfstate(serial, salt=str(serial)))

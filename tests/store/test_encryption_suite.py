@@ -115,7 +115,13 @@ async def _etcd_values(store: Store) -> AsyncIterator[tuple[str, bytes, int]]:
 
 def _etcd_engine(tmp_path: Path) -> Engine:
     async def raw(store: Store) -> list[bytes]:
-        return [value async for _, value, _ in _etcd_values(store)]
+        values = [value async for _, value, _ in _etcd_values(store)]
+        # Version metadata too: the lock holder's `Who` in it is sealed.
+        assert isinstance(store, EtcdStore)
+        ver = store._k("ver/")
+        async for kv in store._scan(ver, _prefix_end(ver)):
+            values.append(orjson.dumps(orjson.loads(kv.value)["meta"]))
+        return values
 
     async def sealed_with(store: Store) -> Counter[str]:
         found: Counter[str] = Counter()
@@ -171,9 +177,8 @@ async def put_version(store: Store, workspace: str, serial: int, body: bytes) ->
     for _ in range(50):
         ws = await store.get_workspace(workspace)
         revision = ws.revision if ws else None
-        if await store.append_version(
-            workspace, body, new_version(body, serial), expect_revision=revision
-        ):
+        version = replace(new_version(body, serial), lock_who=WHO)
+        if await store.append_version(workspace, body, version, expect_revision=revision):
             return
     raise AssertionError("the version never got written")
 
@@ -202,6 +207,9 @@ async def assert_everything_reads_back(store: Store, history: dict[str, list[byt
         for number, body in enumerate(states, start=1):
             found = await store.read_version(workspace, number)
             assert found is not None and found[1] == body, (workspace, number)
+            assert found[0].lock_who == WHO
+        listed = await store.list_versions(workspace, limit=1000)
+        assert len(listed) >= len(states) and {meta.lock_who for meta in listed} == {WHO}
     ws = await store.get_workspace("a")
     assert ws is not None and ws.lock is not None and ws.lock.info["Who"] == WHO
     run = await store.get_run("run-1")

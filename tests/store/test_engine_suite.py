@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import sqlite3
 import time
 from dataclasses import replace
+from typing import cast
 
 import orjson
 import pytest
 
 from blixard.domain.models import Lock, NewVersion, StateMeta
+from blixard.domain.resource_index import ResourceQuery
 from blixard.store.protocol import Store
+from blixard.store.resource_index import ResourceIndexStore
+from blixard.store.sqlite import SQLiteStore
 from tests.store.conftest import StoreFactory
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +140,33 @@ async def test_versions_are_numbered_from_one_and_read_back_exactly(store: Store
     head = await store.read_head("w")
     assert head is not None and head[1] == bodies[5] and head[0].version == 5
     assert await store.read_version("w", 6) is None
+
+
+async def test_versions_keep_the_lock_holders_who(store_factory: StoreFactory) -> None:
+    """A version written under a lock keeps the holder's `Who`; one without has none. Both
+    read back through every read path and survive a reopen."""
+    first = store_factory()
+    await first.open()
+    try:
+        body = state(1)
+        held = replace(new_version(body, 1, lock_id="L1"), lock_who="alice@laptop")
+        written = await first.append_version("w", body, held, expect_revision=None)
+        assert written is not None and written.head is not None
+        assert written.head.lock_who == "alice@laptop"
+        await append(first, "w", 2)
+    finally:
+        await first.close()
+    second = store_factory()
+    await second.open()
+    try:
+        found = await second.read_version("w", 1)
+        assert found is not None and found[0].lock_who == "alice@laptop"
+        listed = await second.list_versions("w")
+        assert [(m.version, m.lock_who) for m in listed] == [(2, None), (1, "alice@laptop")]
+        head = await second.read_head("w")
+        assert head is not None and head[0].lock_who is None
+    finally:
+        await second.close()
 
 
 async def test_list_versions_newest_first_with_cursor(store: Store) -> None:
@@ -495,3 +527,169 @@ async def test_node_leases_expire_unless_renewed(store: Store) -> None:
     await store.revoke_node_lease(again)
     assert await store.live_nodes() == {}
     await store.revoke_node_lease(kept)
+
+
+# -- the resource index (store/resource_index.py) -----------------------------------------
+
+
+def resources_state(serial: int, instances: dict[str, tuple[str, str]]) -> bytes:
+    """A state with one instance per address: address → (type, id)."""
+    resources = []
+    for address, (type_, ident) in sorted(instances.items()):
+        resources.append(
+            {
+                "mode": "managed",
+                "type": type_,
+                "name": address.split(".")[-1],
+                "provider": 'provider["registry.terraform.io/hashicorp/aws"]',
+                "instances": [{"attributes": {"id": ident, "arn": f"arn:{ident}"}}],
+            }
+        )
+    document = {"version": 4, "serial": serial, "lineage": "L", "resources": resources}
+    return orjson.dumps(document)
+
+
+def indexed(store: Store) -> ResourceIndexStore:
+    """The store's resource index capability (every engine has it)."""
+    return cast(ResourceIndexStore, store)
+
+
+def found(store: Store, **filters: str) -> list[tuple[str, int, str]]:
+    index = indexed(store).resource_index
+    query = ResourceQuery(**filters)  # type: ignore[arg-type]
+    return [(m.workspace, m.version, m.row.address) for m in index.search(query, lambda _: True)]
+
+
+async def test_resource_index_follows_versions_deletes_and_reopens(
+    store_factory: StoreFactory,
+) -> None:
+    first = store_factory()
+    await first.open()
+    try:
+        await append(first, "a", 1, resources_state(1, {"x.bucket": ("aws_s3_bucket", "b-1")}))
+        await append(
+            first,
+            "a",
+            2,
+            resources_state(
+                2, {"x.bucket": ("aws_s3_bucket", "b-2"), "x.vpc": ("aws_vpc", "shared")}
+            ),
+        )
+        await append(first, "b", 1, resources_state(1, {"y.vpc": ("aws_vpc", "shared")}))
+        # Only current versions answer: b-1 was replaced by b-2.
+        assert found(first, type="aws_s3_bucket") == [("a", 2, "aws_s3_bucket.bucket")]
+        assert found(first, id="b-1") == []
+        assert found(first, id="arn:b-2") == [("a", 2, "aws_s3_bucket.bucket")]
+        assert found(first, type="aws_vpc") == [("a", 2, "aws_vpc.vpc"), ("b", 1, "aws_vpc.vpc")]
+        dupes = indexed(first).resource_index.duplicates(lambda _: True)
+        assert [(d.kind, d.value, [m.workspace for m in d.holders]) for d in dupes] == [
+            ("arn", "arn:shared", ["a", "b"]),
+            ("id", "shared", ["a", "b"]),
+        ]
+        # Every version's document is stored with it.
+        history = await indexed(first).index_history("a")
+        assert [(d.version, [r.id for r in d.rows]) for d in history] == [
+            (1, ["b-1"]),
+            (2, ["b-2", "shared"]),
+        ]
+        # A soft-deleted workspace drops out; restored, it comes back.
+        ws = await first.get_workspace("b")
+        assert ws is not None
+        deleted = await first.set_deleted("b", 9.0, expect_revision=ws.revision, now=9.0)
+        assert deleted is not None
+        assert found(first, type="aws_vpc") == [("a", 2, "aws_vpc.vpc")]
+        assert first.resource_index.duplicates(lambda _: True) == []  # type: ignore[attr-defined]
+        restored = await first.set_deleted("b", None, expect_revision=deleted.revision, now=10.0)
+        assert restored is not None
+        assert found(first, id="shared") == [("a", 2, "aws_vpc.vpc"), ("b", 1, "aws_vpc.vpc")]
+        await first.set_deleted("b", 11.0, expect_revision=restored.revision, now=11.0)
+    finally:
+        await first.close()
+
+    second = store_factory()
+    await second.open()
+    try:
+        # Loaded from the stored documents, deleted workspaces still hidden.
+        assert found(second, type="aws_vpc") == [("a", 2, "aws_vpc.vpc")]
+        assert found(second, type="aws_s3_bucket", address="aws_s3_*") == [
+            ("a", 2, "aws_s3_bucket.bucket")
+        ]
+    finally:
+        await second.close()
+
+
+async def drop_index_documents(store: Store, workspace: str | None = None) -> None:
+    """Remove index documents (of one workspace, or all) as a store from before the index
+    would lack them; the store is open (etcd) or closed (SQLite)."""
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        with conn:
+            where = "" if workspace is None else " WHERE workspace_id = (SELECT id FROM workspaces "
+            conn.execute(
+                "DELETE FROM resource_index" + (where and where + "WHERE name = ?)"),
+                () if workspace is None else (workspace,),
+            )
+        conn.close()
+        return
+    from blixard.store.etcd import EtcdStore, _prefix_end
+
+    assert isinstance(store, EtcdStore)
+    for family in ("rix/", "rixhead/"):
+        key = store._k(family) + (f"{workspace}" if workspace else "").encode()
+        await store._kv.delete(key, _prefix_end(key))
+
+
+async def test_reindex_builds_missing_documents_only_and_resumes(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    await store.open()
+    try:
+        for serial in range(1, 6):
+            await append(store, "a", serial, resources_state(serial, {"r.x": ("t", f"a{serial}")}))
+        for serial in range(1, 4):
+            await append(store, "b", serial, resources_state(serial, {"r.x": ("t", f"b{serial}")}))
+        if not isinstance(store, SQLiteStore):
+            await drop_index_documents(store)
+    finally:
+        await store.close()
+    if isinstance(store, SQLiteStore):
+        await drop_index_documents(store)
+
+    # Opened, the store starts building the 8 missing documents; closed at once, it stops
+    # wherever it was (possibly before the first).
+    interrupted = store_factory()
+    await interrupted.open()
+    await interrupted.close()
+
+    resumed = store_factory()
+    await resumed.open()
+    try:
+        task = resumed._reindexer  # type: ignore[attr-defined]
+        await task
+        status = indexed(resumed).reindex_status
+        assert status.complete and status.remaining == 0 and status.indexed <= 8
+        assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
+        assert found(resumed, id="a5") == [("a", 5, "t.x")]
+        history = await indexed(resumed).index_history("a")
+        assert [[row.id for row in doc.rows] for doc in history] == [[f"a{n}"] for n in range(1, 6)]
+        # Forced, every document is built again; the answers stay the same.
+        forced = await indexed(resumed).reindex_resources(force=True)
+        assert forced.complete and forced.indexed == 8
+        assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
+        if not isinstance(resumed, SQLiteStore):
+            await drop_index_documents(resumed, "b")
+    finally:
+        await resumed.close()
+    if isinstance(resumed, SQLiteStore):
+        await drop_index_documents(resumed, "b")
+
+    # Only what is missing is built: b's three versions.
+    again = store_factory()
+    await again.open()
+    try:
+        await again._reindexer  # type: ignore[attr-defined]
+        assert indexed(again).reindex_status.indexed == 3
+        assert found(again, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
+    finally:
+        await again.close()

@@ -418,3 +418,32 @@ async def test_health_and_unavailability_as_members_die(
             assert (await http.post("/api/tofu/state/w", content=state(3))).status_code == 200
             head = await store.read_head("w")
             assert head is not None and head[0].serial == 3
+
+
+async def test_resource_index_of_one_node_follows_the_writes_of_another(tmp_path: Path) -> None:
+    """Every node answers searches from memory, kept current by a watch on the head markers."""
+    from tests.store.test_engine_suite import found, resources_state
+
+    endpoints, prefix = shared_cluster_endpoints(), _prefix(tmp_path)
+    a, b = EtcdStore(endpoints, prefix), EtcdStore(endpoints, prefix)
+    await a.open()
+    await b.open()
+    try:
+        await append(a, "w", 1, resources_state(1, {"x.vpc": ("aws_vpc", "v-1")}))
+        await append(a, "w", 2, resources_state(2, {"x.vpc": ("aws_vpc", "v-2")}))
+
+        async def settled(expected: list[tuple[str, int, str]], **filters: str) -> None:
+            for _ in range(200):
+                if found(b, **filters) == expected:
+                    return
+                await asyncio.sleep(0.05)
+            assert found(b, **filters) == expected
+
+        await settled([("w", 2, "aws_vpc.vpc")], id="v-2")
+        ws = await a.get_workspace("w")
+        assert ws is not None
+        await a.set_deleted("w", 5.0, expect_revision=ws.revision, now=5.0)
+        await settled([], type="aws_vpc")
+    finally:
+        await a.close()
+        await b.close()

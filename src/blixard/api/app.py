@@ -9,7 +9,17 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from blixard import __version__, ui
-from blixard.api import admin, backend, encryption, events, explorer, health, management, runs
+from blixard.api import (
+    admin,
+    backend,
+    encryption,
+    events,
+    explorer,
+    health,
+    management,
+    runs,
+    search,
+)
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import HeaderLimits
@@ -103,6 +113,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(runs.router)
     app.include_router(events.router)
     app.include_router(explorer.router)
+    app.include_router(search.router)
     ui.mount(app, settings)  # the web UI, on the same services and checks
     return app
 

@@ -35,6 +35,7 @@ def version_json(meta: VersionMeta) -> dict[str, Any]:
         "source": meta.source,
         "rolled_back_from": meta.rolled_back_from,
         "written_by": meta.written_by,
+        "who": meta.lock_who,
     }
 
 

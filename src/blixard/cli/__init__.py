@@ -20,6 +20,7 @@ from blixard.cli.encryption import encryption_app
 from blixard.cli.explorer import diff, outputs, resources
 from blixard.cli.keys import audit, keys_app
 from blixard.cli.runs import apply, cancel, discard, logs, plan, plans
+from blixard.cli.search import duplicates, reindex, search
 from blixard.cli.serve import serve
 from blixard.cli.state import (
     backend_config,
@@ -63,6 +64,9 @@ app.command()(plans)
 app.command()(logs)
 app.command()(discard)
 app.command()(cancel)
+app.command()(search)
+app.command()(duplicates)
+app.command()(reindex)
 
 app.add_typer(encryption_app)
 app.add_typer(backup_app)  # backup, restore, migrate

@@ -57,6 +57,7 @@ class VersionMeta:
     source: VersionSource
     rolled_back_from: int | None = None
     written_by: str | None = None  # the API key (or run) that wrote it
+    lock_who: str | None = None  # LockInfo `Who` of the lock the write was made under
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class NewVersion:
     source: VersionSource
     rolled_back_from: int | None = None
     written_by: str | None = None
+    lock_who: str | None = None
 
     def numbered(self, workspace: str, version: int) -> VersionMeta:
         return VersionMeta(
@@ -89,6 +91,7 @@ class NewVersion:
             source=self.source,
             rolled_back_from=self.rolled_back_from,
             written_by=self.written_by,
+            lock_who=self.lock_who,
         )
 
 

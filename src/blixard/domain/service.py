@@ -14,7 +14,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from blixard.domain.access import Action, Actor, Role, audit_event
@@ -201,6 +201,7 @@ class StateService:
                     f"Workspace '{name}' is deleted; restore it before writing to it."
                 )
             self._check_writer(ws, lock_id, "write state")
+            write = new if ws is None or ws.lock is None else with_lock_who(new, ws.lock)
             head = ws.head if ws else None
             if head is not None:
                 if head.sha256 == sha256 and source == "write":
@@ -221,7 +222,7 @@ class StateService:
                         "a changed state needs a higher serial."
                     )
             updated = await self.store.append_version(
-                name, body, new, expect_revision=ws.revision if ws else None, audit=audit
+                name, body, write, expect_revision=ws.revision if ws else None, audit=audit
             )
             if updated is None or updated.head is None:
                 return None
@@ -423,6 +424,13 @@ class StateService:
             return await self._release(ws, Action.lock_force, actor)
 
         return await self._cas(name, attempt)
+
+
+def with_lock_who(new: NewVersion, lock: Lock) -> NewVersion:
+    """The version as written under `lock`: it records the holder's LockInfo `Who`, so history
+    says who applied it even after the lock is gone."""
+    who = lock.info.get("Who")
+    return replace(new, lock_who=who if isinstance(who, str) and who else None)
 
 
 def verify_content_md5(digest: bytes, header: str) -> None:

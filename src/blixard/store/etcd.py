@@ -36,11 +36,13 @@ from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import FINISHED, OPEN, Run
+from blixard.store import resource_index
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionStatus, RotationProgress
 from blixard.store.etcd_batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
 from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
+from blixard.store.resource_index import HeadIndex, IndexDoc, ReindexStatus
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
 if TYPE_CHECKING:
@@ -214,6 +216,12 @@ class EtcdStore:
         self._last_audit = 0
         #: New ids go above it: the newest id an upgrade or import left (`meta/auditids`).
         self._audit_floor = 0
+        #: Current versions' resource index documents (search), kept current by a watch on
+        #: `rixhead/` (every node's writes); see resource_index.py and docs/search.md.
+        self.resource_index = HeadIndex()
+        self.reindex_status = ReindexStatus()
+        self._index_watch: asyncio.Task[None] | None = None
+        self._reindexer: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -253,6 +261,8 @@ class EtcdStore:
             await self._check_encryption()
             await self._index_runs()
             await self._upgrade_audit_ids()
+            await self._follow_resource_heads()
+            self.start_reindex()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
         except BaseException:
@@ -322,6 +332,11 @@ class EtcdStore:
         return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
 
     async def close(self) -> None:
+        for task in (self._reindexer, self._index_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._reindexer = self._index_watch = None
         if self._compactor is not None:
             self._compactor.cancel()
             await asyncio.gather(self._compactor, return_exceptions=True)
@@ -445,7 +460,7 @@ class EtcdStore:
                 "created_at": ws.created_at,
                 "updated_at": ws.updated_at,
                 "deleted_at": ws.deleted_at,
-                "head": ws.head,  # orjson writes dataclasses as asdict() would, faster
+                "head": self._head_doc(ws.head),
                 "lock": (
                     {
                         "id": lock.id,
@@ -477,7 +492,7 @@ class EtcdStore:
             if lock_doc
             else None
         )
-        head = VersionMeta(**doc["head"]) if doc["head"] else None
+        head = self._meta_from(name, doc["head"]) if doc["head"] else None
         ws = Workspace(
             name,
             int(kv.mod_revision),
@@ -495,6 +510,29 @@ class EtcdStore:
             doc.get("body_bytes", 0),
             doc.get("audit", 0),
         )
+
+    def _meta_doc(self, meta: VersionMeta) -> Any:
+        """A version's metadata as its `ver/` document holds it: the lock holder's `Who` is
+        sealed (base64) when encryption is on, with the blob's key (rotation re-seals both)."""
+        if meta.lock_who is None or self.cipher is None:
+            return meta  # orjson writes dataclasses as asdict() would, faster
+        doc = asdict(meta)
+        doc["lock_who"] = _b64(self.cipher.seal(meta.lock_who.encode(), lock_aad(meta.workspace)))
+        return doc
+
+    def _head_doc(self, meta: VersionMeta | None) -> Any:
+        """The head's metadata in the workspace record. With encryption on it leaves out the
+        lock holder (read it from the version): rotation re-seals a record only for its lock,
+        so nothing else in it may be sealed."""
+        if meta is None or meta.lock_who is None or self.cipher is None:
+            return meta
+        return replace(meta, lock_who=None)
+
+    def _meta_from(self, name: str, doc: dict[str, Any]) -> VersionMeta:
+        who = doc.get("lock_who")
+        if who is not None and self.cipher is not None:
+            doc = {**doc, "lock_who": self.cipher.open(_unb64(who), lock_aad(name)).decode()}
+        return VersionMeta(**doc)
 
     async def _record(self, name: str) -> _Record | None:
         sent = time.monotonic()
@@ -873,7 +911,7 @@ class EtcdStore:
         if before is not None and before <= 1:
             return []
         resp = await self._range(start, _prefix_end(prefix), limit=limit)
-        return [VersionMeta(**orjson.loads(kv.value)["meta"]) for kv in resp.kvs]
+        return [self._meta_from(name, orjson.loads(kv.value)["meta"]) for kv in resp.kvs]
 
     async def read_head(self, name: str) -> tuple[VersionMeta, bytes] | None:
         record = await self._record(name)
@@ -919,7 +957,7 @@ class EtcdStore:
         if kv is None:
             return None
         doc = orjson.loads(kv.value)
-        meta = VersionMeta(**doc["meta"])
+        meta = self._meta_from(name, doc["meta"])
         if "inline" in doc:
             blob = _unb64(doc["inline"])
         else:
@@ -1073,11 +1111,19 @@ class EtcdStore:
         now: float,
         audit: AuditEvent | None = None,
     ) -> Workspace | None:
-        def build(current: _Record) -> _Record:
-            ws = replace(current.ws, deleted_at=deleted_at, updated_at=now)
-            return replace(current, ws=ws)
-
-        return await self._write_record(name, expect_revision, build, audit)
+        current = await self._record_at(name, expect_revision)
+        if current is None:
+            return None
+        ws = replace(current.ws, deleted_at=deleted_at, updated_at=now)
+        # The index's head marker says whether the workspace is searchable (every node).
+        head = current.ws.head
+        extra = [self._index_head_op(name, head.version, deleted_at is not None)] if head else []
+        updated = await self._cas_record(
+            name, expect_revision, replace(current, ws=ws), audit, extra
+        )
+        if updated is not None:
+            self.resource_index.set_hidden(name, updated.deleted)
+        return updated
 
     async def _delta_base(self, record: _Record | None, body_size: int) -> DeltaBase | None:
         if record is None or record.base is None:
@@ -1112,9 +1158,13 @@ class EtcdStore:
         current = record.ws if record else Workspace(name, 0, now, now)
         number = current.head.version + 1 if current.head else 1
         meta = version.numbered(name, number)
+        if len(body) > _INLINE_ENCODE_BYTES:
+            packed = await asyncio.to_thread(resource_index.build, number, body)
+        else:
+            packed = resource_index.build(number, body)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
-            "meta": meta,
+            "meta": self._meta_doc(meta),
             "encoding": encoded.encoding,
             "base_version": encoded.base_version,
             "stored": len(encoded.blob),
@@ -1154,6 +1204,9 @@ class EtcdStore:
             put_op(self._ver_key(name, number), orjson.dumps(ver_doc)),
             *self._nest(publish),
         ]
+        index_lease, index_ops = await self._index_doc_ops(name, number, packed, deleted=False)
+        ops += index_ops
+        lease_id = lease_id or index_lease
         try:
             stored = await self._cas_record(
                 name,
@@ -1161,16 +1214,19 @@ class EtcdStore:
                 updated,
                 replace(audit, version=number) if audit else None,
                 ops,
-                batch=not publish,  # publishing re-puts leased chunks with ignore_value
+                # Publishing re-puts leased chunks with ignore_value.
+                batch=not publish and not index_lease,
             )
         finally:
-            if lease_id:
+            for lease in {lease_id, index_lease} - {0}:
                 # Published chunks no longer hold the lease; unpublished ones go with it.
-                await self._revoke(lease_id)
+                await self._revoke(lease)
         if stored is None:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
+        self.resource_index.put(name, packed)
+        self.resource_index.set_hidden(name, False)
         return stored
 
     # -- keys and audit ------------------------------------------------------------------
@@ -1646,9 +1702,278 @@ class EtcdStore:
         return etcd_snapshot.export(self)
 
     async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
+        """Imported versions get their index documents from the reindex started here (the
+        snapshot format carries no index: it is rebuilt from the exact bodies)."""
         from blixard.store import etcd_snapshot
 
-        return await etcd_snapshot.import_records(self, records)
+        report = await etcd_snapshot.import_records(self, records)
+        self.start_reindex()
+        return report
+
+    # -- the resource index (resource_index.py, docs/search.md) ---------------------------
+    #
+    # `rix/<name>\0<INV(n)>`: version n's index document (sealed like the version), or, when
+    # larger than INLINE_BYTES, a JSON pointer to its chunks (as version blobs are).
+    # `rixhead/<name>`: {"version": head, "deleted": bool}, written with every version and
+    # soft delete/restore: what every node watches to keep its in-memory index current.
+
+    def _rix_prefix(self, name: str) -> bytes:
+        return self._k("rix/", name, "\x00")
+
+    def _rix_key(self, name: str, number: int) -> bytes:
+        return self._rix_prefix(name) + inv(number).encode()
+
+    def _index_head_op(self, name: str, version: int, deleted: bool) -> Any:
+        value = orjson.dumps({"version": version, "deleted": deleted})
+        return put_op(self._k("rixhead/", name), value)
+
+    async def _index_doc_ops(
+        self, name: str, number: int, packed: bytes, *, deleted: bool, head: bool = True
+    ) -> tuple[int, list[Any]]:
+        """Ops writing version `number`'s document (and the head marker), and the lease of
+        its chunks if it had to be chunked (0 if not)."""
+        stored = resource_index.seal(self.cipher, name, packed)
+        lease = 0
+        if len(stored) <= INLINE_BYTES:
+            ops = [put_op(self._rix_key(name, number), stored)]
+        else:
+            chunks_at = self._k("rixblob/", name, "\x00", inv(number), "/", secrets.token_hex(8))
+            lease, publish = await self._upload_chunks(chunks_at + b"/", stored)
+            pointer = {
+                "chunks_at": chunks_at[len(self._p) :].decode() + "/",
+                "chunks": len(publish),
+            }
+            ops = [put_op(self._rix_key(name, number), orjson.dumps(pointer)), *self._nest(publish)]
+        if head:
+            ops.append(self._index_head_op(name, number, deleted))
+        return lease, ops
+
+    async def _index_doc_value(self, name: str, value: bytes) -> bytes | None:
+        """The packed document a `rix/` value holds; None if no configured key opens it."""
+        if value[:1] == b"{":
+            pointer = orjson.loads(value)
+            value = await self._read_chunks(self._k(pointer["chunks_at"]), pointer["chunks"])
+        try:
+            return resource_index.open_sealed(self.cipher, name, value)
+        except DecryptionError:
+            return None
+
+    async def _index_docs(self, wanted: list[tuple[str, int]]) -> list[bytes | None]:
+        """Packed documents of (workspace, version) pairs, None where missing or unreadable."""
+        found: list[bytes | None] = []
+        for start in range(0, len(wanted), 64):
+            group = wanted[start : start + 64]
+            resp = await self._txn([], [get_op(self._rix_key(n, v)) for n, v in group], [])
+            for (name, _), op in zip(group, resp.responses, strict=True):
+                kvs = op.response_range.kvs
+                found.append(
+                    await self._index_doc_value(name, bytes(kvs[0].value)) if kvs else None
+                )
+        return found
+
+    async def _apply_heads(self, heads: list[tuple[str, dict[str, Any]]]) -> None:
+        """Bring the in-memory index to these head markers (fetching new documents)."""
+        fetch = [
+            (name, marker["version"])
+            for name, marker in heads
+            if (self.resource_index.version_of(name) or 0) < marker["version"]
+        ]
+        for (name, _), packed in zip(fetch, await self._index_docs(fetch), strict=True):
+            if packed is not None:
+                self.resource_index.put(name, packed)
+        for name, marker in heads:
+            self.resource_index.set_hidden(name, bool(marker["deleted"]))
+
+    async def _load_resource_heads(self) -> int:
+        """Load every head marker and its document; the revision they were read at."""
+        prefix = self._k("rixhead/")
+        first = await self._range(prefix, _prefix_end(prefix), limit=1)
+        revision = int(first.header.revision)
+        heads: list[tuple[str, dict[str, Any]]] = []
+        async for kv in self._scan(prefix, _prefix_end(prefix), page=1000, revision=revision):
+            heads.append((bytes(kv.key)[len(prefix) :].decode(), orjson.loads(kv.value)))
+            if len(heads) >= 1000:
+                await self._apply_heads(heads)
+                heads = []
+        await self._apply_heads(heads)
+        return revision
+
+    async def _follow_resource_heads(self) -> None:
+        revision = await self._load_resource_heads()
+        self._index_watch = asyncio.create_task(self._watch_resource_heads(revision))
+
+    async def _watch_resource_heads(self, revision: int) -> None:
+        """Apply other nodes' (and this node's) head markers as etcd reports them. A watch
+        that fell behind a compaction reloads everything."""
+        prefix = self._k("rixhead/")
+        while True:
+            try:
+                stream = self._client.watch.watch(
+                    prefix, _prefix_end(prefix), start_revision=revision + 1
+                )
+                async for response in stream:
+                    if response.compact_revision > 0:
+                        revision = await self._load_resource_heads()
+                        break
+                    heads = [
+                        (bytes(event.kv.key)[len(prefix) :].decode(), orjson.loads(event.kv.value))
+                        for event in response.events
+                        if event.kv.value
+                    ]
+                    await self._apply_heads(heads)
+                    revision = max(revision, int(response.header.revision))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # etcd away: retry; reads stay as they were meanwhile
+                log.warning("resource index: watch interrupted (%s); resuming", exc)
+                await asyncio.sleep(1.0)
+
+    def start_reindex(self, *, force: bool = False) -> None:
+        """Build missing index documents in the background (all of them with `force`, which
+        replaces a pass in progress)."""
+        if self._reindexer is not None and not self._reindexer.done():
+            if not force:
+                return
+            self._reindexer.cancel()
+        # Reported as running from now on, not only once the task has started.
+        self.reindex_status.running, self.reindex_status.complete = True, False
+        self._reindexer = asyncio.create_task(self._reindex_in_background(force))
+
+    async def _reindex_in_background(self, force: bool) -> None:
+        try:
+            await self.reindex_resources(force=force)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged and reported; the next open resumes
+            log.warning("resource index: reindex stopped: %s", exc)
+
+    async def _unindexed(self, force: bool) -> list[tuple[str, int, bool]]:
+        """(workspace, version, is head) of versions without a readable index document."""
+        missing: list[tuple[str, int, bool]] = []
+        prefix = self._k("ws/")
+        async for kv in self._scan(prefix, _prefix_end(prefix)):
+            name = bytes(kv.key)[len(prefix) :].decode()
+            head = orjson.loads(kv.value)["head"]
+            if not head:
+                continue
+            top = head["version"]
+            have: set[int] = set()
+            if not force:
+                rix = self._rix_prefix(name)
+                async for item in self._scan(rix, _prefix_end(rix), page=1000):
+                    have.add(_INV_MAX - int(bytes(item.key)[len(rix) :]))
+            missing += [(name, n, n == top) for n in range(1, top + 1) if n not in have]
+        return missing
+
+    async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
+        """Build missing index documents, one version at a time (memory: about two bodies and
+        one document), workspace by workspace; the documents built are the progress marker."""
+        status = self.reindex_status
+        status.running, status.complete, status.error = True, False, None
+        status.started_at, status.indexed = time.time(), 0
+        try:
+            missing = await self._unindexed(force)
+            status.remaining = len(missing)
+            progress = resource_index.ProgressLog(self.engine, len(missing))
+            last_full: tuple[str, int, bytes] | None = None
+            for name, number, is_head in missing:
+                found = await self._read_uncached(name, number, last_full)
+                if found is not None:
+                    body, last_full = found
+                    packed = resource_index.build(number, body)
+                    del body
+                    await self._store_index_doc(name, number, packed, is_head)
+                status.indexed += 1
+                status.remaining -= 1
+                progress.step()
+            progress.finish()
+            status.complete = True
+        except Exception as exc:
+            status.error = str(exc)
+            raise
+        finally:
+            status.running = False
+            status.finished_at = time.time()
+        return status
+
+    async def _read_uncached(
+        self, name: str, number: int, last_full: tuple[str, int, bytes] | None
+    ) -> tuple[bytes, tuple[str, int, bytes] | None] | None:
+        """A version's body without filling the body cache (a reindex reads everything
+        once), reusing the last full version read as a delta base."""
+        found = await self._read_encoded(name, number)
+        if found is None:
+            return None
+        _, encoded = found
+        base_body = None
+        if encoded.base_version is not None:
+            if last_full is not None and last_full[:2] == (name, encoded.base_version):
+                base_body = last_full[2]
+            else:
+                base = await self._read_encoded(name, encoded.base_version)
+                if base is None:
+                    raise StorageUnavailable(f"version {encoded.base_version} of {name} is missing")
+                base_body = self.codec.decode(name, base[1], None, cache=False)
+                last_full = (name, encoded.base_version, base_body)
+        decode = functools.partial(self.codec.decode, name, encoded, base_body, cache=False)
+        body = (
+            await asyncio.to_thread(decode)
+            if len(encoded.blob) > _INLINE_ENCODE_BYTES
+            else decode()
+        )
+        if encoded.encoding == "zstd":
+            last_full = (name, number, body)
+        return body, last_full
+
+    async def _store_index_doc(self, name: str, number: int, packed: bytes, is_head: bool) -> None:
+        lease, ops = await self._index_doc_ops(name, number, packed, deleted=False, head=False)
+        try:
+            await self._txn([], ops, [])
+            if not is_head:
+                return
+            # The head marker, unless a newer version (or a delete/restore) wrote one since.
+            for _ in range(20):
+                marker_key = self._k("rixhead/", name)
+                record = await self._record(name)
+                if record is None or record.ws.head is None or record.ws.head.version != number:
+                    return
+                marker = await self._get(marker_key)
+                compare = (
+                    self._kv.txn_compare_create_revision(marker_key, 0)
+                    if marker is None
+                    else self._cmp_mod(marker_key, int(marker.mod_revision))
+                )
+                if marker is not None and orjson.loads(marker.value)["version"] > number:
+                    return
+                head_op = self._index_head_op(name, number, record.ws.deleted)
+                resp = await self._txn(
+                    [compare, self._cmp_ws(name, record.ws.revision)], [head_op], []
+                )
+                if resp.succeeded:
+                    self.resource_index.put(name, packed)
+                    self.resource_index.set_hidden(name, record.ws.deleted)
+                    return
+        finally:
+            if lease:
+                await self._revoke(lease)
+
+    async def index_history(
+        self, workspace: str, *, from_version: int = 1, limit: int = 64
+    ) -> list[IndexDoc]:
+        record = await self._record(workspace)
+        if record is None or record.ws.head is None:
+            return []
+        numbers = list(range(max(1, from_version), record.ws.head.version + 1))[:limit]
+        docs = []
+        packed_docs = await self._index_docs([(workspace, n) for n in numbers])
+        for number, packed in zip(numbers, packed_docs, strict=True):
+            if packed is None:  # not indexed yet: read from the version's bytes
+                found = await self.read_version(workspace, number)
+                if found is None:
+                    continue
+                packed = resource_index.build(number, found[1])
+            docs.append(resource_index.unpack(packed))
+        return docs
 
     # -- node liveness -------------------------------------------------------------------
 

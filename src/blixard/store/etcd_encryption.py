@@ -359,6 +359,10 @@ class EtcdEncryption:
         blob = await self._blob(family, value.raw, whole=True)
         assert blob is not None
         sealed = cipher.reseal(blob, aad)
+        who = doc.get("meta", {}).get("lock_who") if family is VERSIONS else None
+        if who is not None:
+            # A version's lock holder is sealed with its blob's key and moves with it.
+            doc["meta"]["lock_who"] = _b64(cipher.reseal(_unb64(who), lock_aad(_name(rest))))
         if "stored" in doc:
             doc["stored"] = len(sealed)
         if "inline" in doc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -133,7 +133,7 @@ async def _export_at(store: EtcdStore, rev: int) -> AsyncGenerator[SnapshotRecor
                 if not kvs:
                     raise StorageUnavailable(f"workspace '{name}': version {number} is missing")
                 vdoc = orjson.loads(kvs[0].value)
-                meta = VersionMeta(**vdoc["meta"])
+                meta = store._meta_from(name, vdoc["meta"])
                 blob = await _value_at(store, vdoc, rev)
                 encoded = Encoded(vdoc["encoding"], vdoc["base_version"], blob)
                 base_body = None
@@ -396,7 +396,7 @@ class _Importer:
         self.report.stored_bytes += len(encoded.blob)
         chunks_key = store._blob_prefix(meta.workspace, meta.version, "import")
         doc: dict[str, Any] = {
-            "meta": asdict(meta),
+            "meta": store._meta_doc(meta),
             "encoding": encoded.encoding,
             "base_version": encoded.base_version,
             "stored": len(encoded.blob),

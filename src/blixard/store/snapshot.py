@@ -397,6 +397,8 @@ def decode_record(obj: dict[str, Any], payload: bytes | None) -> DataRecord:
                 source=cast(VersionSource, source),
                 rolled_back_from=_opt_int(obj["rolled_back_from"], "rolled_back_from"),
                 written_by=_opt_str(obj["written_by"], "written_by"),
+                # Snapshots written before lock holders were kept have no such field.
+                lock_who=_opt_str(obj.get("lock_who"), "lock_who"),
             )
             return VersionRecord(meta, payload)
         if kind == "api_key":

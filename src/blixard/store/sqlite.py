@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import itertools
+import logging
 import os
 import queue
 import sqlite3
@@ -32,14 +34,16 @@ from blixard.domain.access import ApiKey, AuditEvent, Role
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.domain.runs import OPEN, Run
-from blixard.store import sqlite_encryption, sqlite_snapshot
+from blixard.store import resource_index, sqlite_encryption, sqlite_snapshot
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
+from blixard.store.resource_index import HeadIndex, IndexDoc, ReindexStatus
 from blixard.store.snapshot import ImportReport, SnapshotRecord
 from blixard.store.sqlite_rows import INSERT_KEY, INSERT_VERSION, KEY_COLUMNS, key_row, version_row
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Bodies larger than this are compressed on a worker thread instead of the event loop.
 _INLINE_ENCODE_BYTES = 1024 * 1024
@@ -171,14 +175,31 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             """,
         ),
     ),
+    # The lock holder's LockInfo `Who` per version (sealed like lock payloads when encrypted).
+    (5, ("ALTER TABLE versions ADD COLUMN lock_who BLOB",)),
+    # One resource index document per version (store/resource_index.py), written with it.
+    (
+        6,
+        (
+            """
+            CREATE TABLE resource_index (
+                workspace_id INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                doc BLOB NOT NULL,
+                PRIMARY KEY (workspace_id, version)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 ]
 
 _OPEN_STATUSES = frozenset(status.value for status in OPEN)
 _VERSION_COLUMNS = (
     "v.version, v.serial, v.lineage, v.size, v.sha256, v.md5, v.created_at, v.lock_id, "
-    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by"
+    "v.terraform_version, v.resource_count, v.source, v.rolled_back_from, v.written_by, "
+    "v.lock_who"
 )
-_VERSION_COLUMN_COUNT = 13
+_VERSION_COLUMN_COUNT = 14
 
 
 class StoreInUse(RuntimeError):
@@ -432,6 +453,12 @@ class SQLiteStore:
         #: Node leases by id (see grant_node_lease).
         self._node_leases: dict[int, _NodeLease] = {}
         self._lease_ids = itertools.count(1)
+        #: Current versions' resource index documents (search); see resource_index.py.
+        self.resource_index = HeadIndex()
+        self.reindex_status = ReindexStatus()
+        self._reindexer: asyncio.Task[None] | None = None
+        #: Index documents found at open that no configured key opens (rebuilt by reindex).
+        self._unreadable_docs: set[tuple[int, str, int]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -448,13 +475,19 @@ class SQLiteStore:
             await self._writer.submit(self._check_encryption)
             await self._writer.submit(lambda conn: sqlite_snapshot.check_at_open(conn, self.path))
             await self._read(self._load_index)
+            await self._read(self._load_resource_heads)
         except BaseException:
             await self.close()  # e.g. the wrong key: release the file for the next attempt
             raise
         self._checkpointer = _Checkpointer(self.path, interval=1.0)
         self._checkpointer.start()
+        self.start_reindex()
 
     async def close(self) -> None:
+        if self._reindexer is not None:
+            self._reindexer.cancel()
+            await asyncio.gather(self._reindexer, return_exceptions=True)
+            self._reindexer = None
         for stop in list(self._exports):
             stop.set()  # an export's thread lets go of its read transaction
         if self._checkpointer is not None:
@@ -547,7 +580,7 @@ class SQLiteStore:
             ws_id, name, revision, created, updated, deleted = row[:6]
             lock_id, lock_info, locked_at = row[6:9]
             base_version, base_stored_size, deltas_since, base_body_size, owner = row[9:14]
-            head = _version_meta(name, row[14:]) if row[14] is not None else None
+            head = self._version_meta(name, row[14:]) if row[14] is not None else None
             assert len(row) == 14 + _VERSION_COLUMN_COUNT
             lock = (
                 Lock(lock_id, orjson.loads(self._open_lock(name, lock_info)), locked_at, owner)
@@ -621,7 +654,7 @@ class SQLiteStore:
                 "AND v.version < ? ORDER BY v.version DESC LIMIT ?",
                 (ws_id, before if before is not None else 2**62, limit),
             ).fetchall()
-            return [_version_meta(name, row) for row in rows]
+            return [self._version_meta(name, row) for row in rows]
 
         return await self._read(query)
 
@@ -655,7 +688,7 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return None
-        meta = _version_meta(name, row[:_VERSION_COLUMN_COUNT])
+        meta = self._version_meta(name, row[:_VERSION_COLUMN_COUNT])
         encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
         base_body = None
         if encoded.base_version is not None:
@@ -772,7 +805,10 @@ class SQLiteStore:
             )
             return updated, self._ids[name]
 
-        return await self._write_workspace(operation)
+        updated = await self._write_workspace(operation)
+        if updated is not None:
+            self.resource_index.set_hidden(name, updated.deleted)
+        return updated
 
     async def append_version(
         self,
@@ -791,6 +827,14 @@ class SQLiteStore:
         else:
             encoded = self.codec.encode(name, body, base)
         now = version.created_at
+        lock_who = self._seal_who(name, version.lock_who)
+        known = self._workspaces.get(name)
+        expected_number = known.head.version + 1 if known and known.head else 1
+        if len(body) > _INLINE_ENCODE_BYTES:
+            packed = await asyncio.to_thread(resource_index.build, expected_number, body)
+        else:
+            packed = resource_index.build(expected_number, body)
+        index_doc = resource_index.seal(self.cipher, name, packed)
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int, _BaseInfo] | None:
             if expect_revision is None:
@@ -812,8 +856,15 @@ class SQLiteStore:
                 ws_id = found[0]
                 current = self._workspaces[name]
             number = current.head.version + 1 if current.head else 1
+            if number != expected_number:
+                return None  # the head moved since the index document was built
             meta = version.numbered(name, number)
-            conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded))
+            conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded, lock_who))
+            conn.execute(
+                "INSERT OR REPLACE INTO resource_index(workspace_id, version, doc) "
+                "VALUES (?, ?, ?)",
+                (ws_id, number, index_doc),
+            )
             base_info = self._next_base(name, number, len(body), encoded)
             _insert_audit(conn, replace(audit, version=number) if audit else None)
             revision = (expect_revision or 0) + 1
@@ -848,7 +899,10 @@ class SQLiteStore:
             self._stored_bytes += len(encoded.blob)
 
         result = await self._write(operation, on_commit)
-        return result[0] if result else None
+        if result is None:
+            return None
+        self.resource_index.put(name, packed)
+        return result[0]
 
     # -- keys and audit ------------------------------------------------------------------
 
@@ -1087,7 +1141,143 @@ class SQLiteStore:
         return sqlite_snapshot.export(self)
 
     async def import_snapshot(self, records: AsyncIterator[SnapshotRecord]) -> ImportReport:
-        return await sqlite_snapshot.import_records(self, records)
+        """Imported versions get their index documents from the reindex started here (the
+        snapshot format carries no index: it is rebuilt from the exact bodies)."""
+        report = await sqlite_snapshot.import_records(self, records)
+        await self._read(self._load_resource_heads)
+        self.start_reindex()
+        return report
+
+    # -- the resource index (resource_index.py) -------------------------------------------
+
+    def _load_resource_heads(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute(
+            "SELECT w.id, w.name, w.head_version, r.doc FROM workspaces w "
+            "JOIN resource_index r ON r.workspace_id = w.id AND r.version = w.head_version"
+        ).fetchall()
+        for ws_id, name, version, stored in rows:
+            try:
+                packed = resource_index.open_sealed(self.cipher, name, bytes(stored))
+            except DecryptionError:
+                self._unreadable_docs.add((ws_id, name, version))
+                continue
+            self.resource_index.put(name, packed)
+            ws = self._workspaces.get(name)
+            self.resource_index.set_hidden(name, ws is not None and ws.deleted)
+
+    def start_reindex(self, *, force: bool = False) -> None:
+        """Build missing index documents in the background (all of them with `force`, which
+        replaces a pass in progress)."""
+        if self._reindexer is not None and not self._reindexer.done():
+            if not force:
+                return
+            self._reindexer.cancel()
+        # Reported as running from now on, not only once the task has started.
+        self.reindex_status.running, self.reindex_status.complete = True, False
+        self._reindexer = asyncio.create_task(self._reindex_in_background(force))
+
+    async def _reindex_in_background(self, force: bool) -> None:
+        try:
+            await self.reindex_resources(force=force)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged and reported; the next open resumes
+            log.warning("resource index: reindex stopped: %s", exc)
+
+    async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
+        """Build missing index documents one version at a time (memory: about two bodies and
+        one document), in (workspace, version) order; `force` rebuilds all of them."""
+        status = self.reindex_status
+        status.running, status.complete, status.error = True, False, None
+        status.started_at, status.indexed = time.time(), 0
+        unreadable = sorted(self._unreadable_docs)
+        try:
+            total = await self._read(lambda conn: _count_unindexed(conn, force)) + len(unreadable)
+            status.remaining = total
+            progress = resource_index.ProgressLog(self.engine, total)
+            cursor = (0, 0)
+            while True:
+                page = await self._read(
+                    functools.partial(_unindexed, after=cursor, force=force, limit=32)
+                )
+                if page:
+                    cursor = (page[-1][0], page[-1][2])
+                page = unreadable + page
+                unreadable = []
+                if not page:
+                    break
+                for ws_id, name, version in page:
+                    await self._index_one(ws_id, name, version)
+                    self._unreadable_docs.discard((ws_id, name, version))
+                    status.indexed += 1
+                    status.remaining = max(0, status.remaining - 1)
+                    progress.step()
+            progress.finish()
+            status.complete = True
+        except Exception as exc:
+            status.error = str(exc)
+            raise
+        finally:
+            status.running = False
+            status.finished_at = time.time()
+        return status
+
+    async def _index_one(self, ws_id: int, name: str, version: int) -> None:
+        def build(conn: sqlite3.Connection) -> tuple[bytes, bytes] | None:
+            found = self._read_version(conn, name, ws_id, version)
+            if found is None:
+                return None
+            packed = resource_index.build(version, found[1])
+            return packed, resource_index.seal(self.cipher, name, packed)
+
+        built = await self._read(build)
+        if built is None:
+            return
+        packed, stored = built
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO resource_index(workspace_id, version, doc) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM versions "
+                "WHERE workspace_id = ? AND version = ?)",
+                (ws_id, version, stored, ws_id, version),
+            )
+
+        await self._write(operation)
+        ws = self._workspaces.get(name)
+        if ws is not None and ws.head is not None and ws.head.version == version:
+            self.resource_index.put(name, packed)
+            self.resource_index.set_hidden(name, ws.deleted)
+
+    async def index_history(
+        self, workspace: str, *, from_version: int = 1, limit: int = 64
+    ) -> list[IndexDoc]:
+        ws_id = self._ids.get(workspace)
+        if ws_id is None:
+            return []
+
+        def query(conn: sqlite3.Connection) -> list[IndexDoc]:
+            rows = conn.execute(
+                "SELECT v.version, r.doc FROM versions v LEFT JOIN resource_index r "
+                "ON r.workspace_id = v.workspace_id AND r.version = v.version "
+                "WHERE v.workspace_id = ? AND v.version >= ? ORDER BY v.version LIMIT ?",
+                (ws_id, from_version, limit),
+            ).fetchall()
+            docs = []
+            for version, stored in rows:
+                packed = None
+                if stored is not None:
+                    with contextlib.suppress(DecryptionError):
+                        packed = resource_index.open_sealed(self.cipher, workspace, bytes(stored))
+                if packed is None:  # not indexed yet: read from the version's bytes
+                    found = self._read_version(conn, workspace, ws_id, version)
+                    if found is None:
+                        continue
+                    packed = resource_index.build(version, found[1])
+                docs.append(resource_index.unpack(packed))
+            return docs
+
+        return await self._read(query)
 
     # -- encryption at rest (sqlite_encryption.py) ---------------------------------------
 
@@ -1107,6 +1297,17 @@ class SQLiteStore:
         if self._adopt_plaintext and not is_sealed(payload):
             return payload  # not sealed yet: offline encryption in progress
         return self.cipher.open(payload, lock_aad(name))
+
+    def _seal_who(self, name: str, who: str | None) -> bytes | None:
+        """A version's lock holder as stored: sealed with the version's blob key (rotation
+        re-seals both together), since `Who` names a person and a machine."""
+        return None if who is None else self._seal_lock(name, who.encode())
+
+    def _version_meta(self, name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+        who = row[13]
+        return _version_meta(
+            name, row, None if who is None else self._open_lock(name, bytes(who)).decode()
+        )
 
     async def encryption_status(self) -> EncryptionStatus:
         return await self._read(lambda conn: sqlite_encryption.status(conn, self.cipher))
@@ -1208,6 +1409,32 @@ class SQLiteStore:
                 del self._node_leases[lease_id]
 
 
+_UNINDEXED = (
+    "FROM versions v JOIN workspaces w ON w.id = v.workspace_id "
+    "LEFT JOIN resource_index r ON r.workspace_id = v.workspace_id AND r.version = v.version "
+)
+
+
+def _count_unindexed(conn: sqlite3.Connection, force: bool) -> int:
+    where = "" if force else "WHERE r.workspace_id IS NULL"
+    count: int = conn.execute(f"SELECT count(*) {_UNINDEXED}{where}").fetchone()[0]
+    return count
+
+
+def _unindexed(
+    conn: sqlite3.Connection, after: tuple[int, int], force: bool, limit: int
+) -> list[tuple[int, str, int]]:
+    """Versions after `after` (workspace id, version) without an index document (every
+    version with `force`): the documents already built are the reindex's progress marker."""
+    missing = "" if force else "r.workspace_id IS NULL AND "
+    return conn.execute(
+        f"SELECT v.workspace_id, w.name, v.version {_UNINDEXED}"
+        f"WHERE {missing}(v.workspace_id, v.version) > (?, ?) "
+        "ORDER BY v.workspace_id, v.version LIMIT ?",
+        (*after, limit),
+    ).fetchall()
+
+
 def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
     """Audit rows are written in the transaction of the action they record."""
     if event is None:
@@ -1245,7 +1472,9 @@ def _api_key(row: tuple[Any, ...]) -> ApiKey:
     )
 
 
-def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
+def _version_meta(
+    name: str, row: tuple[Any, ...] | sqlite3.Row, lock_who: str | None
+) -> VersionMeta:
     return VersionMeta(
         workspace=name,
         version=row[0],
@@ -1261,4 +1490,5 @@ def _version_meta(name: str, row: tuple[Any, ...] | sqlite3.Row) -> VersionMeta:
         source=cast(VersionSource, row[10]),
         rolled_back_from=row[11],
         written_by=row[12],
+        lock_who=lock_who,
     )

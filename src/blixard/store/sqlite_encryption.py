@@ -241,9 +241,15 @@ def rotate_batch(
             (*params, max_versions - rotated),
         ).fetchall()
         for rowid, name in rows:
-            (blob,) = conn.execute("SELECT blob FROM versions WHERE rowid = ?", (rowid,)).fetchone()
+            blob, who = conn.execute(
+                "SELECT blob, lock_who FROM versions WHERE rowid = ?", (rowid,)
+            ).fetchone()
             sealed = cipher.reseal(blob, state_aad(name))
-            conn.execute("UPDATE versions SET blob = ? WHERE rowid = ?", (sealed, rowid))
+            # The lock holder was sealed with the blob's key: it moves with it.
+            who = None if who is None else cipher.reseal(who, lock_aad(name))
+            conn.execute(
+                "UPDATE versions SET blob = ?, lock_who = ? WHERE rowid = ?", (sealed, who, rowid)
+            )
             rotated += 1
             grown += len(sealed) - len(blob)
             budget += len(blob)

@@ -13,8 +13,8 @@ from blixard.store.codec import Encoded
 INSERT_VERSION = (
     "INSERT INTO versions(workspace_id, version, serial, lineage, size, sha256, md5, "
     "created_at, lock_id, terraform_version, resource_count, source, rolled_back_from, "
-    "encoding, base_version, blob, written_by) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "encoding, base_version, blob, written_by, lock_who) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 KEY_COLUMNS = (
@@ -23,7 +23,10 @@ KEY_COLUMNS = (
 INSERT_KEY = f"INSERT INTO api_keys({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-def version_row(workspace_id: int, meta: VersionMeta, encoded: Encoded) -> tuple[Any, ...]:
+def version_row(
+    workspace_id: int, meta: VersionMeta, encoded: Encoded, lock_who: bytes | None
+) -> tuple[Any, ...]:
+    """`lock_who` is the holder's `Who` as stored (sealed when encryption is on)."""
     return (
         workspace_id,
         meta.version,
@@ -42,6 +45,7 @@ def version_row(workspace_id: int, meta: VersionMeta, encoded: Encoded) -> tuple
         encoded.base_version,
         encoded.blob,
         meta.written_by,
+        lock_who,
     )
 
 

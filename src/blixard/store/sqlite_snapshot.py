@@ -107,7 +107,6 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
         _VERSION_COLUMN_COUNT,
         _VERSION_COLUMNS,
         _api_key,
-        _version_meta,
     )
 
     yield SnapshotBegin(store.engine, _counts(conn))
@@ -139,7 +138,7 @@ def _records(store: SQLiteStore, conn: sqlite3.Connection) -> Iterator[SnapshotR
             (ws_id,),
         )
         for row in rows:
-            meta = _version_meta(name, row[:_VERSION_COLUMN_COUNT])
+            meta = store._version_meta(name, row[:_VERSION_COLUMN_COUNT])
             encoded = Encoded(*row[_VERSION_COLUMN_COUNT:])
             base_body = None
             if encoded.base_version is not None:
@@ -485,7 +484,9 @@ class _Importer:
         self.report.stored_bytes += len(encoded.blob)
         self._add_row(
             "versions",
-            version_row(current.id, meta, encoded),
+            version_row(
+                current.id, meta, encoded, self.store._seal_who(meta.workspace, meta.lock_who)
+            ),
             len(encoded.blob),
         )
 

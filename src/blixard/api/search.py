@@ -1,0 +1,156 @@
+"""Search across workspaces and duplicates (issue 12 items 6 and 8), and the index rebuild.
+
+Thin handlers over domain/search.py: every answer is scoped to the key's workspaces.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from blixard.api.security import authorize
+from blixard.api.views import json_response, service_of
+from blixard.domain.access import Action, audit_event
+from blixard.domain.errors import InvalidInput
+from blixard.domain.resource_index import AttributeFilter, ResourceQuery
+from blixard.domain.search import SearchService
+from blixard.store.resource_index import Cursor, Match
+
+router = APIRouter(prefix="/api/tofu", tags=["search"])
+
+_ERROR = {"description": "JSON error: `{error, message}`"}
+
+
+def match_json(match: Match) -> dict[str, Any]:
+    row = match.row
+    return {
+        "workspace": match.workspace,
+        "version": match.version,
+        "address": row.address,
+        "type": row.type,
+        "name": row.name,
+        "module": row.module,
+        "mode": row.mode,
+        "provider": row.provider,
+        "status": row.status,
+        "id": row.id,
+        "arn": row.arn,
+        "self_link": row.self_link,
+        "digest": row.digest,
+    }
+
+
+def _search_service(request: Request) -> SearchService:
+    return SearchService(service_of(request).store)
+
+
+@router.get(
+    "/search",
+    summary="Search resource instances across workspaces",
+    description=(
+        "Matches in the current version of every workspace the key can see (every version "
+        "with `history=true`), sorted by workspace, version and address. Every filter given "
+        'must match: `type`, `name`, `module` ("" is the root module) and `mode` exactly, '
+        "`address` exactly or with `*` wildcards, `provider` as a part of the provider "
+        "address, `id` against any identity value (id, arn, self_link), `attr=<path>=<value>` "
+        "against an attribute (dotted path; read from the stored state, never a sensitive "
+        "one; needs another filter). Pages with `limit` and the `next_after` cursor; "
+        "`complete` is false while versions written before the index are still being indexed."
+    ),
+    responses={400: _ERROR},
+)
+async def search(
+    request: Request,
+    type: Annotated[str | None, Query(description="Resource type, e.g. aws_s3_bucket")] = None,
+    address: Annotated[str | None, Query(description="Instance address; * wildcards")] = None,
+    name: Annotated[str | None, Query(description="Resource name")] = None,
+    id: Annotated[str | None, Query(description="An identity value: id, arn or self_link")] = None,
+    attr: Annotated[str | None, Query(description="<path>=<value>, e.g. tags.Name=web")] = None,
+    module: Annotated[str | None, Query(description='Module path ("" for root)')] = None,
+    provider: Annotated[str | None, Query(description="Part of the provider address")] = None,
+    mode: Annotated[str | None, Query(description="managed or data")] = None,
+    history: Annotated[bool, Query(description="Search every version, not the current")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(description="next_after of the previous page")] = None,
+) -> Response:
+    actor = await authorize(request, Action.history_read)
+    cursor = None
+    if after is not None:
+        cursor = Cursor.decode(after)
+        if cursor is None:
+            raise InvalidInput("after is not a cursor this server gave (use next_after).")
+    query = ResourceQuery(
+        type=type,
+        address=address,
+        name=name,
+        id=id,
+        module=module,
+        provider=provider,
+        mode=mode,
+        attr=AttributeFilter.parse(attr) if attr is not None else None,
+    )
+    page = await _search_service(request).search(
+        query, actor=actor, history=history, after=cursor, limit=limit
+    )
+    return json_response(
+        {
+            "matches": [match_json(m) for m in page.matches],
+            "next_after": page.next_after.encode() if page.next_after else None,
+            "complete": page.complete,
+        }
+    )
+
+
+@router.get(
+    "/search/duplicates",
+    summary="Identity values managed by two or more workspaces",
+    description=(
+        "Every `id`, `arn` or `self_link` value held by the current versions of two or more "
+        "workspaces the key can see: a real-world object managed twice. Workspaces outside "
+        "the key's scopes neither appear nor count."
+    ),
+)
+async def duplicates(request: Request) -> Response:
+    actor = await authorize(request, Action.history_read)
+    found = await _search_service(request).duplicates(actor=actor)
+    return json_response(
+        {
+            "duplicates": [
+                {
+                    "kind": d.kind,
+                    "value": d.value,
+                    "workspaces": sorted({m.workspace for m in d.holders}),
+                    "instances": [match_json(m) for m in d.holders],
+                }
+                for d in found
+            ]
+        }
+    )
+
+
+@router.get("/admin/reindex", summary="Progress of the resource index build")
+async def reindex_status(request: Request) -> Response:
+    await authorize(request, Action.admin)
+    return json_response(_search_service(request).index.reindex_status.to_json())
+
+
+@router.post(
+    "/admin/reindex",
+    summary="Rebuild the resource index of every version (in the background)",
+    description=(
+        "Starts rebuilding every version's index document from its stored bytes on this "
+        "node; searches keep answering meanwhile. Poll GET /admin/reindex for progress."
+    ),
+)
+async def reindex(request: Request) -> Response:
+    actor = await authorize(request, Action.admin)
+    index = _search_service(request).index
+    index.start_reindex(force=True)
+    request.app.state.audit.record(
+        audit_event(
+            actor, Action.admin, service_of(request).clock(), detail="resource index rebuild"
+        )
+    )
+    return json_response({"started": True, **index.reindex_status.to_json()}, status_code=202)

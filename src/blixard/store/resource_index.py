@@ -1,0 +1,370 @@
+"""The resource index, shared by every engine: one index document per version, and an in-memory
+index of every workspace's current version that search and duplicates answer from.
+
+Why this shape (docs/search.md): each engine writes a version's index document in the very
+transaction that writes the version (a SQLite row; an etcd key in the version's Txn, since one
+Txn cannot hold a key per instance), so the index is never behind or ahead of the history. A
+document is the version's rows (domain/resource_index.py), compressed, and sealed like the
+version when encryption is on: the index reveals nothing at rest that the state would not.
+Every node keeps the current version's document of every workspace in memory (compressed,
+~50 bytes per instance) with postings by type and by identity value, so the common searches
+(by type, by id/arn) are dictionary look-ups that decode only the workspaces they return;
+other filters scan the current documents; `history=true` reads the stored documents.
+
+A document is derived data: one that is missing (versions written before the index existed,
+a restored snapshot) or that no configured key opens is (re)built from its version's bytes by
+the reindex, which each engine runs in the background after open.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import zstandard
+
+from blixard.domain.models import Body
+from blixard.domain.resource_index import IndexRow, ResourceQuery, index_rows
+from blixard.store.crypto import Cipher
+
+log = logging.getLogger(__name__)
+
+#: Format of a document's plaintext: {"v": FORMAT, "version": n, "rows": [[...], ...]}.
+FORMAT = 1
+
+
+def index_aad(workspace: str) -> bytes:
+    """Binds a sealed index document to its workspace (as a version blob is)."""
+    return b"blixard-index:" + workspace.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class IndexDoc:
+    version: int
+    rows: list[IndexRow]
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One per thread: making a zstd context costs more than compressing a small document."""
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=3)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+def pack(version: int, rows: Iterable[IndexRow]) -> bytes:
+    """A document as kept in memory: compressed, not sealed."""
+    plain = orjson.dumps({"v": FORMAT, "version": version, "rows": [list(row) for row in rows]})
+    return _compressor().compress(plain)
+
+
+def unpack(packed: bytes) -> IndexDoc:
+    doc = orjson.loads(_decompressor().decompress(packed))
+    return IndexDoc(doc["version"], [IndexRow(*row) for row in doc["rows"]])
+
+
+def build(version: int, body: Body) -> bytes:
+    """The packed document of a version's body."""
+    return pack(version, index_rows(body))
+
+
+def seal(cipher: Cipher | None, workspace: str, packed: bytes) -> bytes:
+    return packed if cipher is None else cipher.seal(packed, index_aad(workspace))
+
+
+def open_sealed(cipher: Cipher | None, workspace: str, stored: bytes) -> bytes:
+    return stored if cipher is None else cipher.open(stored, index_aad(workspace))
+
+
+# -- search results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    workspace: str
+    version: int
+    row: IndexRow
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page ended: results sort by (workspace, version, address)."""
+
+    workspace: str
+    version: int
+    address: str
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.workspace, self.version, self.address])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor | None:
+        """None when `text` is not a cursor this module made."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            workspace, version, address = orjson.loads(raw)
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            return None
+        if not (
+            isinstance(workspace, str)
+            and type(version) is int
+            and version >= 0
+            and isinstance(address, str)
+        ):
+            return None
+        return cls(workspace, version, address)
+
+    def before(self, workspace: str, version: int, address: str) -> bool:
+        """True when (workspace, version, address) comes after this cursor."""
+        return (workspace, version, address) > (self.workspace, self.version, self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An identity value held by the current versions of several workspaces."""
+
+    kind: str  # id, arn or self_link
+    value: str
+    holders: list[Match]
+
+
+@dataclass(slots=True)
+class ReindexStatus:
+    """Progress of building missing index documents (reported by /health and the reindex)."""
+
+    running: bool = False
+    complete: bool = False
+    indexed: int = 0
+    remaining: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "complete": self.complete,
+            "indexed": self.indexed,
+            "remaining": self.remaining,
+            "error": self.error,
+        }
+
+
+class ProgressLog:
+    """Logs reindex progress at most every few seconds."""
+
+    def __init__(self, engine: str, total: int, every: float = 5.0) -> None:
+        self.engine, self.total, self.every = engine, total, every
+        self.started = self.last = time.monotonic()
+        self.done = 0
+
+    def step(self, count: int = 1) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info(
+                "resource index (%s): %d of %d versions indexed (%.0f s)",
+                self.engine,
+                self.done,
+                self.total,
+                now - self.started,
+            )
+
+    def finish(self) -> None:
+        if self.total:
+            log.info(
+                "resource index (%s): %d versions indexed in %.1f s",
+                self.engine,
+                self.done,
+                time.monotonic() - self.started,
+            )
+
+
+# -- the in-memory index of current versions -----------------------------------------------
+
+
+@dataclass(slots=True)
+class _Head:
+    version: int
+    packed: bytes
+    types: frozenset[str]
+    identities: frozenset[str]
+
+
+@dataclass
+class HeadIndex:
+    """The current version's document of every workspace, with postings by type and by
+    identity value. Soft-deleted workspaces are kept but hidden (a restore shows them again).
+    Used from the event loop only."""
+
+    _heads: dict[str, _Head] = field(default_factory=dict)
+    _hidden: set[str] = field(default_factory=set)
+    _by_type: dict[str, set[str]] = field(default_factory=dict)
+    #: identity value → the workspace holding it, or a set of them (most values have one).
+    _by_identity: dict[str, str | set[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def version_of(self, workspace: str) -> int | None:
+        head = self._heads.get(workspace)
+        return head.version if head else None
+
+    def put(self, workspace: str, packed: bytes, doc: IndexDoc | None = None) -> None:
+        """Make `packed` the workspace's current document, unless a newer one is known."""
+        doc = doc or unpack(packed)
+        known = self._heads.get(workspace)
+        if known is not None and known.version >= doc.version:
+            return
+        self.drop(workspace, keep_hidden=True)
+        head = _Head(
+            doc.version,
+            packed,
+            frozenset(row.type for row in doc.rows),
+            frozenset(value for row in doc.rows for _, value in row.identities()),
+        )
+        self._heads[workspace] = head
+        for type_ in head.types:
+            self._by_type.setdefault(type_, set()).add(workspace)
+        for value in head.identities:
+            held = self._by_identity.get(value)
+            if held is None:
+                self._by_identity[value] = workspace
+            elif isinstance(held, str):
+                if held != workspace:
+                    self._by_identity[value] = {held, workspace}
+            else:
+                held.add(workspace)
+
+    def drop(self, workspace: str, *, keep_hidden: bool = False) -> None:
+        head = self._heads.pop(workspace, None)
+        if not keep_hidden:
+            self._hidden.discard(workspace)
+        if head is None:
+            return
+        for type_ in head.types:
+            holders = self._by_type.get(type_)
+            if holders is not None:
+                holders.discard(workspace)
+                if not holders:
+                    del self._by_type[type_]
+        for value in head.identities:
+            held = self._by_identity.get(value)
+            if held == workspace:
+                del self._by_identity[value]
+            elif isinstance(held, set):
+                held.discard(workspace)
+                if len(held) == 1:
+                    self._by_identity[value] = next(iter(held))
+
+    def set_hidden(self, workspace: str, hidden: bool) -> None:
+        if hidden:
+            self._hidden.add(workspace)
+        else:
+            self._hidden.discard(workspace)
+
+    def _candidates(self, query: ResourceQuery) -> Iterable[str]:
+        if query.id is not None:
+            held = self._by_identity.get(query.id)
+            found = set() if held is None else {held} if isinstance(held, str) else set(held)
+            if query.type is not None:
+                found &= self._by_type.get(query.type, set())
+            return found
+        if query.type is not None:
+            return self._by_type.get(query.type, ())
+        return self._heads.keys()
+
+    def search(
+        self,
+        query: ResourceQuery,
+        visible: Callable[[str], bool],
+        *,
+        after: Cursor | None = None,
+        limit: int = 100,
+    ) -> Iterator[Match]:
+        """Matching rows of the current versions of visible workspaces, in (workspace,
+        address) order after `after`; the caller stops iterating when it has enough."""
+        names = sorted(
+            name
+            for name in self._candidates(query)
+            if name not in self._hidden
+            and (after is None or name >= after.workspace)
+            and visible(name)
+        )
+        for name in names:
+            head = self._heads.get(name)
+            if head is None:
+                continue
+            doc = unpack(head.packed)
+            for row in sorted(doc.rows, key=lambda r: r.address):
+                if after is not None and (name, row.address) <= (after.workspace, after.address):
+                    continue
+                if query.matches(row):
+                    yield Match(name, doc.version, row)
+
+    def duplicates(self, visible: Callable[[str], bool]) -> list[Duplicate]:
+        """Identity values in the current versions of two or more visible workspaces."""
+        found: list[Duplicate] = []
+        rows_of: dict[str, IndexDoc] = {}
+        for value, held in self._by_identity.items():
+            if isinstance(held, str):
+                continue
+            holders = sorted(n for n in held if n not in self._hidden and visible(n))
+            if len(holders) < 2:
+                continue
+            by_kind: dict[str, list[Match]] = {}
+            for name in holders:
+                doc = rows_of.get(name) or unpack(self._heads[name].packed)
+                rows_of[name] = doc
+                for row in doc.rows:
+                    for kind, identity in row.identities():
+                        if identity == value:
+                            by_kind.setdefault(kind, []).append(Match(name, doc.version, row))
+            for kind, matches in sorted(by_kind.items()):
+                if len({m.workspace for m in matches}) >= 2:
+                    found.append(Duplicate(kind, value, matches))
+        found.sort(key=lambda d: (d.kind, d.value))
+        return found
+
+
+class ResourceIndexStore(Protocol):
+    """The store capability search is built on (both engines have it)."""
+
+    #: Current versions, kept by the store in step with its writes (and, on etcd, with the
+    #: writes of other nodes).
+    resource_index: HeadIndex
+    reindex_status: ReindexStatus
+
+    async def index_history(
+        self, workspace: str, *, from_version: int = 1, limit: int = 64
+    ) -> list[IndexDoc]:
+        """Stored index documents of versions `from_version` and up, by version (a version
+        whose document is not built yet is built from its bytes and left out of storage)."""
+        ...
+
+    def start_reindex(self, *, force: bool = False) -> None:
+        """Run reindex_resources in the background (a forced one replaces a running pass)."""
+        ...
+
+    async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
+        """Build every missing index document (all of them with `force`), then return. Safe
+        to interrupt: what is built stays built, and the next run goes on from there."""
+        ...
