@@ -412,6 +412,40 @@ def test_resources_and_outputs_mask_sensitive_values_until_an_operator_reveals_t
     assert "token" in event["detail"], event
 
 
+def test_search_and_duplicates_stay_within_the_keys_scope(
+    site: Site, data: dict[str, str], new_page: Any
+) -> None:
+    twin, mirror = unique_name("team-a-twin"), unique_name("team-a-mirror")
+    with site.api() as api:
+        for source, copy in ((data["team_a"], twin), (data["team_b"], mirror)):
+            body = api.get(f"/state/{source}").content
+            assert api.post(f"/state/{copy}", content=body).status_code == 200
+        b_id = api.get(f"/state/{data['team_b']}").json()["resources"][0]["instances"][0]
+    b_value = b_id["attributes"]["id"]
+
+    writer = new_page()
+    sign_in(writer, site.keys["writer-a"])
+    writer.goto("/ui/search?type=terraform_data")
+    found = writer.locator("#matches tr[data-match]")
+    expect(found.first).to_be_visible()
+    workspaces = {found.nth(i).get_attribute("data-match") for i in range(found.count())}
+    assert data["team_a"] in workspaces and twin in workspaces and mirror in workspaces
+    assert all(ws.startswith("team-a-") for ws in workspaces), workspaces
+    assert "team-b" not in writer.content()
+    writer.goto("/ui/search/duplicates")
+    expect(writer.locator("#duplicates")).to_contain_text(twin)
+    # team-b holds the mirror's id too, but out of scope it neither appears nor counts.
+    assert b_value not in writer.content() and "team-b" not in writer.content()
+
+    admin = new_page()
+    sign_in(admin, site.keys["admin"])
+    admin.goto("/ui/search/duplicates")
+    row = admin.locator("#duplicates tr", has_text=b_value)
+    expect(row).to_contain_text(data["team_b"])
+    expect(row).to_contain_text(mirror)
+    screenshot(admin, "duplicates")
+
+
 # ------------------------------------------------------------------ runs
 
 
@@ -484,6 +518,8 @@ def pages_of(site: Site, data: dict[str, str]) -> dict[str, str]:
         "diff": f"/ui/workspaces/{ws}/diff?from=1&to=2",
         "resources": f"/ui/workspaces/{ws}/resources",
         "resource": f"/ui/workspaces/{ws}/resource?address=terraform_data.main",
+        "search": "/ui/search?type=terraform_data",
+        "duplicates": "/ui/search/duplicates",
         "audit": "/ui/audit",
         "keys": "/ui/keys",
         "cluster": "/ui/cluster",

@@ -17,6 +17,7 @@ from blixard.ui.views import (
     outputs,
     resources,
     runs,
+    search,
     workspace,
     workspaces,
 )
@@ -30,6 +31,7 @@ PAGES = (
     diff,
     resources,
     outputs,
+    search,
     runs,
     audit,
     keys,
