@@ -19,6 +19,7 @@ from blixard.auth.sessions import COOKIE_NAME, SECRET_FILE, Session, SessionCode
 from blixard.config import Settings
 from blixard.ui.views import workspaces
 from blixard.ui.web import UiSessions
+from tests.harness import TEST_ENGINES, shared_etcd_url
 
 ADMIN = "sessions-admin-key-0123456789abcdef"
 AppFactory = Callable[..., TestClient]
@@ -187,3 +188,27 @@ def test_filtered_pages_walk_every_match_once_within_the_scan_budget(
     assert walk("q=WS-02") == names[20:30]  # case-insensitive substring
     assert walk("locked=1") == sorted(locked)
     assert walk("q=nothing-matches") == []
+
+
+def test_the_cookie_is_secure_under_tls(make_app: AppFactory) -> None:
+    client = make_app(admin_key=SecretStr(ADMIN))
+    client.base_url = client.base_url.copy_with(scheme="https")
+    cookie = client.get("/ui/login").headers["set-cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+
+
+@pytest.mark.parametrize("engine", TEST_ENGINES)
+def test_the_cluster_page_reports_the_engine(
+    make_app: AppFactory, engine: str, tmp_path: Path
+) -> None:
+    overrides: dict[str, Any] = {}
+    if engine == "etcd":
+        overrides["storage_url"] = shared_etcd_url(f"blixard-ui-cluster/{tmp_path.name}")
+    client = make_app(**overrides)
+    page = client.get("/ui/cluster")
+    assert page.status_code == 200, page.text
+    assert f"<dd>{engine}</dd>" in page.text
+    assert str(tmp_path) not in page.text  # the data path is the operator's business only
+    if engine == "etcd":
+        assert '<h2 id="members-h">Members</h2>' in page.text
+        assert "client_urls" not in page.text
