@@ -207,8 +207,11 @@ def test_force_unlock_from_the_ui_lets_a_waiting_terraform_apply_through(
         proj.cleanup()
     latest = history(site, ws)[0]
     assert latest["version"] == 2 and latest["lock_id"] != stuck["ID"]
-    # The page follows the apply's new version live as well.
+    # The page follows the apply's new version live as well, with the lock holder's Who.
     expect(page.locator("#head-version")).to_have_text("2")
+    holder = page.locator("tr[data-version='2'] td").nth(3)
+    expect(holder).not_to_have_text("—")
+    assert holder.inner_text() == latest["who"], (holder.inner_text(), latest)
     with site.api() as api:
         events = api.get("/audit", params={"workspace": ws, "action": "lock.force_unlock"})
         (event,) = events.json()["events"]
@@ -552,11 +555,12 @@ def test_every_page_passes_axe_and_is_keyboard_navigable(
         screenshot(page, name)
     narrow = new_page(360, 740)
     sign_in(narrow, site.keys["admin"])
-    for name in ("workspaces", "workspace"):
-        narrow.goto(pages_of(site, data)[name])
+    for name, path in pages_of(site, data).items():
+        narrow.goto(path)
         width = narrow.evaluate("document.documentElement.scrollWidth")
         assert width <= 360, f"{name} scrolls sideways at 360 px ({width} px wide)"
-        screenshot(narrow, f"{name}-360px")
+        if name in ("workspaces", "workspace", "diff"):
+            screenshot(narrow, f"{name}-360px")
     for dark in (True,):
         page.emulate_media(color_scheme="dark" if dark else "light")
         page.goto(pages_of(site, data)["workspace"])
