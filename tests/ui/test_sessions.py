@@ -212,3 +212,17 @@ def test_the_cluster_page_reports_the_engine(
     if engine == "etcd":
         assert '<h2 id="members-h">Members</h2>' in page.text
         assert "client_urls" not in page.text
+
+
+def test_the_module_tree_counts_each_module_with_everything_below_it() -> None:
+    from collections import Counter
+
+    from blixard.ui.views.resources import module_tree
+
+    modules = Counter({"": 2, 'module.a["x"]': 1, 'module.a["x"].module.b': 3, "module.c": 1})
+    assert module_tree(modules) == [
+        ("", 0, 7),
+        ('module.a["x"]', 1, 4),
+        ('module.a["x"].module.b', 2, 3),
+        ("module.c", 1, 1),
+    ]
