@@ -101,3 +101,21 @@ def test_events_need_a_valid_key(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}):
         resp = httpx.get(server.url + "/api/tofu/events", headers=headers, timeout=10)
         assert resp.status_code == 401 and resp.json()["error"] == "unauthorized"
+
+
+def test_start_up_prints_one_line_with_the_ui_the_docs_the_data_and_auth(
+    server: ServerProcess,
+) -> None:
+    lines = [
+        line
+        for line in server.log_path.read_text(errors="replace").splitlines()
+        if line.startswith("Blixard: web UI")
+    ]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert f"web UI {server.url}/ui/ · API docs {server.url}/docs · data " in line, line
+    assert line.endswith("authentication on (sign in with an API key)"), line
+    if "etcd://" in line:
+        assert "?" not in line and "@" not in line.split("data ")[1], line
+    else:
+        assert f"data {server.data_dir.resolve() / 'blixard.db'} ·" in line, line

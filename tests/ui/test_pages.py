@@ -364,6 +364,12 @@ def test_compare_two_versions_shows_counts_and_the_changed_attribute(
     sign_in(fresh, site.keys["reader"])
     fresh.goto(f"/ui/workspaces/{ws}/diff?from=1&to=2")
     expect(fresh.locator("#count-changed")).to_have_text("1")
+    # Two workspaces: team-b's only version against team-a's current one.
+    fresh.goto(f"/ui/workspaces/{ws}/diff?from_workspace={data['team_b']}")
+    expect(fresh.locator("h1")).to_have_text(f"{data['team_b']} v1 → {ws} v2")
+    row = fresh.locator("details.kind-changed tr[data-attribute='input.value']")
+    expect(row.locator("td.before")).to_contain_text('"secret-project"')
+    expect(row.locator("td.after")).to_contain_text('"two"')
     # A scoped writer cannot compare with a workspace outside its scope.
     writer = new_page()
     sign_in(writer, site.keys["writer-a"])
