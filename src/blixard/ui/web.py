@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,7 @@ class Page:
     session: Session
     auth_enabled: bool
     new_cookie: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    navigation: bool = True  # False on the sign-in page: nothing to navigate to yet
 
     def can(self, action: Action) -> bool:
         return self.actor.allowed(action)

@@ -34,7 +34,7 @@ def _login_page(request: Request) -> Page:
     session, new = session_of(request)
     if session.key is not None:  # signing in again replaces the key; keep the CSRF binding
         new = False
-    return Page(request, Actor(None, Role.reader), session, True, new_cookie=new)
+    return Page(request, Actor(None, Role.reader), session, True, new_cookie=new, navigation=False)
 
 
 @router.get("/login")

@@ -109,12 +109,10 @@ async def _log_stream(runs: RunService, bus: EventBus, run: Run, sent: int) -> A
                 yield _sse("end", {"status": status.value})
                 return
             if status in EXECUTING:
-                event = await listener.next(LOG_POLL_SECONDS)
-            else:  # queued, or waiting for approval: wake on this run's changes only
-                event = await listener.next(IDLE_SECONDS)
-                if event is None:
-                    yield b": keep-alive\n\n"
-            del event
+                await listener.next(LOG_POLL_SECONDS)
+            elif await listener.next(IDLE_SECONDS) is None:
+                # Queued, or waiting for approval: woken by a change, else keep the line open.
+                yield b": keep-alive\n\n"
     finally:
         listener.close()
 
