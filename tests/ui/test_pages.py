@@ -466,25 +466,22 @@ def test_a_runs_log_streams_live_then_approve_applies_it(
     config = site.root / "plans" / ws
     config.mkdir(parents=True)
     (config / "main.tf").write_text(RUN_CONFIG_TEXT)
-    with site.api("operator") as api:
-        resp = api.post(
-            "/plan",
-            json={"workspace": ws, "config_dir": str(config), "variables": {"sleep": "6"}},
-        )
-        assert resp.status_code == 202, resp.text
-        plan_id = resp.json()["plan_id"]
-        deadline = time.monotonic() + 120
-        while api.get(f"/plan/{plan_id}").json()["status"] in ("queued", "planning"):
-            assert time.monotonic() < deadline, "the plan never finished"
-            time.sleep(0.3)
-        assert api.get(f"/plan/{plan_id}").json()["status"] == "planned"
-
     page = new_page(bypass_csp=True)  # for axe-core only
     sign_in(page, site.keys["operator"])
     page.goto(f"/ui/workspaces/{ws}/runs")
-    page.get_by_role("link", name=plan_id).click()
-    expect(page.locator("#run-status")).to_have_text("planned")
+    page.fill("#p-dir", str(config))
+    page.fill("#p-vars", "sleep=6")
+    page.get_by_role("button", name="Plan").click()
+    page.wait_for_url("**/ui/runs/run-*")
+    plan_id = page.url.rsplit("/", 1)[1]
+    # Planned, with its summary and the approve button, without a reload.
+    expect(page.locator("#run-status")).to_have_text("planned", timeout=120_000)
     expect(page.locator(".plan-summary")).to_contain_text("1 to add")
+    expect(page.locator("#approve")).to_be_visible()
+    with site.api("operator") as api:
+        run = api.get(f"/plan/{plan_id}").json()
+    assert run["status"] == "planned" and run["variables"] == ["sleep"], run
+    assert run["created_by"] == "ui-operator", run
     screenshot(page, "run-planned")
     page.click("#approve")
     # While the apply sleeps in its provisioner, its output is already on the page.
@@ -497,6 +494,29 @@ def test_a_runs_log_streams_live_then_approve_applies_it(
     (latest,) = history(site, ws)
     assert latest["version"] == 1
     assert not _axe(page, axe_source)
+
+
+def test_the_plan_form_refuses_directories_outside_the_plan_roots(
+    site: Site, new_page: Any
+) -> None:
+    ws = unique_name("team-a-refused")
+    page = new_page()
+    sign_in(page, site.keys["operator"])
+    page.goto(f"/ui/workspaces/{ws}/runs")
+    page.fill("#p-dir", "/etc")
+    page.get_by_role("button", name="Plan").click()
+    expect(page.locator("h1")).to_have_text("Not allowed")
+    expect(page.locator("main")).to_contain_text("outside BLIXARD_PLAN_ROOTS")
+    page.goto(f"/ui/workspaces/{ws}/runs")
+    page.fill("#p-vars", "no equals sign")
+    page.get_by_role("button", name="Plan").click()
+    expect(page.locator("h1")).to_have_text("Bad request")
+    with site.api() as api:
+        assert api.get(f"/plans/{ws}").json()["plans"] == []
+    reader = new_page()
+    sign_in(reader, site.keys["reader"])
+    reader.goto(f"/ui/workspaces/{ws}/runs")
+    assert reader.locator("#p-dir").count() == 0
 
 
 RUN_CONFIG_TEXT = """

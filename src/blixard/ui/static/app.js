@@ -54,7 +54,6 @@ function followLog() {
   const log = document.querySelector("pre[data-follow]");
   if (!log || !window.EventSource) return;
   const source = new EventSource(log.dataset.follow);
-  const status = document.getElementById("run-status");
   let first = true;
   source.addEventListener("log", (message) => {
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
@@ -63,17 +62,21 @@ function followLog() {
   });
   source.addEventListener("status", (message) => {
     const value = JSON.parse(message.data).status;
-    if (status && status.textContent !== value) {
-      status.textContent = value;
-      status.className = "badge status-" + value;
-      if (!first) announce("Run status: " + value);
+    const current = document.getElementById("run-status");
+    if (current && current.textContent !== value) {
+      current.textContent = value;
+      current.className = "badge status-" + value;
+      if (!first) {
+        announce("Run status: " + value);
+        // The plan, its buttons and the facts depend on the status: fetch them afresh.
+        scheduleRefreshOf(["plan-region", "run-facts"]);
+      }
     }
     first = false;
   });
   source.addEventListener("end", () => {
     source.close();
-    // The buttons depend on the status: fetch them afresh.
-    scheduleRefreshOf(["run-actions"]);
+    scheduleRefreshOf(["plan-region", "run-facts"]);
   });
   window.addEventListener("pagehide", () => source.close());
 }

@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from blixard.domain.access import Action
+from blixard.domain.errors import InvalidInput
 from blixard.domain.events import EventBus
 from blixard.domain.runs import EXECUTING, FINISHED, Run, RunStatus
-from blixard.runs.service import RunService
+from blixard.runs.service import RunRequest, RunService
 from blixard.ui.web import form, page, redirect, render, router
 
 PAGE_SIZE = 25
@@ -47,7 +48,34 @@ async def runs_list(request: Request, workspace: str) -> Response:
         rows=rows,
         before=before,
         next_before=rows[-1].id if len(found) > PAGE_SIZE else None,
+        plan_roots=[str(root) for root in _runs(request).settings.plan_root_paths],
     )
+
+
+@router.post("/workspaces/{workspace}/runs")
+async def create_run(request: Request, workspace: str) -> Response:
+    """Plan a configuration directory under BLIXARD_PLAN_ROOTS (the RunService checks it)."""
+    current = await page(request, Action.plan_create, workspace)
+    fields = await form(request, current)
+    variables: dict[str, str] = {}
+    for line in fields.get("variables", "").splitlines():
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput("Write each variable on its own line as NAME=VALUE.")
+        variables[name.strip()] = value
+    run = await _runs(request).create(
+        RunRequest(
+            workspace=workspace,
+            config_dir=fields.get("config_dir", "").strip() or None,
+            destroy=fields.get("destroy") == "1",
+            auto_approve=fields.get("auto_approve") == "1",
+            variables=variables,
+        ),
+        current.actor,
+    )
+    return redirect(f"/ui/runs/{run.id}")
 
 
 @router.get("/runs/{plan_id}")
