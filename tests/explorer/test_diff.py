@@ -347,3 +347,28 @@ def test_rfc3339_instants(text: str, expected: str) -> None:
 def test_malformed_instants_are_refused(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_instant(text)
+
+
+def test_the_parsed_version_cache_is_bounded_by_stored_bytes() -> None:
+    from blixard.domain.explorer import ParsedCache, _index
+    from blixard.domain.models import VersionMeta
+
+    def meta(version: int, size: int) -> VersionMeta:
+        return VersionMeta(
+            "ws", version, version, "l", size, f"sha{version}", "md5", 0.0, None, None, 0, "write"
+        )
+
+    contents = read_contents(one({"id": "x"}))  # one instance: weight = size + INSTANCE_BYTES
+    weight = 40 + ParsedCache.INSTANCE_BYTES
+    cache = ParsedCache(max_bytes=2 * weight + 10)
+    for version in (1, 2):
+        cache.put(_index(meta(version, 40), contents))
+    assert cache.get(meta(1, 40)) is not None  # now the most recently used
+    cache.put(_index(meta(3, 40), contents))
+    assert cache.get(meta(2, 40)) is None, "the least recently used went first"
+    assert cache.get(meta(1, 40)) is not None and cache.get(meta(3, 40)) is not None
+    cache.put(_index(meta(4, 2 * weight), contents))
+    assert cache.get(meta(4, 2 * weight)) is None, "a version larger than the cache is not kept"
+    assert cache.get(meta(1, 40)) is not None, "and evicts nothing"
+    other = VersionMeta("ws", 1, 1, "l", 40, "another-sha", "md5", 0.0, None, None, 0, "write")
+    assert cache.get(other) is None, "keyed by content too: a recreated workspace misses"

@@ -217,7 +217,8 @@ def test_diff_of_a_change_with_moved_added_and_removed(series: Series) -> None:
 
 
 def test_tainted_and_deposed_objects(series: Series) -> None:
-    listed = all_resources(series, version=series.broken, type="terraform_data", q="cbd")
+    # q matches identity values too: "DATA.cbd" (a dot) can match no hex id, "cbd" could.
+    listed = all_resources(series, version=series.broken, type="terraform_data", q="DATA.cbd")
     assert [(r["address"], r["status"]) for r in listed] == [
         ("terraform_data.cbd", "tainted"),
         ("terraform_data.cbd", "deposed"),
@@ -284,6 +285,19 @@ def test_timeline_of_an_instance(series: Series) -> None:
         before=paged["next_before"],
     )
     assert [e["version"] for e in older["events"]] == [series.changed]
+
+
+def test_timeline_follows_a_moved_instance(series: Series) -> None:
+    old = series.get(f"/resources/{series.ws}/terraform_data.old_name/history")
+    assert [(e["version"], e["event"], e["moved_to"]) for e in old["events"]] == [
+        (series.changed, "disappeared", "terraform_data.new_name"),
+        (series.created, "appeared", None),
+    ]
+    new = series.get(f"/resources/{series.ws}/terraform_data.new_name/history")
+    assert [(e["version"], e["event"], e["moved_from"]) for e in new["events"]] == [
+        (series.destroyed, "disappeared", None),
+        (series.changed, "appeared", "terraform_data.old_name"),
+    ]
 
 
 def test_time_travel(series: Series) -> None:

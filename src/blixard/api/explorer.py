@@ -109,7 +109,8 @@ async def list_resources(
     summary="Timeline of one resource instance",
     description=(
         "The versions, newest first, in which the instance at `address` appeared, changed "
-        "(with the attribute paths that changed) or disappeared, each with its time, the key "
+        "(with the attribute paths that changed) or disappeared (`moved_from`/`moved_to`: "
+        "the same object at another address), each with its time, the key "
         "that wrote it and its lock ID. Looks at `limit` versions per call; pass "
         "`next_before` as `before` to look further back."
     ),
@@ -142,6 +143,8 @@ def _timeline_json(entry: TimelineEntry) -> dict[str, Any]:
         "paths": entry.paths,
         "status_before": entry.status_before,
         "status_after": entry.status_after,
+        "moved_from": entry.moved_from,
+        "moved_to": entry.moved_to,
         "serial": meta.serial,
         "created_at": iso(meta.created_at),
         "written_by": meta.written_by,

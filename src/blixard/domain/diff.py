@@ -4,8 +4,9 @@ Built from two `StateContents` (domain/resources.py), so it works on any two sto
 of one workspace or of two, including versions written before the explorer existed.
 
 Instances are matched by key (address, plus the deposed key of a deposed object). Their
-attribute digests are compared first; only instances whose digest (or status, provider or
-dependencies) differs have their attributes walked. An instance that disappeared from one
+attributes' JSON as stored is compared first (as bytes, cheaper than any digest); only
+instances whose attributes (or status, provider or dependencies) differ have their
+attributes parsed and walked. An instance that disappeared from one
 address while an instance of the same mode and type with the same identity `id` appeared at
 another is reported once, as `moved` (what a `moved` block or `terraform state mv` does).
 
@@ -176,10 +177,11 @@ def diff_states(before: StateContents, after: StateContents, *, reveal: bool = F
     unchanged = 0
     for key in old.keys() & new.keys():
         a, b = old[key], new[key]
-        if _same(a, b):
+        change = None if _same(a, b) else _resource_change("changed", a, b, reveal)
+        if change is None or _reformatted_only(a, b, change):
             unchanged += 1
         else:
-            changes.append(_resource_change("changed", a, b, reveal))
+            changes.append(change)
     removed = [old[key] for key in old.keys() - new.keys()]
     added = [new[key] for key in new.keys() - old.keys()]
     moves = _match_moves(removed, added)
@@ -215,10 +217,21 @@ def diff_states(before: StateContents, after: StateContents, *, reveal: bool = F
 
 def _same(a: ResourceInstance, b: ResourceInstance) -> bool:
     return (
-        a.digest == b.digest
+        a.raw_attributes == b.raw_attributes
         and a.status == b.status
         and a.provider == b.provider
         and a.dependencies == b.dependencies
+    )
+
+
+def _reformatted_only(a: ResourceInstance, b: ResourceInstance, change: ResourceChange) -> bool:
+    """The stored attribute JSON differs only because a writer reformatted equal attributes:
+    nothing changed."""
+    return (
+        not change.attributes
+        and a.status == b.status
+        and a.provider == b.provider
+        and (a.dependencies == b.dependencies)
     )
 
 
@@ -249,7 +262,7 @@ def _resource_change(
     shown = after or before
     assert shown is not None
     attributes: tuple[AttributeChange, ...] = ()
-    if before is not None and after is not None and before.digest != after.digest:
+    if before is not None and after is not None and before.raw_attributes != after.raw_attributes:
         attributes = tuple(attribute_changes(before, after, reveal=reveal))
     return ResourceChange(
         change=kind,

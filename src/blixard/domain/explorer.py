@@ -13,11 +13,13 @@ shows them, and it records the reveal in the audit trail (durably) before answer
 from __future__ import annotations
 
 import asyncio
+import bisect
+import gc
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -29,8 +31,8 @@ from blixard.domain.parsing import check_workspace_name
 from blixard.domain.resources import Output, ResourceInstance, StateContents, read_contents
 from blixard.store.protocol import Store
 
-#: Stored bytes of parsed versions kept in memory (a parsed state takes a few times its size).
-DEFAULT_CACHE_BYTES = 48 * 1024 * 1024
+#: Estimated memory of the parsed versions kept (ParsedCache): about four 10 MiB versions.
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: Bodies at least this large are parsed and diffed off the event loop.
 _OFFLOAD_BYTES = 256 * 1024
 #: Longest resource address accepted (Terraform's are far shorter; this bounds the work).
@@ -77,6 +79,7 @@ class Parsed:
     contents: StateContents
     by_address: dict[str, list[ResourceInstance]] = field(repr=False)
     ordered: tuple[ResourceInstance, ...] = field(repr=False)  # by key
+    keys: tuple[str, ...] = field(repr=False)  # the keys of `ordered`, for paging
 
 
 def _index(meta: VersionMeta, contents: StateContents) -> Parsed:
@@ -84,36 +87,41 @@ def _index(meta: VersionMeta, contents: StateContents) -> Parsed:
     for instance in contents.instances:
         by_address.setdefault(instance.address, []).append(instance)
     ordered = tuple(sorted(contents.instances, key=lambda i: i.key))
-    return Parsed(meta, contents, by_address, ordered)
+    return Parsed(meta, contents, by_address, ordered, tuple(i.key for i in ordered))
 
 
 class ParsedCache:
-    """LRU of parsed versions, bounded by the total size of their stored bodies."""
+    """LRU of parsed versions, bounded by an estimate of their memory: the stored body's size
+    (each instance keeps its attributes' JSON) plus INSTANCE_BYTES per instance."""
+
+    #: Memory an instance's Python objects take besides its attributes' JSON (measured:
+    #: ~360 bytes with the indexes, tracemalloc, 10 MiB state; rounded up).
+    INSTANCE_BYTES = 512
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, int, str], Parsed] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, str], tuple[Parsed, int]] = OrderedDict()
         self._bytes = 0
 
     def get(self, meta: VersionMeta) -> Parsed | None:
         key = (meta.workspace, meta.version, meta.sha256)
         found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
 
     def put(self, parsed: Parsed) -> None:
         meta = parsed.meta
-        if meta.size > self.max_bytes:
-            return
+        weight = meta.size + self.INSTANCE_BYTES * len(parsed.contents.instances)
         key = (meta.workspace, meta.version, meta.sha256)
-        if key in self._entries:
+        if weight > self.max_bytes or key in self._entries:
             return
-        self._entries[key] = parsed
-        self._bytes += meta.size
+        self._entries[key] = (parsed, weight)
+        self._bytes += weight
         while self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.meta.size
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._bytes -= evicted
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +167,8 @@ class TimelineEntry:
     paths: list[str]  # changed attribute paths (masked paths are named, never valued)
     status_before: str | None
     status_after: str | None
+    moved_from: str | None = None  # appeared: the address it had in the version before
+    moved_to: str | None = None  # disappeared: the address it has in this version
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +267,7 @@ class ExplorerService:
             raise NotFound(f"Workspace '{meta.workspace}' has no version {meta.version}.")
         stored_meta, body = found
         if len(body) >= _OFFLOAD_BYTES:
-            contents = await asyncio.to_thread(read_contents, body)
+            contents = await asyncio.to_thread(_read_without_gc, body)
         else:
             contents = read_contents(body)
         parsed = _index(stored_meta, contents)
@@ -288,9 +298,8 @@ class ExplorerService:
         needle = query.lower() if query else None
         page: list[ResourceInstance] = []
         more = False
-        for instance in parsed.ordered:
-            if after is not None and instance.key <= after:
-                continue
+        start = 0 if after is None else bisect.bisect_right(parsed.keys, after)
+        for instance in parsed.ordered[start:]:
             if type is not None and instance.type != type:
                 continue
             if mode is not None and instance.mode != mode:
@@ -384,7 +393,8 @@ class ExplorerService:
         self, name: str, address: str, *, before: int | None = None, limit: int = 50
     ) -> Timeline:
         """Versions (newest first) below `before` in which the instance at `address`
-        appeared, changed or disappeared, looking at `limit` versions per call."""
+        appeared, changed or disappeared (moved here from, or away to, another address when
+        the same object is found there), looking at `limit` versions per call."""
         _check_address(address)
         await self._workspace(name)
         versions = await self.store.list_versions(name, before=before, limit=limit)
@@ -397,21 +407,62 @@ class ExplorerService:
         chain = [*reversed(versions)]
         entries: list[TimelineEntry] = []
         earlier = await self._object_at(previous, address) if previous else None
-        earlier_sha = previous.sha256 if previous else None
+        earlier_meta = previous
         for meta in chain:
-            if meta.sha256 == earlier_sha:
+            if earlier_meta is not None and meta.sha256 == earlier_meta.sha256:
                 continue  # same bytes (an identical rollback): nothing changed
             now = await self._object_at(meta, address)
             entry = _timeline_entry(meta, earlier, now)
+            if entry is not None and entry.event == "appeared" and earlier_meta is not None:
+                assert now is not None
+                moved_from = await self._moved(earlier_meta, now, address)
+                entry = replace(entry, moved_from=moved_from)
+            elif entry is not None and entry.event == "disappeared":
+                assert earlier is not None
+                entry = replace(entry, moved_to=await self._moved(meta, earlier, address))
             if entry is not None:
                 entries.append(entry)
-            earlier, earlier_sha = now, meta.sha256
+            earlier, earlier_meta = now, meta
         entries.reverse()
         return Timeline(name, address, entries, oldest.version if previous else None)
+
+    async def _moved(
+        self, meta: VersionMeta, instance: ResourceInstance, address: str
+    ) -> str | None:
+        """The address of the same object (mode, type and identity `id`, as diffs match
+        moves) at another address in version `meta`, if there is one."""
+        object_id = instance.identity.get("id")
+        if object_id is None:
+            return None
+        parsed = await self.parsed(meta)
+        for other in parsed.contents.instances:
+            if (
+                other.address != address
+                and other.deposed_key is None
+                and (other.mode, other.type) == (instance.mode, instance.type)
+                and other.identity.get("id") == object_id
+            ):
+                return other.address
+        return None
 
     async def _object_at(self, meta: VersionMeta, address: str) -> ResourceInstance | None:
         parsed = await self.parsed(meta)
         return next((i for i in parsed.by_address.get(address, ()) if i.deposed_key is None), None)
+
+
+def _read_without_gc(body: bytes) -> StateContents:
+    """read_contents with the cyclic garbage collector paused: reading a large state creates
+    tens of thousands of objects, none in cycles, and the collections they would trigger
+    (each walking every object of the process) cost about a quarter of the read. Resumed
+    by whichever reader paused it, so it is never left paused."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return read_contents(body)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _timeline_entry(
@@ -424,7 +475,7 @@ def _timeline_entry(
         return TimelineEntry(meta, "appeared", [], None, after.status)
     if after is None:
         return TimelineEntry(meta, "disappeared", [], before.status, None)
-    if before.digest == after.digest and before.status == after.status:
+    if before.raw_attributes == after.raw_attributes and before.status == after.status:
         return None
     paths = [change.as_dict()["attribute"] for change in attribute_changes(before, after)]
     return TimelineEntry(meta, "changed", paths, before.status, after.status)

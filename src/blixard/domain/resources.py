@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from blixard.domain.models import Body
@@ -51,10 +52,40 @@ class ResourceInstance:
     status: str | None  # "tainted", "deposed" or None
     deposed_key: str | None
     dependencies: tuple[str, ...]
-    identity: dict[str, str]  # IDENTITY_ATTRIBUTES present as strings
-    attributes: dict[str, Any] = field(repr=False)
+    raw_attributes: bytes = field(repr=False)  # the attributes' JSON as stored
     sensitive_paths: tuple[Path, ...] = ()
-    digest: str = ""  # SHA-256 of the attributes' canonical JSON (sorted keys)
+    #: What is worked out only when asked for (most views of a large state never ask).
+    _lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The attributes, parsed on first use."""
+        found: dict[str, Any] | None = self._lazy.get("attributes")
+        if found is None:
+            value = orjson.loads(self.raw_attributes) if self.raw_attributes else {}
+            found = self._lazy["attributes"] = value if isinstance(value, dict) else {}
+        return found
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """IDENTITY_ATTRIBUTES present as non-empty strings (sensitive ones left out)."""
+        found: dict[str, str] | None = self._lazy.get("identity")
+        if found is None:
+            if "attributes" in self._lazy:
+                found = identity_of(self._lazy["attributes"], self.sensitive_paths)
+            else:
+                found = _identity(self.raw_attributes, self.sensitive_paths)
+            self._lazy["identity"] = found
+        return found
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the attributes' canonical JSON (sorted keys): equal digests, equal
+        attributes, however a writer formatted them (`attributes_digest`)."""
+        found: str | None = self._lazy.get("digest")
+        if found is None:
+            found = self._lazy["digest"] = attributes_digest(self.attributes)
+        return found
 
     @property
     def key(self) -> str:
@@ -125,27 +156,115 @@ class StateContents:
         return {instance.key: instance for instance in self.instances}
 
 
+class _Instance(msgspec.Struct):
+    attributes: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    sensitive_attributes: list[Any] = []
+    index_key: str | int | None = None
+    status: str | None = None
+    deposed: str | None = None
+    dependencies: list[str] = []
+
+
+class _Resource(msgspec.Struct):
+    type: str
+    name: str
+    module: str = ""
+    mode: str = "managed"
+    provider: str = ""
+    instances: list[_Instance] = []
+
+
+class _Document(msgspec.Struct):
+    serial: Any = None
+    lineage: Any = None
+    terraform_version: Any = None
+    outputs: Any = None
+    resources: list[_Resource] | None = None
+    encrypted_data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+class _Identity(msgspec.Struct):
+    id: Any = None
+    arn: Any = None
+    self_link: Any = None
+    name: Any = None
+
+
+_document_decoder = msgspec.json.Decoder(_Document)
+_identity_decoder = msgspec.json.Decoder(_Identity)
+
+
 def read_contents(body: Body) -> StateContents:
-    """Parse a stored state body into its instances and outputs (never raises on shape)."""
+    """Parse a stored state body into its instances and outputs (never raises on shape).
+
+    Attributes are not built into Python objects here: each instance keeps its attributes'
+    JSON as stored, so reading a 10 MiB state costs tens of milliseconds. A state whose parts
+    have unexpected types takes a slower, tolerant path.
+    """
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        document = _document_decoder.decode(body)
+    except msgspec.ValidationError:
+        return _read_tolerantly(body)
+    except msgspec.DecodeError:
         return StateContents(None, None, None, (), (), readable=False)
+    instances: list[ResourceInstance] = []
+    append = instances.append
+    for resource in document.resources or ():
+        mode = resource.mode or "managed"
+        prefix = instance_address(resource.module, mode, resource.type, resource.name, None)
+        for instance in resource.instances:
+            key = instance.index_key
+            deposed = instance.deposed or None
+            append(
+                ResourceInstance(
+                    address=prefix if key is None else prefix + format_index_key(key),
+                    module=resource.module,
+                    mode=mode,
+                    type=resource.type,
+                    name=resource.name,
+                    index_key=key,
+                    provider=resource.provider,
+                    status="deposed" if deposed else (instance.status or None),
+                    deposed_key=deposed,
+                    dependencies=tuple(instance.dependencies),
+                    raw_attributes=bytes(instance.attributes),
+                    sensitive_paths=sensitive_paths(instance.sensitive_attributes)
+                    if instance.sensitive_attributes
+                    else (),
+                )
+            )
+    return StateContents(
+        serial=_int_or_none(document.serial),
+        lineage=_str_or_none(document.lineage),
+        terraform_version=_str_or_none(document.terraform_version),
+        instances=tuple(instances),
+        outputs=tuple(_outputs(document.outputs)),
+        readable=document.resources is not None or not len(document.encrypted_data),
+    )
+
+
+def _read_tolerantly(body: Body) -> StateContents:
+    """read_contents for a state whose parts have unexpected types: what can be read is."""
+    document = orjson.loads(body)
     if not isinstance(document, dict):
         return StateContents(None, None, None, (), (), readable=False)
-    serial = document.get("serial")
-    lineage = document.get("lineage")
-    version = document.get("terraform_version")
     resources = document.get("resources")
-    readable = isinstance(resources, list) or "encrypted_data" not in document
     return StateContents(
-        serial=serial if isinstance(serial, int) and not isinstance(serial, bool) else None,
-        lineage=lineage if isinstance(lineage, str) else None,
-        terraform_version=version if isinstance(version, str) else None,
+        serial=_int_or_none(document.get("serial")),
+        lineage=_str_or_none(document.get("lineage")),
+        terraform_version=_str_or_none(document.get("terraform_version")),
         instances=tuple(_instances(resources if isinstance(resources, list) else [])),
         outputs=tuple(_outputs(document.get("outputs"))),
-        readable=readable,
+        readable=isinstance(resources, list) or "encrypted_data" not in document,
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def format_index_key(key: str | int | None) -> str:
@@ -299,49 +418,83 @@ def _instances(resources: list[Any]) -> Iterator[ResourceInstance]:
     for resource in resources:
         if not isinstance(resource, dict):
             continue
-        module = resource.get("module") or ""
-        mode = resource.get("mode") or "managed"
-        type_ = resource.get("type")
-        name = resource.get("name")
-        if not (isinstance(module, str) and isinstance(type_, str) and isinstance(name, str)):
-            continue
-        mode = mode if isinstance(mode, str) else "managed"
-        provider = resource.get("provider")
-        provider = provider if isinstance(provider, str) else ""
         instances = resource.get("instances")
         for instance in instances if isinstance(instances, list) else []:
             if not isinstance(instance, dict):
                 continue
-            key = instance.get("index_key")
-            if isinstance(key, bool) or not isinstance(key, str | int | None):
-                key = str(key)
             attributes = instance.get("attributes")
             if not isinstance(attributes, dict):
                 attributes = {}
-            paths = sensitive_paths(instance.get("sensitive_attributes"))
-            deposed = instance.get("deposed")
-            deposed = deposed if isinstance(deposed, str) and deposed else None
-            status = instance.get("status")
-            status = "deposed" if deposed else (status if isinstance(status, str) else None)
-            dependencies = instance.get("dependencies")
-            yield ResourceInstance(
-                address=instance_address(module, mode, type_, name, key),
-                module=module,
-                mode=mode,
-                type=type_,
-                name=name,
-                index_key=key,
-                provider=provider,
-                status=status or None,
-                deposed_key=deposed,
-                dependencies=tuple(d for d in dependencies if isinstance(d, str))
-                if isinstance(dependencies, list)
-                else (),
-                identity=identity_of(attributes, paths),
-                attributes=attributes,
-                sensitive_paths=paths,
-                digest=attributes_digest(attributes),
+            built = _instance(
+                resource.get("module"),
+                resource.get("mode"),
+                resource.get("type"),
+                resource.get("name"),
+                resource.get("provider"),
+                instance.get("index_key"),
+                instance.get("status"),
+                instance.get("deposed"),
+                instance.get("dependencies"),
+                instance.get("sensitive_attributes"),
+                orjson.dumps(attributes),
+                attributes,
             )
+            if built is not None:
+                yield built
+
+
+def _instance(
+    module: Any,
+    mode: Any,
+    type_: Any,
+    name: Any,
+    provider: Any,
+    key: Any,
+    status: Any,
+    deposed: Any,
+    dependencies: Any,
+    sensitive: Any,
+    raw: bytes,
+    attributes: dict[str, Any] | None,
+) -> ResourceInstance | None:
+    """One instance from its parts as found (None when type or name is missing); `attributes`
+    are the parsed `raw` when the caller already has them."""
+    module = module or ""
+    if not (isinstance(module, str) and isinstance(type_, str) and isinstance(name, str)):
+        return None
+    mode = mode if isinstance(mode, str) and mode else "managed"
+    if isinstance(key, bool) or not isinstance(key, str | int | None):
+        key = str(key)
+    paths = sensitive_paths(sensitive)
+    deposed = deposed if isinstance(deposed, str) and deposed else None
+    status = "deposed" if deposed else (status if isinstance(status, str) else None)
+    instance = ResourceInstance(
+        address=instance_address(module, mode, type_, name, key),
+        module=module,
+        mode=mode,
+        type=type_,
+        name=name,
+        index_key=key,
+        provider=provider if isinstance(provider, str) else "",
+        status=status or None,
+        deposed_key=deposed,
+        dependencies=tuple(d for d in dependencies if isinstance(d, str))
+        if isinstance(dependencies, list)
+        else (),
+        raw_attributes=raw,
+        sensitive_paths=paths,
+    )
+    if attributes is not None:
+        instance._lazy["attributes"] = attributes
+    return instance
+
+
+def _identity(raw: bytes, masked: tuple[Path, ...]) -> dict[str, str]:
+    try:
+        found = _identity_decoder.decode(raw)
+    except msgspec.MsgspecError:
+        return {}  # attributes that are not an object: no identity
+    return identity_of({name: getattr(found, name) for name in IDENTITY_ATTRIBUTES}, masked)
 
 
 def _outputs(raw: Any) -> Iterator[Output]:
