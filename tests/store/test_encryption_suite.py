@@ -23,8 +23,9 @@ from blixard.store.crypto import Cipher, key_id_of_blob, key_id_of_key
 from blixard.store.encryption import PLAINTEXT, EncryptionNotConfigured, EncryptionRefused
 from blixard.store.etcd import EtcdStore, _BodyCache, _prefix_end, _unb64
 from blixard.store.protocol import Store
+from blixard.store.sqlite import SQLiteStore
 from tests.store.conftest import etcd_builder, sqlite_builder
-from tests.store.test_engine_suite import new_version
+from tests.store.test_engine_suite import new_version, resources_state
 
 pytestmark = pytest.mark.anyio
 
@@ -400,3 +401,48 @@ async def test_etcd_rotation_reseals_a_value_changed_since_it_was_read(tmp_path:
     finally:
         await store.close()
         await other.close()
+
+
+async def index_document_keys(store: Store) -> Counter[str]:
+    """Key id (or PLAINTEXT) of every stored resource index document."""
+    if isinstance(store, EtcdStore):
+        prefix = store._k("rix/")
+        values = [bytes(kv.value) async for kv in store._scan(prefix, _prefix_end(prefix))]
+    else:
+        assert isinstance(store, SQLiteStore)
+        conn = sqlite3.connect(store.path)
+        values = [bytes(row[0]) for row in conn.execute("SELECT doc FROM resource_index")]
+        conn.close()
+    return Counter(key_id_of_blob(v) or PLAINTEXT for v in values)
+
+
+async def test_index_documents_are_sealed_and_follow_the_current_key(
+    opened: Callable[[Cipher | None], Awaitable[Store]],
+) -> None:
+    """Index documents hold identity values: sealed like versions, and rebuilt under the
+    current key at the first open after a key change (readable meanwhile with the old key)."""
+    store = await opened(Cipher(K1))
+    for serial in range(1, 6):
+        body = resources_state(serial, {"r.x": ("aws_thing", f"ident-secret-{serial}")})
+        await put_version(store, "a", serial, body)
+    assert await index_document_keys(store) == Counter({OLD: 5})
+    assert not any(b"ident-secret" in v for v in await index_values(store))
+    await store.close()
+    store = await opened(Cipher(K2, [K1]))
+    await store._reindexer  # type: ignore[attr-defined]
+    assert await index_document_keys(store) == Counter({NEW: 5})
+    index = store.resource_index  # type: ignore[attr-defined]
+    assert index.version_of("a") == 5
+    history = await store.index_history("a")  # type: ignore[attr-defined]
+    assert [doc.version for doc in history] == [1, 2, 3, 4, 5]
+
+
+async def index_values(store: Store) -> list[bytes]:
+    if isinstance(store, EtcdStore):
+        prefix = store._k("rix/")
+        return [bytes(kv.value) async for kv in store._scan(prefix, _prefix_end(prefix))]
+    assert isinstance(store, SQLiteStore)
+    conn = sqlite3.connect(store.path)
+    values = [bytes(row[0]) for row in conn.execute("SELECT doc FROM resource_index")]
+    conn.close()
+    return values

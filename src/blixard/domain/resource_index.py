@@ -16,6 +16,7 @@ the stored bytes of the candidate instances (see search.py), and never match a s
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,7 +28,6 @@ from blixard.domain.errors import InvalidInput
 from blixard.domain.models import Body
 from blixard.domain.resources import (
     Path,
-    attributes_digest,
     identity_of,
     instance_address,
     read_contents,
@@ -77,6 +77,15 @@ class _Resource(msgspec.Struct):
     instances: list[_Instance] = []
 
 
+class _Identity(msgspec.Struct):
+    id: Any = None
+    arn: Any = None
+    self_link: Any = None
+
+
+_IDENTITY = msgspec.json.Decoder(_Identity)
+
+
 class _State(msgspec.Struct):
     resources: list[_Resource] | None = None
 
@@ -103,16 +112,23 @@ def index_rows(body: Body) -> list[IndexRow]:
             key = instance.index_key
             if isinstance(key, bool) or not isinstance(key, str | int | None):
                 key = str(key)
+            raw = memoryview(instance.attributes)
             try:
-                attributes = orjson.loads(memoryview(instance.attributes))
-            except orjson.JSONDecodeError:
-                attributes = {}
-            if not isinstance(attributes, dict):
-                attributes = {}
+                identity: Any = _IDENTITY.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                identity = _Identity()  # not an object: no identity (the explorer reads {})
             deposed = instance.deposed if isinstance(instance.deposed, str) else None
             status = instance.status if isinstance(instance.status, str) else None
+            paths = (
+                sensitive_paths(instance.sensitive_attributes)
+                if instance.sensitive_attributes
+                else ()
+            )
+            found = identity_of(
+                {"id": identity.id, "arn": identity.arn, "self_link": identity.self_link}, paths
+            )
             rows.append(
-                _row(
+                IndexRow(
                     instance_address(module, mode, type_, name, key),
                     type_,
                     name,
@@ -120,16 +136,27 @@ def index_rows(body: Body) -> list[IndexRow]:
                     mode,
                     provider,
                     "deposed" if deposed else (status or None),
-                    attributes,
-                    sensitive_paths(instance.sensitive_attributes),
+                    found.get("id"),
+                    found.get("arn"),
+                    found.get("self_link"),
+                    raw_digest(raw),
                 )
             )
     return rows
 
 
+def raw_digest(raw: bytes | memoryview) -> str:
+    """The row digest: a hash of the attributes' JSON as stored (Terraform writes it the same
+    way for the same values), so an unchanged instance keeps its digest from version to
+    version. Hashing the stored bytes spares parsing the attributes on every write."""
+    return hashlib.blake2b(raw, digest_size=DIGEST_CHARS // 2).hexdigest()
+
+
 def _rows_from_contents(body: Body) -> list[IndexRow]:
+    """Rows of a state of an unusual shape, read by the explorer's tolerant reader (the
+    digest is then of the attributes re-serialised: such states are rare)."""
     return [
-        _row(
+        IndexRow(
             i.address,
             i.type,
             i.name,
@@ -137,38 +164,13 @@ def _rows_from_contents(body: Body) -> list[IndexRow]:
             i.mode,
             i.provider,
             i.status,
-            i.attributes,
-            i.sensitive_paths,
+            i.identity.get("id"),
+            i.identity.get("arn"),
+            i.identity.get("self_link"),
+            raw_digest(orjson.dumps(i.attributes)),
         )
         for i in read_contents(body).instances
     ]
-
-
-def _row(
-    address: str,
-    type_: str,
-    name: str,
-    module: str,
-    mode: str,
-    provider: str,
-    status: str | None,
-    attributes: dict[str, Any],
-    paths: tuple[Path, ...],
-) -> IndexRow:
-    identity = identity_of(attributes, paths)
-    return IndexRow(
-        address,
-        type_,
-        name,
-        module,
-        mode,
-        provider,
-        status,
-        identity.get("id"),
-        identity.get("arn"),
-        identity.get("self_link"),
-        attributes_digest(attributes)[:DIGEST_CHARS],
-    )
 
 
 # -- queries ------------------------------------------------------------------------------

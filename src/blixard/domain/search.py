@@ -87,8 +87,10 @@ class SearchService:
             if len(page) < 1000:
                 break
             start = page[-1].name
-        if after is not None and after.workspace not in names and visible(after.workspace):
-            names = sorted({after.workspace, *names})  # list_workspaces started past it
+        if after is not None and visible(after.workspace):
+            current = await self.store.get_workspace(after.workspace)  # listed from past it
+            if current is not None and not current.deleted:
+                names.insert(0, after.workspace)
         for name in names:
             if after is not None and name < after.workspace:
                 continue

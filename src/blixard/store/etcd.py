@@ -38,7 +38,14 @@ from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import FINISHED, OPEN, Run
 from blixard.store import resource_index
 from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCodec
-from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
+from blixard.store.crypto import (
+    Cipher,
+    DecryptionError,
+    is_sealed,
+    key_id_of_blob,
+    lock_aad,
+    run_aad,
+)
 from blixard.store.encryption import EncryptionStatus, RotationProgress
 from blixard.store.etcd_batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
 from blixard.store.etcd_conn import Compaction, EtcdAccess, EtcdConnection
@@ -1204,7 +1211,7 @@ class EtcdStore:
             put_op(self._ver_key(name, number), orjson.dumps(ver_doc)),
             *self._nest(publish),
         ]
-        index_lease, index_ops = await self._index_doc_ops(name, number, packed, deleted=False)
+        index_lease, index_ops = await self._index_doc_ops(name, number, packed)
         ops += index_ops
         lease_id = lease_id or index_lease
         try:
@@ -1714,8 +1721,9 @@ class EtcdStore:
     #
     # `rix/<name>\0<INV(n)>`: version n's index document (sealed like the version), or, when
     # larger than INLINE_BYTES, a JSON pointer to its chunks (as version blobs are).
-    # `rixhead/<name>`: {"version": head, "deleted": bool}, written with every version and
-    # soft delete/restore: what every node watches to keep its in-memory index current.
+    # `rixhead/<name>`: {"version": head, "deleted": bool}, written by soft delete/restore.
+    # Every node watches both (prefix `rix`) to keep its in-memory index current: a new
+    # version's document arrives in the event itself, a delete/restore as its marker.
 
     def _rix_prefix(self, name: str) -> bytes:
         return self._k("rix/", name, "\x00")
@@ -1727,11 +1735,9 @@ class EtcdStore:
         value = orjson.dumps({"version": version, "deleted": deleted})
         return put_op(self._k("rixhead/", name), value)
 
-    async def _index_doc_ops(
-        self, name: str, number: int, packed: bytes, *, deleted: bool, head: bool = True
-    ) -> tuple[int, list[Any]]:
-        """Ops writing version `number`'s document (and the head marker), and the lease of
-        its chunks if it had to be chunked (0 if not)."""
+    async def _index_doc_ops(self, name: str, number: int, packed: bytes) -> tuple[int, list[Any]]:
+        """Ops writing version `number`'s document, and the lease of its chunks if it had to
+        be chunked (0 if not)."""
         stored = resource_index.seal(self.cipher, name, packed)
         lease = 0
         if len(stored) <= INLINE_BYTES:
@@ -1744,8 +1750,6 @@ class EtcdStore:
                 "chunks": len(publish),
             }
             ops = [put_op(self._rix_key(name, number), orjson.dumps(pointer)), *self._nest(publish)]
-        if head:
-            ops.append(self._index_head_op(name, number, deleted))
         return lease, ops
 
     async def _index_doc_value(self, name: str, value: bytes) -> bytes | None:
@@ -1785,13 +1789,18 @@ class EtcdStore:
             self.resource_index.set_hidden(name, bool(marker["deleted"]))
 
     async def _load_resource_heads(self) -> int:
-        """Load every head marker and its document; the revision they were read at."""
-        prefix = self._k("rixhead/")
+        """Load every workspace's current document (and whether it is deleted) from the
+        workspace records; the revision they were read at."""
+        prefix = self._k("ws/")
         first = await self._range(prefix, _prefix_end(prefix), limit=1)
         revision = int(first.header.revision)
         heads: list[tuple[str, dict[str, Any]]] = []
         async for kv in self._scan(prefix, _prefix_end(prefix), page=1000, revision=revision):
-            heads.append((bytes(kv.key)[len(prefix) :].decode(), orjson.loads(kv.value)))
+            doc = orjson.loads(kv.value)
+            if doc["head"]:
+                name = bytes(kv.key)[len(prefix) :].decode()
+                marker = {"version": doc["head"]["version"], "deleted": bool(doc["deleted_at"])}
+                heads.append((name, marker))
             if len(heads) >= 1000:
                 await self._apply_heads(heads)
                 heads = []
@@ -1803,9 +1812,10 @@ class EtcdStore:
         self._index_watch = asyncio.create_task(self._watch_resource_heads(revision))
 
     async def _watch_resource_heads(self, revision: int) -> None:
-        """Apply other nodes' (and this node's) head markers as etcd reports them. A watch
-        that fell behind a compaction reloads everything."""
-        prefix = self._k("rixhead/")
+        """Apply other nodes' (and this node's) documents and delete/restore markers as etcd
+        reports them. A watch that fell behind a compaction reloads everything."""
+        prefix = self._k("rix")
+        docs, markers = self._k("rix/"), self._k("rixhead/")
         while True:
             try:
                 stream = self._client.watch.watch(
@@ -1815,11 +1825,15 @@ class EtcdStore:
                     if response.compact_revision > 0:
                         revision = await self._load_resource_heads()
                         break
-                    heads = [
-                        (bytes(event.kv.key)[len(prefix) :].decode(), orjson.loads(event.kv.value))
-                        for event in response.events
-                        if event.kv.value
-                    ]
+                    heads: list[tuple[str, dict[str, Any]]] = []
+                    for event in response.events:
+                        key, value = bytes(event.kv.key), bytes(event.kv.value)
+                        if not value:
+                            continue
+                        if key.startswith(markers):
+                            heads.append((key[len(markers) :].decode(), orjson.loads(value)))
+                        elif key.startswith(docs):
+                            await self._apply_document(key[len(docs) :], value)
                     await self._apply_heads(heads)
                     revision = max(revision, int(response.header.revision))
             except asyncio.CancelledError:
@@ -1827,6 +1841,16 @@ class EtcdStore:
             except Exception as exc:  # etcd away: retry; reads stay as they were meanwhile
                 log.warning("resource index: watch interrupted (%s); resuming", exc)
                 await asyncio.sleep(1.0)
+
+    async def _apply_document(self, rest: bytes, value: bytes) -> None:
+        """A version's document as a watch reported it: kept if newer than the known one."""
+        name_bytes, _, inverted = rest.rpartition(b"\x00")
+        name, version = name_bytes.decode(), _INV_MAX - int(inverted)
+        if version <= (self.resource_index.version_of(name) or 0):
+            return  # this node's own write (already applied), or an older version's
+        packed = await self._index_doc_value(name, value)
+        if packed is not None:
+            self.resource_index.put(name, packed)
 
     def start_reindex(self, *, force: bool = False) -> None:
         """Build missing index documents in the background (all of them with `force`, which
@@ -1848,7 +1872,12 @@ class EtcdStore:
             log.warning("resource index: reindex stopped: %s", exc)
 
     async def _unindexed(self, force: bool) -> list[tuple[str, int, bool]]:
-        """(workspace, version, is head) of versions without a readable index document."""
+        """(workspace, version, is head) of versions whose document must be (re)built:
+        missing ones, and, when the key sealing new documents changed since the last full
+        pass (`meta/rixkey`: a rotation, encryption turned on or off), those it did not seal."""
+        current = self.cipher.current_id if self.cipher else None
+        marker = await self._get(self._k("meta/rixkey"))
+        sweep = marker is None or orjson.loads(marker.value).get("key") != current
         missing: list[tuple[str, int, bool]] = []
         prefix = self._k("ws/")
         async for kv in self._scan(prefix, _prefix_end(prefix)):
@@ -1860,10 +1889,34 @@ class EtcdStore:
             have: set[int] = set()
             if not force:
                 rix = self._rix_prefix(name)
-                async for item in self._scan(rix, _prefix_end(rix), page=1000):
-                    have.add(_INV_MAX - int(bytes(item.key)[len(rix) :]))
+                start = rix
+                while True:
+                    resp = await self._call(
+                        self._kv.get(
+                            start,
+                            _prefix_end(rix),
+                            limit=1000,
+                            keys_only=not sweep,
+                            timeout=self.timeout,
+                        )
+                    )
+                    for item in resp.kvs:
+                        value = bytes(item.value)
+                        if not sweep or (key_id_of_blob(value) if is_sealed(value) else None) == (
+                            current
+                        ):
+                            have.add(_INV_MAX - int(bytes(item.key)[len(rix) :]))
+                    if not resp.more or not resp.kvs:
+                        break
+                    start = bytes(resp.kvs[-1].key) + b"\x00"
             missing += [(name, n, n == top) for n in range(1, top + 1) if n not in have]
         return missing
+
+    async def _mark_index_key(self) -> None:
+        """Every document is now sealed with the current key (or none): later opens skip the
+        sweep over document values."""
+        current = self.cipher.current_id if self.cipher else None
+        await self._txn([], [put_op(self._k("meta/rixkey"), orjson.dumps({"key": current}))], [])
 
     async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
         """Build missing index documents, one version at a time (memory: about two bodies and
@@ -1887,6 +1940,7 @@ class EtcdStore:
                 status.remaining -= 1
                 progress.step()
             progress.finish()
+            await self._mark_index_key()
             status.complete = True
         except Exception as exc:
             status.error = str(exc)
@@ -1926,36 +1980,15 @@ class EtcdStore:
         return body, last_full
 
     async def _store_index_doc(self, name: str, number: int, packed: bytes, is_head: bool) -> None:
-        lease, ops = await self._index_doc_ops(name, number, packed, deleted=False, head=False)
+        """Put a document (other nodes get it through their watch)."""
+        lease, ops = await self._index_doc_ops(name, number, packed)
         try:
             await self._txn([], ops, [])
-            if not is_head:
-                return
-            # The head marker, unless a newer version (or a delete/restore) wrote one since.
-            for _ in range(20):
-                marker_key = self._k("rixhead/", name)
-                record = await self._record(name)
-                if record is None or record.ws.head is None or record.ws.head.version != number:
-                    return
-                marker = await self._get(marker_key)
-                compare = (
-                    self._kv.txn_compare_create_revision(marker_key, 0)
-                    if marker is None
-                    else self._cmp_mod(marker_key, int(marker.mod_revision))
-                )
-                if marker is not None and orjson.loads(marker.value)["version"] > number:
-                    return
-                head_op = self._index_head_op(name, number, record.ws.deleted)
-                resp = await self._txn(
-                    [compare, self._cmp_ws(name, record.ws.revision)], [head_op], []
-                )
-                if resp.succeeded:
-                    self.resource_index.put(name, packed)
-                    self.resource_index.set_hidden(name, record.ws.deleted)
-                    return
         finally:
             if lease:
                 await self._revoke(lease)
+        if is_head:
+            self.resource_index.put(name, packed)
 
     async def index_history(
         self, workspace: str, *, from_version: int = 1, limit: int = 64

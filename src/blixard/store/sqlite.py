@@ -1192,13 +1192,19 @@ class SQLiteStore:
         status.started_at, status.indexed = time.time(), 0
         unreadable = sorted(self._unreadable_docs)
         try:
-            total = await self._read(lambda conn: _count_unindexed(conn, force)) + len(unreadable)
+            key = self.cipher.current_id if self.cipher else None
+            total = await self._read(lambda conn: _count_unindexed(conn, force, key))
+            total += len(unreadable)
             status.remaining = total
             progress = resource_index.ProgressLog(self.engine, total)
             cursor = (0, 0)
+            #: The last full version decoded (a delta base for the next ones): at most one.
+            last_full: list[tuple[int, int, bytes]] = []
             while True:
                 page = await self._read(
-                    functools.partial(_unindexed, after=cursor, force=force, limit=32)
+                    functools.partial(
+                        _unindexed, after=cursor, force=force, current_key=key, limit=32
+                    )
                 )
                 if page:
                     cursor = (page[-1][0], page[-1][2])
@@ -1207,7 +1213,7 @@ class SQLiteStore:
                 if not page:
                     break
                 for ws_id, name, version in page:
-                    await self._index_one(ws_id, name, version)
+                    await self._index_one(ws_id, name, version, last_full)
                     self._unreadable_docs.discard((ws_id, name, version))
                     status.indexed += 1
                     status.remaining = max(0, status.remaining - 1)
@@ -1222,12 +1228,14 @@ class SQLiteStore:
             status.finished_at = time.time()
         return status
 
-    async def _index_one(self, ws_id: int, name: str, version: int) -> None:
+    async def _index_one(
+        self, ws_id: int, name: str, version: int, last_full: list[tuple[int, int, bytes]]
+    ) -> None:
         def build(conn: sqlite3.Connection) -> tuple[bytes, bytes] | None:
-            found = self._read_version(conn, name, ws_id, version)
-            if found is None:
+            body = self._body_uncached(conn, name, ws_id, version, last_full)
+            if body is None:
                 return None
-            packed = resource_index.build(version, found[1])
+            packed = resource_index.build(version, body)
             return packed, resource_index.seal(self.cipher, name, packed)
 
         built = await self._read(build)
@@ -1248,6 +1256,41 @@ class SQLiteStore:
         if ws is not None and ws.head is not None and ws.head.version == version:
             self.resource_index.put(name, packed)
             self.resource_index.set_hidden(name, ws.deleted)
+
+    def _body_uncached(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        ws_id: int,
+        version: int,
+        last_full: list[tuple[int, int, bytes]],
+    ) -> bytes | None:
+        """A version's body for the reindex: no cache filled (no digested dictionary kept),
+        the last full version decoded reused as the delta base (`last_full`, updated)."""
+        row = conn.execute(
+            "SELECT encoding, base_version, blob FROM versions WHERE workspace_id = ? "
+            "AND version = ?",
+            (ws_id, version),
+        ).fetchone()
+        if row is None:
+            return None
+        encoded = Encoded(*row)
+        base_body = None
+        if encoded.base_version is not None:
+            if last_full and last_full[0][:2] == (ws_id, encoded.base_version):
+                base_body = last_full[0][2]
+            else:
+                base_row = conn.execute(
+                    "SELECT encoding, base_version, blob FROM versions "
+                    "WHERE workspace_id = ? AND version = ?",
+                    (ws_id, encoded.base_version),
+                ).fetchone()
+                base_body = self.codec.decode(name, Encoded(*base_row), None, cache=False)
+                last_full[:] = [(ws_id, encoded.base_version, base_body)]
+        body = self.codec.decode(name, encoded, base_body, cache=False)
+        if encoded.encoding == "zstd":
+            last_full[:] = [(ws_id, version, body)]
+        return body
 
     async def index_history(
         self, workspace: str, *, from_version: int = 1, limit: int = 64
@@ -1415,23 +1458,42 @@ _UNINDEXED = (
 )
 
 
-def _count_unindexed(conn: sqlite3.Connection, force: bool) -> int:
-    where = "" if force else "WHERE r.workspace_id IS NULL"
-    count: int = conn.execute(f"SELECT count(*) {_UNINDEXED}{where}").fetchone()[0]
+def _stale_documents(force: bool, current_key: str | None) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE condition for versions whose document must be (re)built: missing, or not
+    sealed with the current key (plaintext under encryption, an old key after a rotation, or
+    sealed while encryption is now off): what the next reindex rebuilds."""
+    if force:
+        return "1", ()
+    sealed = "substr(r.doc, 1, 4) = X'42584501'"
+    if current_key is None:
+        return f"(r.workspace_id IS NULL OR {sealed})", ()
+    return (
+        f"(r.workspace_id IS NULL OR NOT {sealed} OR lower(hex(substr(r.doc, 5, 8))) != ?)",
+        (current_key,),
+    )
+
+
+def _count_unindexed(conn: sqlite3.Connection, force: bool, current_key: str | None) -> int:
+    where, params = _stale_documents(force, current_key)
+    count: int = conn.execute(f"SELECT count(*) {_UNINDEXED}WHERE {where}", params).fetchone()[0]
     return count
 
 
 def _unindexed(
-    conn: sqlite3.Connection, after: tuple[int, int], force: bool, limit: int
+    conn: sqlite3.Connection,
+    after: tuple[int, int],
+    force: bool,
+    current_key: str | None,
+    limit: int,
 ) -> list[tuple[int, str, int]]:
-    """Versions after `after` (workspace id, version) without an index document (every
-    version with `force`): the documents already built are the reindex's progress marker."""
-    missing = "" if force else "r.workspace_id IS NULL AND "
+    """Versions after `after` (workspace id, version) whose document must be built: the
+    documents already built are the reindex's progress marker."""
+    where, params = _stale_documents(force, current_key)
     return conn.execute(
         f"SELECT v.workspace_id, w.name, v.version {_UNINDEXED}"
-        f"WHERE {missing}(v.workspace_id, v.version) > (?, ?) "
+        f"WHERE {where} AND (v.workspace_id, v.version) > (?, ?) "
         "ORDER BY v.workspace_id, v.version LIMIT ?",
-        (*after, limit),
+        (*params, *after, limit),
     ).fetchall()
 
 

@@ -1,0 +1,211 @@
+"""Index rows read out of states: the same instances, addresses, identities and digests as the
+explorer's reader (domain/resources.py), whatever the shape; queries and cursors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blixard.domain.errors import InvalidInput
+from blixard.domain.resource_index import (
+    DIGEST_CHARS,
+    AttributeFilter,
+    IndexRow,
+    ResourceQuery,
+    index_rows,
+)
+from blixard.domain.resources import read_contents
+from blixard.store.resource_index import Cursor, HeadIndex, pack, unpack
+
+
+def rows_by_explorer(body: bytes) -> list[IndexRow]:
+    return [
+        IndexRow(
+            i.address,
+            i.type,
+            i.name,
+            i.module,
+            i.mode,
+            i.provider,
+            i.status,
+            i.identity.get("id"),
+            i.identity.get("arn"),
+            i.identity.get("self_link"),
+            "",
+        )
+        for i in read_contents(body).instances
+    ]
+
+
+def without_digests(rows: list[IndexRow]) -> list[IndexRow]:
+    return [row._replace(digest="") for row in rows]
+
+
+SHAPES: list[Any] = [
+    {
+        "resources": [
+            {
+                "module": 'module.a["x"]',
+                "mode": "managed",
+                "type": "aws_s3_bucket",
+                "name": "b",
+                "provider": "p",
+                "instances": [
+                    {"index_key": 0, "attributes": {"id": "b1", "arn": "arn:b1"}},
+                    {"index_key": "k", "status": "tainted", "attributes": {"id": "b2"}},
+                    {"deposed": "d1", "attributes": {"id": "b3"}},
+                    {
+                        "attributes": {"id": "hidden", "self_link": "https://x"},
+                        "sensitive_attributes": [[{"type": "get_attr", "value": "id"}]],
+                    },
+                ],
+            },
+            {"mode": "data", "type": "aws_ami", "name": "a", "instances": [{"attributes": {}}]},
+        ]
+    },
+    {"serial": 1, "lineage": "x", "encrypted_data": "zz", "encryption_version": "v0"},
+    {"resources": [1, "x", None, {"type": 3}]},
+    {"resources": [{"type": "t", "name": "n", "instances": [1, {"attributes": [1]}]}]},
+    {"resources": [{"type": "t", "name": "n", "instances": [{"index_key": True}]}]},
+    {"resources": "nope"},
+    [],
+]
+
+
+@pytest.mark.parametrize("document", SHAPES)
+def test_rows_match_the_explorers_reader(document: Any) -> None:
+    body = orjson.dumps(document)
+    assert without_digests(index_rows(body)) == rows_by_explorer(body)
+
+
+def test_digests_change_with_the_attributes_only() -> None:
+    def digests(ident: str, extra: str) -> list[str]:
+        document = {
+            "serial": 1 if extra else 2,
+            "resources": [
+                {"type": "t", "name": "a", "instances": [{"attributes": {"id": ident}}]},
+                {"type": "t", "name": "b", "instances": [{"attributes": {"id": "same"}}]},
+            ],
+        }
+        return [row.digest for row in index_rows(orjson.dumps(document))]
+
+    first, second = digests("x", "1"), digests("y", "")
+    assert first[1] == second[1] and first[0] != second[0]
+    assert all(len(d) == DIGEST_CHARS for d in first)
+
+
+def test_a_sensitive_identity_is_not_indexed() -> None:
+    rows = index_rows(orjson.dumps(SHAPES[0]))
+    hidden = [r for r in rows if r.self_link == "https://x"]
+    assert len(hidden) == 1 and hidden[0].id is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "module": json_values,
+                "mode": json_values,
+                "type": st.text(max_size=4) | json_values,
+                "name": st.text(max_size=4),
+                "provider": json_values,
+                "instances": st.lists(
+                    st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "index_key": json_values,
+                            "status": json_values,
+                            "deposed": json_values,
+                            "attributes": json_values,
+                        },
+                    ),
+                    max_size=3,
+                ),
+            },
+        ),
+        max_size=4,
+    )
+)
+def test_rows_match_the_explorer_on_any_shape(resources: list[dict[str, Any]]) -> None:
+    body = orjson.dumps({"resources": resources})
+    assert without_digests(index_rows(body)) == rows_by_explorer(body)
+
+
+def test_attribute_filter_paths_values_and_sensitive_paths() -> None:
+    attributes = {
+        "tags": {"Name": "web"},
+        "ports": [80, 443],
+        "input": {"value": {"size": 3}, "type": ["object", {"size": "number"}]},
+        "password": "hunter2",
+        "enabled": True,
+    }
+    sensitive = (("password",),)
+    assert AttributeFilter.parse("tags.Name=web").matches(attributes, sensitive)
+    assert AttributeFilter.parse("ports.1=443").matches(attributes, sensitive)
+    assert AttributeFilter.parse("input.size=3").matches(attributes, sensitive)
+    assert AttributeFilter.parse("enabled=true").matches(attributes, sensitive)
+    assert AttributeFilter.parse("tags.Name=a=b").value == "a=b"
+    assert not AttributeFilter.parse("tags.Name=db").matches(attributes, sensitive)
+    assert not AttributeFilter.parse("ports.7=443").matches(attributes, sensitive)
+    assert not AttributeFilter.parse("password=hunter2").matches(attributes, sensitive)
+    for bad in ("tags.Name", "=x", "a..b=x", ".a=x"):
+        with pytest.raises(InvalidInput):
+            AttributeFilter.parse(bad)
+
+
+def test_queries_need_a_filter_and_match_wildcards_literally() -> None:
+    with pytest.raises(InvalidInput):
+        ResourceQuery()
+    with pytest.raises(InvalidInput):
+        ResourceQuery(attr=AttributeFilter(("a",), "b"))
+    row = IndexRow(
+        'module.m["a[1]"].t.n[0]',
+        "t",
+        "n",
+        'module.m["a[1]"]',
+        "managed",
+        "p",
+        None,
+        "i",
+        None,
+        None,
+        "d",
+    )
+    assert ResourceQuery(address='module.m["a[1]"].*').matches(row)
+    assert not ResourceQuery(address="module.m?*").matches(row)
+    assert ResourceQuery(mode="managed").matches(row)
+    assert ResourceQuery(module="").matches(row) is False
+
+
+def test_cursors_round_trip_and_refuse_garbage() -> None:
+    cursor = Cursor("ws", 3, 'a["x"]')
+    assert Cursor.decode(cursor.encode()) == cursor
+    for bad in ("", "!!!", "bm90IGpzb24", Cursor("w", 1, "a").encode()[:-2] + "zz"):
+        assert Cursor.decode(bad) is None
+
+
+def test_head_index_keeps_the_newest_document_and_its_postings() -> None:
+    index = HeadIndex()
+    row = IndexRow("t.a", "t", "a", "", "managed", "p", None, "id-1", None, None, "d")
+    index.put("w", pack(2, [row]))
+    index.put("w", pack(1, [row._replace(id="old")]))  # older: ignored
+    assert unpack(pack(2, [row])).rows == [row]
+    assert [m.row.id for m in index.search(ResourceQuery(id="id-1"), lambda _: True)] == ["id-1"]
+    assert list(index.search(ResourceQuery(id="old"), lambda _: True)) == []
+    index.put("w", pack(3, [row._replace(type="u", id="id-2")]))
+    assert list(index.search(ResourceQuery(type="t"), lambda _: True)) == []
+    assert list(index.search(ResourceQuery(id="id-1"), lambda _: True)) == []
+    assert len(list(index.search(ResourceQuery(type="u"), lambda _: True))) == 1
