@@ -59,9 +59,9 @@ def test_events_are_scoped_ordered_and_only_of_acknowledged_changes(server: Serv
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
             for line in stream.iter_lines():
-                if line.startswith(": connected"):
+                if line == "event: ready":
                     connected.set()
-                if line.startswith("data: "):
+                if line.startswith('data: {"'):
                     received.append(json.loads(line[6:]))
                     if len(received) == 6:
                         return

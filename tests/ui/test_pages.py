@@ -155,13 +155,13 @@ def test_writer_scoped_to_team_a_never_sees_team_b(
         headers = {"Authorization": f"Bearer {site.keys['writer-a']}"}
         with client.stream("GET", "/api/tofu/events", headers=headers) as stream:
             lines = stream.iter_lines()
-            assert next(lines).startswith("retry:")
+            assert next(lines).startswith("retry:") and next(lines) == "event: ready"
             take_lock(site, data["team_b"], "b@team")
             release(site, data["team_b"])
             take_lock(site, data["team_a"], "a@team")
             release(site, data["team_a"])
             for line in lines:
-                if line.startswith("data: "):
+                if line.startswith('data: {"'):
                     events.append(json.loads(line[6:]))
                     if len(events) == 2:
                         break

@@ -27,7 +27,8 @@ KEEPALIVE_SECONDS = 15.0
         "`event:` lock, version, workspace or run, and `data:` one JSON object with `type`, "
         "`workspace`, `at` and per-type fields (lock: locked, lock_id, who, operation; "
         "version: version, serial, source; workspace: deleted; run: plan_id, status). A "
-        "node streams the changes made through that node (see docs/api.md). The web UI's "
+        "node streams the changes made through that node (see docs/api.md). A first `ready` "
+        "event says the stream is listening. The web UI's "
         "session cookie is accepted as well as the usual key headers."
     ),
     response_class=Response,
@@ -49,10 +50,16 @@ async def events(request: Request) -> Response:
 
 
 async def _stream(bus: EventBus, actor: Actor) -> AsyncIterator[bytes]:
-    yield b"retry: 3000\n: connected\n\n"
-    async for event in bus.events(KEEPALIVE_SECONDS):
-        if event is None:
-            yield b": keep-alive\n\n"
-        elif actor.can_see(event.workspace):
-            data = orjson.dumps(event.to_json())
-            yield b"event: " + event.kind.encode() + b"\ndata: " + data + b"\n\n"
+    listener = bus.listen()
+    try:
+        # `ready` is sent once listening: every change acknowledged after it is delivered.
+        yield b"retry: 3000\nevent: ready\ndata: {}\n\n"
+        while True:
+            event = await listener.next(KEEPALIVE_SECONDS)
+            if event is None:
+                yield b": keep-alive\n\n"
+            elif actor.can_see(event.workspace):
+                data = orjson.dumps(event.to_json())
+                yield b"event: " + event.kind.encode() + b"\ndata: " + data + b"\n\n"
+    finally:
+        listener.close()

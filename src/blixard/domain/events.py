@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,16 +61,3 @@ class EventBus:
         listener = Listener(self)
         self._listeners.add(listener)
         return listener
-
-    async def events(self, timeout: float) -> AsyncIterator[ChangeEvent | None]:
-        """Events as they come; None after each `timeout` seconds of silence (keep-alives)."""
-        listener = self.listen()
-        try:
-            while True:
-                yield await listener.next(timeout)
-        finally:
-            listener.close()
-
-    @property
-    def listener_count(self) -> int:
-        return len(self._listeners)

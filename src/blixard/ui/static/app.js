@@ -45,8 +45,9 @@ function followChanges() {
     }
   };
   for (const kind of ["lock", "version", "workspace", "run"]) source.addEventListener(kind, onEvent);
-  document.body.dataset.live = "connected";
-  source.addEventListener("open", () => { document.body.dataset.live = "connected"; });
+  // Sent once the server listens: every later change reaches this page.
+  source.addEventListener("ready", () => { document.body.dataset.live = "connected"; });
+  source.addEventListener("error", () => { document.body.dataset.live = "reconnecting"; });
   window.addEventListener("pagehide", () => source.close());
 }
 
