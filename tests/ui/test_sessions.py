@@ -226,3 +226,23 @@ def test_the_module_tree_counts_each_module_with_everything_below_it() -> None:
         ('module.a["x"].module.b', 2, 3),
         ("module.c", 1, 1),
     ]
+
+
+def test_a_listener_that_falls_behind_keeps_the_newest_events_and_counts_the_rest() -> None:
+    import asyncio
+
+    from blixard.domain.events import QUEUE_SIZE, ChangeEvent, EventBus
+
+    async def run() -> None:
+        bus = EventBus()
+        listener = bus.listen()
+        for number in range(QUEUE_SIZE + 5):
+            bus.publish(ChangeEvent("version", "w", {"version": number}))
+        assert listener.lost == 5
+        first = await listener.next(0.1)
+        assert first is not None and first.data["version"] == 5
+        listener.close()
+        bus.publish(ChangeEvent("version", "w", {"version": -1}))  # nobody listens: no error
+        assert await listener.next(0.01) is not None  # what was queued stays readable
+
+    asyncio.run(run())

@@ -28,7 +28,8 @@ KEEPALIVE_SECONDS = 15.0
         "`workspace`, `at` and per-type fields (lock: locked, lock_id, who, operation; "
         "version: version, serial, source; workspace: deleted; run: plan_id, status). A "
         "node streams the changes made through that node (see docs/api.md). A first `ready` "
-        "event says the stream is listening. The web UI's "
+        "event says the stream is listening; a `lost` event that the client fell more than "
+        "1000 events behind and should re-read. The web UI's "
         "session cookie is accepted as well as the usual key headers."
     ),
     response_class=Response,
@@ -54,8 +55,12 @@ async def _stream(bus: EventBus, actor: Actor) -> AsyncIterator[bytes]:
     try:
         # `ready` is sent once listening: every change acknowledged after it is delivered.
         yield b"retry: 3000\nevent: ready\ndata: {}\n\n"
+        reported_lost = 0
         while True:
             event = await listener.next(KEEPALIVE_SECONDS)
+            if listener.lost > reported_lost:  # fell behind: the client should re-read
+                reported_lost = listener.lost
+                yield b"event: lost\ndata: " + orjson.dumps({"lost": reported_lost}) + b"\n\n"
             if event is None:
                 yield b": keep-alive\n\n"
             elif actor.can_see(event.workspace):

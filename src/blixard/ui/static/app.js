@@ -45,6 +45,7 @@ function followChanges() {
     }
   };
   for (const kind of ["lock", "version", "workspace", "run"]) source.addEventListener(kind, onEvent);
+  source.addEventListener("lost", scheduleRefresh);  // fell behind: re-read everything
   // Sent once the server listens: every later change reaches this page.
   source.addEventListener("ready", () => { document.body.dataset.live = "connected"; });
   source.addEventListener("error", () => { document.body.dataset.live = "reconnecting"; });
