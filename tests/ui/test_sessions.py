@@ -246,3 +246,23 @@ def test_a_listener_that_falls_behind_keeps_the_newest_events_and_counts_the_res
         assert await listener.next(0.01) is not None  # what was queued stays readable
 
     asyncio.run(run())
+
+
+def test_the_audit_page_filters_and_pages_without_gaps(make_app: AppFactory) -> None:
+    client = make_app()
+    for serial in range(1, 61):
+        assert client.post("/api/tofu/state/audited", content=state(serial)).status_code == 200
+    assert client.post("/api/tofu/state/other", content=state(1)).status_code == 200
+    seen: list[str] = []
+    url = "/ui/audit?workspace=audited&action=state.write"
+    for _ in range(5):
+        html = client.get(url).text
+        seen += re.findall(r"<td>serial (\d+)</td>", html)
+        assert "<td>other</td>" not in html
+        following = re.search(r'rel="next" href="([^"]+)"', html)
+        if following is None:
+            break
+        url = "/ui/audit" + following.group(1).replace("&amp;", "&")
+    assert seen == [str(serial) for serial in range(60, 0, -1)]
+    bad = client.get("/ui/audit?since=yesterday")
+    assert bad.status_code == 400 and "<h1>Bad request</h1>" in bad.text
