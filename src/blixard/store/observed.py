@@ -8,6 +8,7 @@ passing here.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 from blixard.domain.events import ChangeEvent, EventBus
@@ -22,7 +23,13 @@ class ObservedStore:
         self._bus = bus
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        """Everything else is the engine's own. Its methods are bound here on first use, so
+        later calls cost a plain attribute look-up (~1 us less each); values (properties such
+        as progress reports) are read afresh every time."""
+        value = getattr(self._inner, name)
+        if inspect.ismethod(value):
+            setattr(self, name, value)
+        return value
 
     async def put_lock(self, name: str, lock: Lock | None, **options: Any) -> Workspace | None:
         updated = await self._inner.put_lock(name, lock, **options)
