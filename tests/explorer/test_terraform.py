@@ -268,7 +268,8 @@ def test_timeline_of_an_instance(series: Series) -> None:
         (series.created, "appeared", []),
     ]
     assert all(
-        e["created_at"] and e["lock_id"] and e["source"] == "write" for e in timeline["events"]
+        e["created_at"] and e["lock_id"] and e["source"] == "write" and "@" in e["who"]
+        for e in timeline["events"]
     )
     assert timeline["next_before"] is None
 

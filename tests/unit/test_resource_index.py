@@ -209,3 +209,19 @@ def test_head_index_keeps_the_newest_document_and_its_postings() -> None:
     assert list(index.search(ResourceQuery(type="t"), lambda _: True)) == []
     assert list(index.search(ResourceQuery(id="id-1"), lambda _: True)) == []
     assert len(list(index.search(ResourceQuery(type="u"), lambda _: True))) == 1
+
+
+def test_a_write_with_unchanged_resources_reuses_the_previous_rows() -> None:
+    from blixard.store.resource_index import build_doc
+
+    def state(serial: int, ident: str) -> bytes:
+        resource = {"type": "t", "name": "a", "instances": [{"attributes": {"id": ident}}]}
+        return orjson.dumps({"serial": serial, "outputs": {"o": serial}, "resources": [resource]})
+
+    packed, doc, checksum = build_doc(1, state(1, "x"))
+    assert checksum is not None and [r.id for r in doc.rows] == ["x"]
+    _, same, checksum2 = build_doc(2, state(2, "x"), (checksum, packed))
+    assert checksum2 == checksum and same.rows == doc.rows and same.version == 2
+    changed, other, checksum3 = build_doc(3, state(3, "y"), (checksum, packed))
+    assert checksum3 != checksum and [r.id for r in other.rows] == ["y"]
+    assert unpack(changed).version == 3

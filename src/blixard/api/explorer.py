@@ -110,8 +110,8 @@ async def list_resources(
     description=(
         "The versions, newest first, in which the instance at `address` appeared, changed "
         "(with the attribute paths that changed) or disappeared (`moved_from`/`moved_to`: "
-        "the same object at another address), each with its time, the key "
-        "that wrote it and its lock ID. Looks at `limit` versions per call; pass "
+        "the same object at another address), each with its time, the key that wrote it, "
+        "the lock holder's `Who` and its lock ID. Looks at `limit` versions per call; pass "
         "`next_before` as `before` to look further back."
     ),
     responses=_READ_ERRORS,
@@ -148,6 +148,7 @@ def _timeline_json(entry: TimelineEntry) -> dict[str, Any]:
         "serial": meta.serial,
         "created_at": iso(meta.created_at),
         "written_by": meta.written_by,
+        "who": meta.lock_who,
         "lock_id": meta.lock_id,
         "source": meta.source,
     }

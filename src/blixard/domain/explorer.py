@@ -515,4 +515,5 @@ def describe_version(meta: VersionMeta | None) -> dict[str, Any] | None:
         "created_at": _rfc3339(meta.created_at),
         "sha256": meta.sha256,
         "written_by": meta.written_by,
+        "who": meta.lock_who,
     }

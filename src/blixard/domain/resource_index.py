@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -93,6 +94,25 @@ class _State(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_State)
 
 
+class _ResourcesOnly(msgspec.Struct):
+    resources: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_RESOURCES = msgspec.json.Decoder(_ResourcesOnly)
+
+
+def resources_checksum(body: Body) -> bytes | None:
+    """The SHA-256 of the state's `resources` exactly as stored (None if unreadable): equal
+    for two versions that only differ outside their resources (serial, outputs, ...), whose
+    rows are then the same, which spares indexing states written again with unchanged
+    resources."""
+    try:
+        raw = _RESOURCES.decode(body).resources
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return hashlib.sha256(memoryview(raw)).digest()
+
+
 def index_rows(body: Body) -> list[IndexRow]:
     """The index rows of a state body (none for a state whose resources cannot be read)."""
     try:
@@ -119,14 +139,12 @@ def index_rows(body: Body) -> list[IndexRow]:
                 identity = _Identity()  # not an object: no identity (the explorer reads {})
             deposed = instance.deposed if isinstance(instance.deposed, str) else None
             status = instance.status if isinstance(instance.status, str) else None
-            paths = (
-                sensitive_paths(instance.sensitive_attributes)
-                if instance.sensitive_attributes
-                else ()
-            )
-            found = identity_of(
-                {"id": identity.id, "arn": identity.arn, "self_link": identity.self_link}, paths
-            )
+            values: tuple[Any, ...] = (identity.id, identity.arn, identity.self_link)
+            if instance.sensitive_attributes:  # identity_of leaves sensitive ones out
+                paths = sensitive_paths(instance.sensitive_attributes)
+                found = identity_of(dict(zip(INDEXED_IDENTITIES, values, strict=True)), paths)
+                values = tuple(found.get(kind) for kind in INDEXED_IDENTITIES)
+            ident, arn, self_link = (v if isinstance(v, str) and v else None for v in values)
             rows.append(
                 IndexRow(
                     instance_address(module, mode, type_, name, key),
@@ -136,9 +154,9 @@ def index_rows(body: Body) -> list[IndexRow]:
                     mode,
                     provider,
                     "deposed" if deposed else (status or None),
-                    found.get("id"),
-                    found.get("arn"),
-                    found.get("self_link"),
+                    ident,
+                    arn,
+                    self_link,
                     raw_digest(raw),
                 )
             )
@@ -146,10 +164,11 @@ def index_rows(body: Body) -> list[IndexRow]:
 
 
 def raw_digest(raw: bytes | memoryview) -> str:
-    """The row digest: a hash of the attributes' JSON as stored (Terraform writes it the same
-    way for the same values), so an unchanged instance keeps its digest from version to
-    version. Hashing the stored bytes spares parsing the attributes on every write."""
-    return hashlib.blake2b(raw, digest_size=DIGEST_CHARS // 2).hexdigest()
+    """The row digest: the CRC-32 and length of the attributes' JSON as stored (Terraform
+    writes it the same way for the same values), so an unchanged instance keeps its digest
+    from version to version. It tells changes apart, it is no security hash; checksumming
+    the stored bytes spares parsing the attributes on every write."""
+    return f"{zlib.crc32(raw):08x}{len(raw) & 0xFFFFFFFF:08x}"
 
 
 def _rows_from_contents(body: Body) -> list[IndexRow]:

@@ -228,6 +228,7 @@ class EtcdStore:
         self.resource_index = HeadIndex()
         self.reindex_status = ReindexStatus()
         self._index_watch: asyncio.Task[None] | None = None
+        self._watch_stop = asyncio.Event()
         self._reindexer: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -339,6 +340,10 @@ class EtcdStore:
         return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
 
     async def close(self) -> None:
+        # The watch's request stream ends first, so cancelling its call then cancels no
+        # request iterator (gRPC logs a traceback for that).
+        self._watch_stop.set()
+        await asyncio.sleep(0.01)
         for task in (self._reindexer, self._index_watch):
             if task is not None:
                 task.cancel()
@@ -1165,10 +1170,13 @@ class EtcdStore:
         current = record.ws if record else Workspace(name, 0, now, now)
         number = current.head.version + 1 if current.head else 1
         meta = version.numbered(name, number)
+        reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed = await asyncio.to_thread(resource_index.build, number, body)
+            packed, index, checksum = await asyncio.to_thread(
+                resource_index.build_doc, number, body, reusable
+            )
         else:
-            packed = resource_index.build(number, body)
+            packed, index, checksum = resource_index.build_doc(number, body, reusable)
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
             "meta": self._meta_doc(meta),
@@ -1232,7 +1240,7 @@ class EtcdStore:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
-        self.resource_index.put(name, packed)
+        self.resource_index.put(name, packed, index, checksum)
         self.resource_index.set_hidden(name, False)
         return stored
 
@@ -1808,22 +1816,38 @@ class EtcdStore:
         return revision
 
     async def _follow_resource_heads(self) -> None:
+        self._watch_stop = asyncio.Event()
         revision = await self._load_resource_heads()
         self._index_watch = asyncio.create_task(self._watch_resource_heads(revision))
 
     async def _watch_resource_heads(self, revision: int) -> None:
         """Apply other nodes' (and this node's) documents and delete/restore markers as etcd
-        reports them. A watch that fell behind a compaction reloads everything."""
+        reports them. A watch that fell behind a compaction reloads everything.
+
+        The watch is a gRPC stream on etcd3aio's stub (as etcd_batch's calls are) whose request
+        side ends when the store closes (`_watch_stop`) before the call is cancelled: gRPC logs
+        a traceback when it has to cancel a request iterator still waiting."""
+        from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
+
         prefix = self._k("rix")
         docs, markers = self._k("rix/"), self._k("rixhead/")
-        while True:
-            try:
-                stream = self._client.watch.watch(
-                    prefix, _prefix_end(prefix), start_revision=revision + 1
+        stop = self._watch_stop
+        while not stop.is_set():
+
+            async def requests(start: int) -> AsyncIterator[Any]:
+                create = WatchCreateRequest(
+                    key=prefix, range_end=_prefix_end(prefix), start_revision=start
                 )
-                async for response in stream:
+                yield WatchRequest(create_request=create)
+                await stop.wait()
+
+            service = self._client.watch
+            call = service._stub.Watch(requests(revision + 1), metadata=service._metadata or None)
+            try:
+                async for response in call:
                     if response.compact_revision > 0:
                         revision = await self._load_resource_heads()
+                        call.cancel()
                         break
                     heads: list[tuple[str, dict[str, Any]]] = []
                     for event in response.events:
@@ -1839,6 +1863,8 @@ class EtcdStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # etcd away: retry; reads stay as they were meanwhile
+                if stop.is_set():
+                    return
                 log.warning("resource index: watch interrupted (%s); resuming", exc)
                 await asyncio.sleep(1.0)
 

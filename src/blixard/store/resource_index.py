@@ -30,7 +30,12 @@ import orjson
 import zstandard
 
 from blixard.domain.models import Body
-from blixard.domain.resource_index import IndexRow, ResourceQuery, index_rows
+from blixard.domain.resource_index import (
+    IndexRow,
+    ResourceQuery,
+    index_rows,
+    resources_checksum,
+)
 from blixard.store.crypto import Cipher
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,21 @@ def unpack(packed: bytes) -> IndexDoc:
 def build(version: int, body: Body) -> bytes:
     """The packed document of a version's body."""
     return pack(version, index_rows(body))
+
+
+def build_doc(
+    version: int, body: Body, previous: tuple[bytes, bytes] | None = None
+) -> tuple[bytes, IndexDoc, bytes | None]:
+    """The packed document of a version's body, the document (for HeadIndex.put) and the
+    checksum of its resources; `previous` (a checksum and packed document, HeadIndex.reusable)
+    is reused when the resources are byte-identical."""
+    checksum = resources_checksum(body)
+    if previous is not None and checksum is not None and previous[0] == checksum:
+        rows = unpack(previous[1]).rows
+    else:
+        rows = index_rows(body)
+    doc = IndexDoc(version, rows)
+    return pack(version, rows), doc, checksum
 
 
 def seal(cipher: Cipher | None, workspace: str, packed: bytes) -> bytes:
@@ -207,6 +227,8 @@ class _Head:
     packed: bytes
     types: frozenset[str]
     identities: frozenset[str]
+    #: Checksum of the resources the document was read from (writes made on this node).
+    checksum: bytes | None = None
 
 
 @dataclass
@@ -228,7 +250,20 @@ class HeadIndex:
         head = self._heads.get(workspace)
         return head.version if head else None
 
-    def put(self, workspace: str, packed: bytes, doc: IndexDoc | None = None) -> None:
+    def reusable(self, workspace: str) -> tuple[bytes, bytes] | None:
+        """The current document's resources checksum and packed form, if known (build_doc)."""
+        head = self._heads.get(workspace)
+        if head is None or head.checksum is None:
+            return None
+        return head.checksum, head.packed
+
+    def put(
+        self,
+        workspace: str,
+        packed: bytes,
+        doc: IndexDoc | None = None,
+        checksum: bytes | None = None,
+    ) -> None:
         """Make `packed` the workspace's current document, unless a newer one is known."""
         doc = doc or unpack(packed)
         known = self._heads.get(workspace)
@@ -240,6 +275,7 @@ class HeadIndex:
             packed,
             frozenset(row.type for row in doc.rows),
             frozenset(value for row in doc.rows for _, value in row.identities()),
+            checksum,
         )
         self._heads[workspace] = head
         for type_ in head.types:

@@ -830,10 +830,13 @@ class SQLiteStore:
         lock_who = self._seal_who(name, version.lock_who)
         known = self._workspaces.get(name)
         expected_number = known.head.version + 1 if known and known.head else 1
+        reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed = await asyncio.to_thread(resource_index.build, expected_number, body)
+            packed, index, checksum = await asyncio.to_thread(
+                resource_index.build_doc, expected_number, body, reusable
+            )
         else:
-            packed = resource_index.build(expected_number, body)
+            packed, index, checksum = resource_index.build_doc(expected_number, body, reusable)
         index_doc = resource_index.seal(self.cipher, name, packed)
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int, _BaseInfo] | None:
@@ -901,7 +904,7 @@ class SQLiteStore:
         result = await self._write(operation, on_commit)
         if result is None:
             return None
-        self.resource_index.put(name, packed)
+        self.resource_index.put(name, packed, index, checksum)
         return result[0]
 
     # -- keys and audit ------------------------------------------------------------------
