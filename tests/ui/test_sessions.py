@@ -230,6 +230,7 @@ def test_the_module_tree_counts_each_module_with_everything_below_it() -> None:
 
 def test_a_listener_that_falls_behind_keeps_the_newest_events_and_counts_the_rest() -> None:
     import asyncio
+    import concurrent.futures
 
     from blixard.domain.events import QUEUE_SIZE, ChangeEvent, EventBus
 
@@ -245,7 +246,9 @@ def test_a_listener_that_falls_behind_keeps_the_newest_events_and_counts_the_res
         bus.publish(ChangeEvent("version", "w", {"version": -1}))  # nobody listens: no error
         assert await listener.next(0.01) is not None  # what was queued stays readable
 
-    asyncio.run(run())
+    # Its own thread: Playwright's sync API may hold an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def test_the_audit_page_filters_and_pages_without_gaps(make_app: AppFactory) -> None:
