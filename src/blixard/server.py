@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
 from blixard.config import Settings
+from blixard.domain.events import EventBus
 
 
 class TlsConfigError(ValueError):
@@ -126,7 +129,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
 
     app = create_app(settings)
     app.state.announce = lambda auth_on: print(startup_line(settings, auth_on), flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         asgi_app(app),
         host=settings.host,
         port=settings.port,
@@ -137,3 +140,19 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         timeout_graceful_shutdown=10,
         **tls,
     )
+    _Server(config, app.state.events).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the live event streams when asked to stop: a graceful shutdown waits
+    for open responses, and a stream would otherwise hold it until the timeout."""
+
+    def __init__(self, config: uvicorn.Config, events: EventBus) -> None:
+        super().__init__(config)
+        self.events = events
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: hand the work to the loop (no loop yet: nothing is streaming).
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_soon_threadsafe(self.events.close)
+        super().handle_exit(sig, frame)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -119,3 +121,28 @@ def test_start_up_prints_one_line_with_the_ui_the_docs_the_data_and_auth(
         assert "?" not in line and "@" not in line.split("data ")[1], line
     else:
         assert f"data {server.data_dir.resolve() / 'blixard.db'} ·" in line, line
+
+
+def test_stopping_the_server_ends_open_streams(tmp_path: Path) -> None:
+    """A graceful stop would otherwise wait for every open stream until its timeout, and then
+    log the cancelled ones' tracebacks."""
+    srv = ServerProcess(tmp_path / "data", log_path=tmp_path / "server.log").start()
+    ended = threading.Event()
+
+    def listen() -> None:
+        with (
+            httpx.Client(base_url=srv.url, timeout=60) as client,
+            client.stream("GET", "/api/tofu/events") as stream,
+        ):
+            for _ in stream.iter_lines():
+                pass
+        ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    time.sleep(0.5)
+    srv.stop()
+    # uvicorn re-raises SIGTERM once it has shut down; -9 would mean stop() had to kill it.
+    assert srv.proc is not None and srv.proc.returncode in (0, -15), srv.proc.returncode
+    assert ended.wait(10), "the stream stayed open"
+    log = srv.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "CancelledError" not in log, log[-2000:]

@@ -58,6 +58,8 @@ async def _stream(bus: EventBus, actor: Actor) -> AsyncIterator[bytes]:
         reported_lost = 0
         while True:
             event = await listener.next(KEEPALIVE_SECONDS)
+            if listener.ended:
+                return
             if listener.lost > reported_lost:  # fell behind: the client should re-read
                 reported_lost = listener.lost
                 yield b"event: lost\ndata: " + orjson.dumps({"lost": reported_lost}) + b"\n\n"

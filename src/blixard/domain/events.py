@@ -31,6 +31,7 @@ class Listener:
         self._bus = bus
         self._queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(QUEUE_SIZE)
         self.lost = 0
+        self.ended = False  # the server is stopping: end the stream
 
     def _offer(self, event: ChangeEvent) -> None:
         if self._queue.full():
@@ -52,6 +53,7 @@ class Listener:
 class EventBus:
     def __init__(self) -> None:
         self._listeners: set[Listener] = set()
+        self._closed = False
 
     def publish(self, event: ChangeEvent) -> None:
         for listener in list(self._listeners):
@@ -59,5 +61,14 @@ class EventBus:
 
     def listen(self) -> Listener:
         listener = Listener(self)
+        listener.ended = self._closed
         self._listeners.add(listener)
         return listener
+
+    def close(self) -> None:
+        """The server is stopping: wake every listener with `ended` set, so open streams
+        finish now instead of holding the shutdown until its timeout."""
+        self._closed = True
+        for listener in list(self._listeners):
+            listener.ended = True
+            listener._offer(ChangeEvent("closing", "", {}))

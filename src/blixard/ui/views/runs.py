@@ -122,7 +122,7 @@ async def _log_stream(runs: RunService, bus: EventBus, run: Run, sent: int) -> A
     status = run.status
     try:
         yield b"retry: 2000\n" + _sse("status", {"status": status.value})
-        while True:
+        while not listener.ended:
             current = await runs.store.get_run(run.id)
             if current is None:
                 return
