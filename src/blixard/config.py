@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     encryption_old_keys: SecretStr | None = Field(
         None, description="Comma-separated previous keys, readable until rotation finishes."
     )
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Seals web UI session cookies; set the same value on every node "
+        "(default: derived from the encryption key, else generated in the data directory).",
+    )
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="How long a web UI sign-in lasts."
+    )
 
     # -- etcd engine (etcd:// and etcds:// storage URLs; the URL's query overrides these) --
     etcd_ca_cert: Path | None = Field(

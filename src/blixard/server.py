@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -16,6 +18,7 @@ from pydantic import ValidationError
 from blixard import access_log
 from blixard.config import Settings
 from blixard.datadir import PRIVATE_UMASK, make_private
+from blixard.domain.events import EventBus
 
 
 class TlsConfigError(ValueError):
@@ -86,6 +89,23 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def startup_line(settings: Settings, auth_on: bool) -> str:
+    """The one line a new user needs: where to click, where data lives, whether keys count."""
+    url = settings.self_url
+    storage = settings.resolved_storage_url
+    if storage.startswith("sqlite:///"):
+        where = str(Path(storage.removeprefix("sqlite:///")).resolve())
+    else:  # never print credentials or options an operator put in the URL
+        scheme, _, rest = storage.partition("://")
+        where = f"{scheme}://{rest.rpartition('@')[2].split('?')[0]}"
+    auth = (
+        "on (sign in with an API key)"
+        if auth_on
+        else "OFF (no API key exists: anyone who reaches this address is admin)"
+    )
+    return f"Blixard: web UI {url}/ui/ · API docs {url}/docs · data {where} · authentication {auth}"
+
+
 def serve(overrides: dict[str, Any] | None = None) -> None:
     try:
         settings = Settings.load(overrides)
@@ -125,7 +145,8 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
 
     app = create_app(settings)
     access_log.install()  # no variable values in access log lines
-    uvicorn.run(
+    app.state.announce = lambda auth_on: print(startup_line(settings, auth_on), flush=True)
+    config = uvicorn.Config(
         asgi_app(app),
         # Request heads capped in size and time while they are received.
         http=http_protocol(head_timeout=settings.body_timeout_seconds),
@@ -138,3 +159,19 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         timeout_graceful_shutdown=10,
         **tls,
     )
+    _Server(config, app.state.events).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the live event streams when asked to stop: a graceful shutdown waits
+    for open responses, and a stream would otherwise hold it until the timeout."""
+
+    def __init__(self, config: uvicorn.Config, events: EventBus) -> None:
+        super().__init__(config)
+        self.events = events
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: hand the work to the loop (no loop yet: nothing is streaming).
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_soon_threadsafe(self.events.close)
+        super().handle_exit(sig, frame)

@@ -38,7 +38,7 @@ async def damage_etcd_version(url: str, workspace: str, version: int) -> None:
     assert isinstance(store, EtcdStore)
     await store.open()
     try:
-        key = store._ver_key(workspace, version)
+        key = store.keys.version(workspace, version)
         doc = orjson.loads((await store._get(key)).value)
         doc["inline"] = base64.b64encode(flip(base64.b64decode(doc["inline"]))).decode()
         await store._txn([], [put_op(key, orjson.dumps(doc))], [])

@@ -30,11 +30,11 @@ async def put_blob_of(
     if isinstance(store, EtcdStore):
         docs = {}
         for number in (source, target):
-            docs[number] = orjson.loads((await store._get(store._ver_key(workspace, number))).value)
+            docs[number] = orjson.loads((await store._get(store.keys.version(workspace, number))).value)
         docs[target]["inline"] = docs[source]["inline"]
         docs[target]["encoding"] = docs[source]["encoding"]
         docs[target]["base_version"] = docs[source]["base_version"]
-        key = store._ver_key(workspace, target)
+        key = store.keys.version(workspace, target)
         await store._txn([], [put_op(key, orjson.dumps(docs[target]))], [])
         await store.close()
     else:

@@ -8,8 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from blixard import __version__
-from blixard.api import admin, backend, encryption, explorer, health, management, runs, search
+from blixard import __version__, ui
+from blixard.api import (
+    admin,
+    backend,
+    encryption,
+    events,
+    explorer,
+    health,
+    management,
+    runs,
+    search,
+)
 from blixard.api.errors import install_error_handlers
 from blixard.api.fastpath import ProtocolFastPath
 from blixard.api.limits import RequestLimits
@@ -18,11 +28,13 @@ from blixard.api.openapi import install_openapi
 from blixard.auth.audit import AuditSink
 from blixard.auth.keyring import KeyRing
 from blixard.config import Settings
+from blixard.domain.events import EventBus
 from blixard.domain.explorer import ExplorerService
 from blixard.domain.service import StateService
 from blixard.runs.executor import RunExecutor
 from blixard.runs.service import RunService
 from blixard.store.bootstrap import build_store
+from blixard.store.observed import observed
 from blixard.store.protocol import Store
 
 DESCRIPTION = """
@@ -38,7 +50,8 @@ holder's LockInfo fields (`ID`, `Who`, `Operation`, ...) at top level.
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     settings = settings or Settings.load()
-    store = store or build_store(settings)  # KeyConfigError (a ValueError) for a bad key
+    bus = EventBus()
+    store = observed(store or build_store(settings), bus)  # KeyConfigError for a bad key
     service = StateService(store)
     metrics = Metrics()
     keyring = KeyRing(store, required=settings.auth == "required")
@@ -52,6 +65,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         try:
             admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
             await keyring.start(admin_key)
+            announce = getattr(app.state, "announce", None)
+            if announce is not None:  # `blixard serve`'s start-up line
+                announce(await keyring.enabled())
             await audit.start()
             await executor.start()
             try:
@@ -76,6 +92,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.keyring = keyring
     app.state.audit = audit
     app.state.runs = run_service
+    app.state.events = bus
     app.state.explorer = ExplorerService(store)
     install_error_handlers(app)
     install_openapi(app)
@@ -85,8 +102,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(health.router)
     app.include_router(encryption.router)
     app.include_router(runs.router)
+    app.include_router(events.router)
     app.include_router(search.router)
     app.include_router(explorer.router)
+    ui.mount(app, settings)  # the web UI, on the same services and checks
     return app
 
 

@@ -73,12 +73,18 @@ async def authorize(request: Request, action: Action, workspace: str | None = No
     request without a valid key is refused (401, audited) before anything it sent is looked
     at, and no body is read before this returns.
     """
+    return await authorize_key(request, presented_key(request), action, workspace)
+
+
+async def authorize_key(
+    request: Request, secret: str | None, action: Action, workspace: str | None = None
+) -> Actor:
+    """`authorize` for a key that came some other way (the web UI's session cookie)."""
     keyring: KeyRing = request.app.state.keyring
     state = request.state
     state.action = action
     # Audited by name only when it is a name: a hostile segment stays out of the trail.
     state.workspace = workspace if workspace and WORKSPACE_NAME.fullmatch(workspace) else None
-    secret = presented_key(request)
     if not await keyring.enabled():
         # Open server: anyone may act, but a valid key (e.g. a run's) still names the actor.
         key = await keyring.verify(secret) if secret else None

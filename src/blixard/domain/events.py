@@ -1,0 +1,74 @@
+"""Change events (locks, versions, workspaces, runs) fanned out to live listeners.
+
+One bus per process: what this node's store accepted. Listeners get events in the order the
+store acknowledged them; a listener that falls behind by more than its queue loses the oldest
+events and is told so (`lost`), so a slow browser can never hold the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    kind: str  # "lock", "version", "workspace" or "run"
+    workspace: str
+    data: dict[str, Any]
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.kind, "workspace": self.workspace, "at": self.at, **self.data}
+
+
+class Listener:
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(QUEUE_SIZE)
+        self.lost = 0
+        self.ended = False  # the server is stopping: end the stream
+
+    def _offer(self, event: ChangeEvent) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.lost += 1
+        self._queue.put_nowait(event)
+
+    async def next(self, timeout: float) -> ChangeEvent | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._bus._listeners.discard(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._listeners: set[Listener] = set()
+        self._closed = False
+
+    def publish(self, event: ChangeEvent) -> None:
+        for listener in list(self._listeners):
+            listener._offer(event)
+
+    def listen(self) -> Listener:
+        listener = Listener(self)
+        listener.ended = self._closed
+        self._listeners.add(listener)
+        return listener
+
+    def close(self) -> None:
+        """The server is stopping: wake every listener with `ended` set, so open streams
+        finish now instead of holding the shutdown until its timeout."""
+        self._closed = True
+        for listener in list(self._listeners):
+            listener.ended = True
+            listener._offer(ChangeEvent("closing", "", {}))

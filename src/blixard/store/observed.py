@@ -1,0 +1,94 @@
+"""A store that tells an EventBus about every change it acknowledged.
+
+It wraps any engine (every call passes straight through) and publishes after the engine
+answered with success, so listeners never hear of a change that did not happen. It sees the
+changes made through this process only: another node's writes reach the shared store without
+passing here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, cast
+
+from blixard.domain.events import ChangeEvent, EventBus
+from blixard.domain.models import Body, Lock, NewVersion, Workspace
+from blixard.domain.runs import Run
+from blixard.store.protocol import Store
+
+
+class ObservedStore:
+    def __init__(self, inner: Store, bus: EventBus) -> None:
+        self._inner = inner
+        self._bus = bus
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the engine's own. Its methods are bound here on first use, so
+        later calls cost a plain attribute look-up (~1 us less each); values (properties such
+        as progress reports) are read afresh every time."""
+        value = getattr(self._inner, name)
+        if inspect.ismethod(value):
+            setattr(self, name, value)
+        return value
+
+    async def put_lock(self, name: str, lock: Lock | None, **options: Any) -> Workspace | None:
+        updated = await self._inner.put_lock(name, lock, **options)
+        if updated is not None:
+            info = lock.info if lock else {}
+            self._bus.publish(
+                ChangeEvent(
+                    "lock",
+                    name,
+                    {
+                        "locked": lock is not None,
+                        "lock_id": lock.id if lock else None,
+                        "who": info.get("Who"),
+                        "operation": info.get("Operation"),
+                    },
+                )
+            )
+        return updated
+
+    async def append_version(
+        self, name: str, body: Body, new: NewVersion, **options: Any
+    ) -> Workspace | None:
+        updated = await self._inner.append_version(name, body, new, **options)
+        if updated is not None and updated.head is not None:
+            head = updated.head
+            self._bus.publish(
+                ChangeEvent(
+                    "version",
+                    name,
+                    {"version": head.version, "serial": head.serial, "source": head.source},
+                )
+            )
+        return updated
+
+    async def set_deleted(
+        self, name: str, deleted_at: float | None, **options: Any
+    ) -> Workspace | None:
+        updated = await self._inner.set_deleted(name, deleted_at, **options)
+        if updated is not None:
+            self._bus.publish(ChangeEvent("workspace", name, {"deleted": deleted_at is not None}))
+        return updated
+
+    async def create_run(self, run: Run) -> Run:
+        created = await self._inner.create_run(run)
+        self._publish_run(created)
+        return created
+
+    async def update_run(self, run: Run, **options: Any) -> Run | None:
+        updated = await self._inner.update_run(run, **options)
+        if updated is not None:
+            self._publish_run(updated)
+        return updated
+
+    def _publish_run(self, run: Run) -> None:
+        self._bus.publish(
+            ChangeEvent("run", run.workspace, {"plan_id": run.id, "status": run.status.value})
+        )
+
+
+def observed(store: Store, bus: EventBus) -> Store:
+    """`store`, publishing its acknowledged changes on `bus`."""
+    return cast(Store, ObservedStore(store, bus))
