@@ -15,7 +15,13 @@ from tests.api.conftest import ClientFactory, tfstate
 
 API = "/api/tofu"
 ADMIN_SECRET = "openapi-admin-secret-0123456789"
-SAMPLES = {"workspace": "w", "version": "1", "plan_id": "no-such-plan", "name": "nobody"}
+SAMPLES = {
+    "workspace": "w",
+    "version": "1",
+    "plan_id": "no-such-plan",
+    "name": "nobody",
+    "address": "terraform_data.a",
+}
 
 
 @pytest.fixture
