@@ -205,3 +205,36 @@ def test_a_typed_parameter_refused_by_the_framework_is_401_without_a_key(tmp_pat
         refused = client.get("/typed", params={"n": "x"})
         assert refused.status_code == 401, refused.text
         assert refused.json()["error"] == "unauthorized"
+
+
+def test_explorer_and_search_check_the_key_before_reading_their_query(
+    keyed: tuple[TestClient, dict[str, dict[str, str]]],
+) -> None:
+    """Their parameters are read after `authorize`: a request without a key is a 401 (and
+    audited, as denied) whatever its query string, never a 400 that describes its input."""
+    client, keys = keyed
+    admin = keys["admin"]
+    assert client.post(f"{API}/state/app", content=tfstate(1), headers=admin).status_code == 200
+    requests = [
+        ("/resources/app", {"limit": "x", "version": BEYOND_INT64, "mode": "weird"}, "state.read"),
+        ("/resources/app/terraform_data.a", {"as_of": "x" * 5000}, "state.read"),
+        ("/resources/app/terraform_data.a/history", {"before": ARABIC_INDIC_THREE}, "history.read"),
+        ("/outputs/app", {"reveal": "maybe", "version": "0"}, "state.read"),
+        ("/outputs/app", {"reveal": "true", "version": "-1"}, "sensitive.reveal"),
+        ("/diff/app", {"from": SUPERSCRIPT_TWO, "from_workspace": "bad/name"}, "state.read"),
+        ("/search", {"limit": "many", "history": "perhaps", "mode": "resource"}, "history.read"),
+    ]
+    for path, params, _ in requests:
+        for headers in ({}, {"Authorization": "Bearer not-a-key"}):
+            response = client.get(API + path, params=params, headers=headers)
+            assert response.status_code == 401, (path, params, response.text)
+            assert response.json()["error"] == "unauthorized"
+    client.portal.call(client.app_state.audit.flush)  # type: ignore[attr-defined,union-attr]
+    for action in {action for _, _, action in requests}:
+        events = client.get(f"{API}/audit", params={"action": action}, headers=admin).json()
+        denied = [e for e in events["events"] if (e["outcome"], e["status"]) == ("denied", 401)]
+        sent = sum(2 for _, _, wanted in requests if wanted == action)
+        assert len(denied) == sent, (action, events)
+    # With a key, the same query strings are refused as malformed.
+    for path, params, _ in requests:
+        refused(client.get(API + path, params=params, headers=admin))

@@ -9,39 +9,61 @@ needs an operator or admin key and is audited. Versions are chosen with `version
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from blixard.api.params import (
+    WorkspacePath,
+    bool_param,
+    count_param,
+    query_bool,
+    query_count,
+    query_flag_set,
+    query_limit,
+    query_text,
+    string_param,
+)
 from blixard.api.security import authorize
 from blixard.api.views import iso, json_response
 from blixard.domain.access import Action
-from blixard.domain.explorer import ExplorerService, TimelineEntry, describe_version
+from blixard.domain.explorer import MODES, ExplorerService, TimelineEntry, describe_version
 
 router = APIRouter(prefix="/api/tofu", tags=["explorer"])
 
 #: Version numbers above this are refused as malformed (no store holds that many).
 MAX_VERSION = 2**53
+#: Longest `as_of` looked at (an RFC 3339 time is about 35 characters).
+MAX_AS_OF = 64
 
-_ERROR = {"description": "JSON error: `{error, message}`"}
 _READ_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed parameter (version, as_of, address, ...)"},
-    401: _ERROR,
     404: {"description": "No such workspace (or out of the key's scopes), version or address"},
 }
 
-Version = Annotated[
-    int | None,
-    Query(ge=1, le=MAX_VERSION, description="A version number (default: the current one)."),
-]
-AsOf = Annotated[
-    str | None,
-    Query(
-        max_length=64,
-        description="RFC 3339 time, e.g. 2026-12-05T18:00:00Z: the version current then.",
-    ),
-]
+
+def _version_param(name: str, description: str) -> dict[str, Any]:
+    return count_param(name, description, maximum=MAX_VERSION)
+
+
+def _as_of_param(name: str, description: str) -> dict[str, Any]:
+    return string_param(name, description, max_length=MAX_AS_OF, format="date-time")
+
+
+_VERSION = _version_param("version", "A version number (default: the current one).")
+_AS_OF = _as_of_param(
+    "as_of", "RFC 3339 time, e.g. 2026-12-05T18:00:00Z: the version current then."
+)
+
+
+def _version(request: Request, name: str = "version") -> int | None:
+    return query_count(request, name, maximum=MAX_VERSION)
+
+
+def _as_of(request: Request, name: str = "as_of") -> str | None:
+    """The raw time; the domain parses it (and refuses it together with a version)."""
+    return query_text(request, name, max_length=MAX_AS_OF)
 
 
 def explorer_of(request: Request) -> ExplorerService:
@@ -60,28 +82,29 @@ def explorer_of(request: Request) -> ExplorerService:
         "next page. `readable` is false for a state whose resources cannot be read (e.g. "
         "OpenTofu client-side encryption)."
     ),
+    openapi_extra={
+        "parameters": [
+            _VERSION,
+            _AS_OF,
+            string_param("type", "Exact type", max_length=256),
+            string_param("module", "Module path, e.g. module.app", max_length=1024),
+            string_param("mode", "managed or data", choices=MODES),
+            string_param("q", "Case-insensitive text in the address or identity", max_length=256),
+            count_param("limit", "Page size.", maximum=1000, default=100),
+            string_param("after", "The last address of the page before", max_length=4096),
+        ]
+    },
     responses=_READ_ERRORS,
 )
-async def list_resources(
-    request: Request,
-    workspace: str,
-    version: Version = None,
-    as_of: AsOf = None,
-    type: Annotated[str | None, Query(max_length=256, description="Exact type")] = None,
-    module: Annotated[
-        str | None, Query(max_length=1024, description="Module path, e.g. module.app")
-    ] = None,
-    mode: Annotated[str | None, Query(pattern="^(managed|data)$")] = None,
-    q: Annotated[
-        str | None,
-        Query(max_length=256, description="Case-insensitive text in the address or identity"),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[
-        str | None, Query(max_length=4096, description="The last address of the page before")
-    ] = None,
-) -> Response:
+async def list_resources(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.state_read, workspace)
+    version, as_of = _version(request), _as_of(request)
+    type = query_text(request, "type", max_length=256)
+    module = query_text(request, "module", max_length=1024)
+    mode = request.query_params.get("mode")  # the domain knows the modes
+    q = query_text(request, "q", max_length=256)
+    limit = query_limit(request, default=100, maximum=1000)
+    after = query_text(request, "after", max_length=4096)
     page = await explorer_of(request).resources(
         workspace,
         version=version,
@@ -114,16 +137,18 @@ async def list_resources(
         "the lock holder's `Who` and its lock ID. Looks at `limit` versions per call; pass "
         "`next_before` as `before` to look further back."
     ),
+    openapi_extra={
+        "parameters": [
+            _version_param("before", "Versions below this number."),
+            count_param("limit", "Versions looked at", maximum=500, default=50),
+        ]
+    },
     responses=_READ_ERRORS,
 )
-async def resource_history(
-    request: Request,
-    workspace: str,
-    address: str,
-    before: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="Versions looked at")] = 50,
-) -> Response:
+async def resource_history(request: Request, workspace: WorkspacePath, address: str) -> Response:
     await authorize(request, Action.history_read, workspace)
+    before = _version(request, "before")
+    limit = query_limit(request, default=50, maximum=500)
     timeline = await explorer_of(request).timeline(workspace, address, before=before, limit=limit)
     return json_response(
         {
@@ -162,12 +187,12 @@ def _timeline_json(entry: TimelineEntry) -> dict[str, Any]:
         "%5B0%5D`) with its attributes; every path listed in `sensitive_attributes` reads "
         '`"(sensitive)"`. `deposed` lists objects kept by create_before_destroy.'
     ),
+    openapi_extra={"parameters": [_VERSION, _AS_OF]},
     responses=_READ_ERRORS,
 )
-async def get_resource(
-    request: Request, workspace: str, address: str, version: Version = None, as_of: AsOf = None
-) -> Response:
+async def get_resource(request: Request, workspace: WorkspacePath, address: str) -> Response:
     await authorize(request, Action.state_read, workspace)
+    version, as_of = _version(request), _as_of(request)
     found = await explorer_of(request).resource(workspace, address, version=version, as_of=as_of)
     return json_response(
         {
@@ -188,17 +213,17 @@ async def get_resource(
         "to operator and admin keys only (403 for readers and writers); every reveal is "
         "recorded in the audit trail (`sensitive.reveal`) before the values are sent."
     ),
+    openapi_extra={
+        "parameters": [_VERSION, _AS_OF, bool_param("reveal", "Show sensitive values (audited)")]
+    },
     responses={**_READ_ERRORS, 403: {"description": "reveal=true with a reader or writer key"}},
 )
-async def list_outputs(
-    request: Request,
-    workspace: str,
-    version: Version = None,
-    as_of: AsOf = None,
-    reveal: Annotated[bool, Query(description="Show sensitive values (audited)")] = False,
-) -> Response:
-    action = Action.sensitive_reveal if reveal else Action.state_read
+async def list_outputs(request: Request, workspace: WorkspacePath) -> Response:
+    # The action depends on the flag; a malformed flag is refused once the key is checked.
+    action = Action.sensitive_reveal if query_flag_set(request, "reveal") else Action.state_read
     actor = await authorize(request, action, workspace)
+    reveal = query_bool(request, "reveal")
+    version, as_of = _version(request), _as_of(request)
     view = await explorer_of(request).outputs(
         workspace, version=version, as_of=as_of, reveal_to=actor if reveal else None
     )
@@ -225,24 +250,24 @@ async def list_outputs(
         "either side reads `(sensitive)` on both), output changes and top-level changes "
         "(`terraform_version`, `lineage`, `serial`)."
     ),
+    openapi_extra={
+        "parameters": [
+            _version_param("from", "From version"),
+            _version_param("to", "To version"),
+            _as_of_param(
+                "from_as_of", "RFC 3339 time: the `from` version is the one current then."
+            ),
+            _as_of_param("to_as_of", "RFC 3339 time: the `to` version is the one current then."),
+            string_param("from_workspace", "Compare with this workspace", max_length=128),
+        ]
+    },
     responses=_READ_ERRORS,
 )
-async def diff(
-    request: Request,
-    workspace: str,
-    from_version: Annotated[
-        int | None, Query(alias="from", ge=1, le=MAX_VERSION, description="From version")
-    ] = None,
-    to_version: Annotated[
-        int | None, Query(alias="to", ge=1, le=MAX_VERSION, description="To version")
-    ] = None,
-    from_as_of: AsOf = None,
-    to_as_of: AsOf = None,
-    from_workspace: Annotated[
-        str | None, Query(max_length=128, description="Compare with this workspace")
-    ] = None,
-) -> Response:
+async def diff(request: Request, workspace: WorkspacePath) -> Response:
     await authorize(request, Action.state_read, workspace)
+    from_version, to_version = _version(request, "from"), _version(request, "to")
+    from_as_of, to_as_of = _as_of(request, "from_as_of"), _as_of(request, "to_as_of")
+    from_workspace = query_text(request, "from_workspace", max_length=128)
     if from_workspace is not None and from_workspace != workspace:
         await authorize(request, Action.state_read, from_workspace)
     view = await explorer_of(request).diff(

@@ -51,13 +51,40 @@ def count_param(
     }
 
 
-def string_param(name: str, description: str) -> dict[str, Any]:
+def string_param(
+    name: str,
+    description: str,
+    *,
+    max_length: int | None = None,
+    choices: tuple[str, ...] | None = None,
+    format: str | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI description of a text parameter (read with `query_text` when it has a
+    `max_length`; `choices` and `format` document what the domain accepts)."""
+    schema: dict[str, Any] = {"type": "string"}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    if choices is not None:
+        schema["enum"] = list(choices)
+    if format is not None:
+        schema["format"] = format
     return {
         "name": name,
         "in": "query",
         "required": False,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema,
+    }
+
+
+def bool_param(name: str, description: str) -> dict[str, Any]:
+    """The OpenAPI description of a flag read with `query_bool`."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "boolean", "default": False},
     }
 
 
@@ -92,11 +119,30 @@ def query_seconds(request: Request, name: str, *, default: float, maximum: float
     return float(raw)
 
 
+def query_text(request: Request, name: str, *, max_length: int) -> str | None:
+    """A text query parameter of at most `max_length` characters, or None if absent."""
+    value = request.query_params.get(name)
+    if value is not None and len(value) > max_length:
+        raise InvalidInput(f"'{name}' must be at most {max_length} characters.")
+    return value
+
+
+#: The spellings of a flag accepted (those FastAPI's typed `bool` parameters accepted).
+_TRUE = ("true", "1", "yes", "on", "t", "y")
+_FALSE = ("false", "0", "no", "off", "f", "n")
+
+
+def query_flag_set(request: Request, name: str) -> bool:
+    """Whether a flag is given as true, refusing nothing: for choosing the action to
+    authorize before the flag itself is parsed (with `query_bool`, which refuses bad values)."""
+    return request.query_params.get(name, "").lower() in _TRUE
+
+
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
     value = request.query_params.get(name)
     if value is None:
         return default
     lowered = value.lower()
-    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+    if lowered not in _TRUE + _FALSE:
         raise InvalidInput(f"Query parameter '{name}' must be true or false.")
-    return lowered in ("true", "1", "yes")
+    return lowered in _TRUE

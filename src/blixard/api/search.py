@@ -5,22 +5,32 @@ Thin handlers over store/search.py: every answer is scoped to the key's workspac
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from blixard.api.params import bool_param, count_param, query_bool, query_limit, string_param
 from blixard.api.security import authorize
 from blixard.api.views import json_response, service_of, store_of
 from blixard.domain.access import Action, audit_event
 from blixard.domain.errors import InvalidInput
-from blixard.domain.resource_index import AttributeFilter, ResourceQuery
+from blixard.domain.explorer import MODES
+from blixard.domain.resource_index import MAX_FILTER_CHARS, AttributeFilter, ResourceQuery
 from blixard.store.resource_index import Cursor, Match
 from blixard.store.search import SearchService
 
 router = APIRouter(prefix="/api/tofu", tags=["search"])
 
-_ERROR = {"description": "JSON error: `{error, message}`"}
+#: The text filters of GET /search, documented here and checked by the domain (ResourceQuery).
+_FILTERS = {
+    "type": "Resource type, e.g. aws_s3_bucket",
+    "address": "Instance address; * wildcards",
+    "name": "Resource name",
+    "id": "An identity value: id, arn or self_link",
+    "module": 'Module path ("" for root)',
+    "provider": "Part of the provider address",
+}
 
 
 def match_json(match: Match) -> dict[str, Any]:
@@ -59,36 +69,39 @@ def _search_service(request: Request) -> SearchService:
         "one; needs another filter). Pages with `limit` and the `next_after` cursor; "
         "`complete` is false while versions written before the index are still being indexed."
     ),
-    responses={400: _ERROR},
+    openapi_extra={
+        "parameters": [
+            *(
+                string_param(name, description, max_length=MAX_FILTER_CHARS)
+                for name, description in _FILTERS.items()
+            ),
+            string_param("attr", "<path>=<value>, e.g. tags.Name=web"),
+            string_param("mode", "managed or data", choices=MODES),
+            bool_param("history", "Search every version, not the current"),
+            count_param("limit", "Page size.", maximum=1000, default=100),
+            string_param("after", "next_after of the previous page"),
+        ]
+    },
 )
-async def search(
-    request: Request,
-    type: Annotated[str | None, Query(description="Resource type, e.g. aws_s3_bucket")] = None,
-    address: Annotated[str | None, Query(description="Instance address; * wildcards")] = None,
-    name: Annotated[str | None, Query(description="Resource name")] = None,
-    id: Annotated[str | None, Query(description="An identity value: id, arn or self_link")] = None,
-    attr: Annotated[str | None, Query(description="<path>=<value>, e.g. tags.Name=web")] = None,
-    module: Annotated[str | None, Query(description='Module path ("" for root)')] = None,
-    provider: Annotated[str | None, Query(description="Part of the provider address")] = None,
-    mode: Annotated[str | None, Query(description="managed or data")] = None,
-    history: Annotated[bool, Query(description="Search every version, not the current")] = False,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[str | None, Query(description="next_after of the previous page")] = None,
-) -> Response:
+async def search(request: Request) -> Response:
     actor = await authorize(request, Action.history_read)
+    text = request.query_params.get
+    history = query_bool(request, "history")
+    limit = query_limit(request, default=100, maximum=1000)
     cursor = None
-    if after is not None:
+    if (after := text("after")) is not None:
         cursor = Cursor.decode(after)
         if cursor is None:
             raise InvalidInput("after is not a cursor this server gave (use next_after).")
+    attr = text("attr")
     query = ResourceQuery(
-        type=type,
-        address=address,
-        name=name,
-        id=id,
-        module=module,
-        provider=provider,
-        mode=mode,
+        type=text("type"),
+        address=text("address"),
+        name=text("name"),
+        id=text("id"),
+        module=text("module"),
+        provider=text("provider"),
+        mode=text("mode"),
         attr=AttributeFilter.parse(attr) if attr is not None else None,
     )
     page = await _search_service(request).search(
@@ -139,6 +152,8 @@ async def reindex_status(request: Request) -> Response:
 @router.post(
     "/admin/reindex",
     summary="Rebuild the resource index of every version (in the background)",
+    status_code=202,
+    responses={202: {"description": "Started: `started` and the build's progress"}},
     description=(
         "Starts rebuilding every version's index document from its stored bytes on this "
         "node; searches keep answering meanwhile. Poll GET /admin/reindex for progress."
