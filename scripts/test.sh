@@ -10,7 +10,9 @@ fi
 scripts/install-etcd.sh >/dev/null  # a real etcd cluster: engine tests, and tests/api + real Terraform on etcd too
 # Browser tests (tests/ui): Debian's chromium (never a Playwright browser download) and axe-core.
 if [ ! -x /usr/bin/chromium ]; then
-  $( [ "$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium >/dev/null
+  apt=$( [ "$(id -u)" = 0 ] || echo sudo )
+  $apt apt-get install -y -q chromium >/dev/null \
+    || { $apt apt-get update -q >/dev/null && $apt apt-get install -y -q chromium >/dev/null; }
 fi
 if [ ! -f build/npm/node_modules/axe-core/axe.min.js ]; then
   npm install -q --prefix build/npm --no-audit --no-fund axe-core@4 >/dev/null
