@@ -158,7 +158,7 @@ async def run_sqlite(args: argparse.Namespace) -> None:
             ).fetchone()
             blobs = conn.execute("SELECT sum(length(blob)) FROM versions").fetchone()[0]
             print(
-                f"  index documents: {docs}, {mib(doc_bytes or 0)} stored "
+                f"  index documents: {docs}, {(doc_bytes or 0) / 1024:.1f} KiB stored "
                 f"(the versions themselves: {mib(blobs)})"
             )
             conn.close()
