@@ -179,6 +179,13 @@ async def run_etcd(args: argparse.Namespace) -> None:
         endpoints = [e.removeprefix("http://") for e in cluster.endpoints]
 
         async def drop(store: EtcdStore) -> None:
+            docs = doc_bytes = 0
+            for family in ("rix/", "rixblob/"):
+                key = store.keys.key(family)
+                async for kv in store._scan(key, prefix_end(key)):
+                    docs += family == "rix/"
+                    doc_bytes += len(kv.value)
+            print(f"  index documents: {docs}, {doc_bytes / 1024:.1f} KiB stored")
             for family in ("rix/", "rixhead/"):
                 key = store.keys.key(family)
                 await store._kv.delete(key, prefix_end(key))
