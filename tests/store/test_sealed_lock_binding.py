@@ -39,9 +39,7 @@ async def copy_sealed_lock(store: Store, tmp_path: Path, source: str, target: st
             kv = await store._get(store.keys.workspace(name))
             records[name] = orjson.loads(kv.value)
         records[target]["lock"]["info"] = records[source]["lock"]["info"]
-        await store._txn(
-            [], [put_op(store.keys.workspace(target), orjson.dumps(records[target]))], []
-        )
+        await store._txn([], [put_op(store.keys.workspace(target), orjson.dumps(records[target]))], [])
         return
     await store.close()
     conn = sqlite3.connect(tmp_path / "engine.db")

@@ -30,9 +30,7 @@ async def put_blob_of(
     if isinstance(store, EtcdStore):
         docs = {}
         for number in (source, target):
-            docs[number] = orjson.loads(
-                (await store._get(store.keys.version(workspace, number))).value
-            )
+            docs[number] = orjson.loads((await store._get(store.keys.version(workspace, number))).value)
         docs[target]["inline"] = docs[source]["inline"]
         docs[target]["encoding"] = docs[source]["encoding"]
         docs[target]["base_version"] = docs[source]["base_version"]
