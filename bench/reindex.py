@@ -1,7 +1,9 @@
 """Upgrade reindex: 1,000 versions of a 1 MiB state (1 % of the resources changed per version)
 written, their index documents removed (as a store from before the index has none), then the
-store opened: the time until the background reindex has built every document, and the peak
-resident memory it took (VmHWM, reset just before the open) against the largest state.
+store opened: the time until the background reindex has built every (current) document, and
+the peak resident memory it took (VmHWM, reset just before the open) against the largest
+state. Then a `history=true` search walked to its end (one instance per version matches),
+whose rows are built from the version bodies: pages and time per page.
 
     .venv/bin/python bench/reindex.py [--engine sqlite,etcd] [--versions 1000] [--mib 1]
 """
@@ -22,7 +24,9 @@ import _tfstate
 from _common import mib
 
 from blixard.domain.models import NewVersion, StateMeta
+from blixard.domain.resource_index import ResourceQuery
 from blixard.store.protocol import Store
+from blixard.store.search import SearchService
 from tests.etcd_cluster import EtcdCluster
 
 
@@ -116,7 +120,28 @@ async def measure(build: Any, drop: Any, args: argparse.Namespace) -> None:
             "state"
         )
     assert status.complete and len(fresh.resource_index) == 1
+    await history_search(fresh)
     await fresh.close()
+
+
+async def history_search(store: Store) -> None:
+    service = SearchService(store)
+    query = ResourceQuery(name="svc_00007")
+    after, matches, times = None, 0, []
+    while True:
+        started = time.perf_counter()
+        page = await service.search(query, actor=None, history=True, after=after, limit=100)
+        times.append(time.perf_counter() - started)
+        matches += len(page.matches)
+        after = page.next_after
+        if after is None:
+            break
+    times.sort()
+    print(
+        f"  history search (name=, limit 100): {matches} matches in {len(times)} pages, "
+        f"{sum(times):.1f} s; per page p50 {times[len(times) // 2] * 1000:.0f} ms, "
+        f"max {times[-1] * 1000:.0f} ms"
+    )
 
 
 async def run_sqlite(args: argparse.Namespace) -> None:
@@ -133,7 +158,7 @@ async def run_sqlite(args: argparse.Namespace) -> None:
             ).fetchone()
             blobs = conn.execute("SELECT sum(length(blob)) FROM versions").fetchone()[0]
             print(
-                f"  index documents: {docs}, {mib(doc_bytes)} stored "
+                f"  index documents: {docs}, {(doc_bytes or 0) / 1024:.1f} KiB stored "
                 f"(the versions themselves: {mib(blobs)})"
             )
             conn.close()
@@ -154,6 +179,13 @@ async def run_etcd(args: argparse.Namespace) -> None:
         endpoints = [e.removeprefix("http://") for e in cluster.endpoints]
 
         async def drop(store: EtcdStore) -> None:
+            docs = doc_bytes = 0
+            for family in ("rix/", "rixblob/"):
+                key = store.keys.key(family)
+                async for kv in store._scan(key, prefix_end(key)):
+                    docs += family == "rix/"
+                    doc_bytes += len(kv.value)
+            print(f"  index documents: {docs}, {doc_bytes / 1024:.1f} KiB stored")
             for family in ("rix/", "rixhead/"):
                 key = store.keys.key(family)
                 await store._kv.delete(key, prefix_end(key))

@@ -625,7 +625,8 @@ async def test_resource_index_follows_versions_deletes_and_reopens(
             ("arn", "arn:shared", ["a", "b"]),
             ("id", "shared", ["a", "b"]),
         ]
-        # Every version's document is stored with it.
+        # Only the current version's document is stored; history builds the others' rows.
+        assert await stored_index_versions(first) == {"a": [2], "b": [1]}
         history = await indexed(first).index_history("a")
         assert [(d.version, [r.id for r in d.rows]) for d in history] == [
             (1, ["b-1"]),
@@ -655,6 +656,30 @@ async def test_resource_index_follows_versions_deletes_and_reopens(
         ]
     finally:
         await second.close()
+
+
+async def stored_index_versions(store: Store) -> dict[str, list[int]]:
+    """The versions that have a stored index document, by workspace (the store is open)."""
+    found: dict[str, list[int]] = {}
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        rows = conn.execute(
+            "SELECT w.name, r.version FROM resource_index r "
+            "JOIN workspaces w ON w.id = r.workspace_id ORDER BY w.name, r.version"
+        ).fetchall()
+        conn.close()
+        for name, version in rows:
+            found.setdefault(name, []).append(version)
+        return found
+    from blixard.store.etcd import EtcdStore
+    from blixard.store.etcd.keyspace import RESOURCE_INDEX, prefix_end, uninv
+
+    assert isinstance(store, EtcdStore)
+    prefix = store.keys.key(RESOURCE_INDEX)
+    async for kv in store._scan(prefix, prefix_end(prefix)):
+        name, _, inverted = bytes(kv.key)[len(prefix) :].rpartition(b"\x00")
+        found.setdefault(name.decode(), []).append(uninv(inverted))
+    return {name: sorted(versions) for name, versions in found.items()}
 
 
 async def drop_index_documents(store: Store, workspace: str | None = None) -> None:
@@ -696,8 +721,8 @@ async def test_reindex_builds_missing_documents_only_and_resumes(
     if isinstance(store, SQLiteStore):
         await drop_index_documents(store)
 
-    # Opened, the store starts building the 8 missing documents; closed at once, it stops
-    # wherever it was (possibly before the first).
+    # Opened, the store starts building the 2 missing (current) documents; closed at once,
+    # it stops wherever it was (possibly before the first).
     interrupted = store_factory()
     await interrupted.open()
     await interrupted.close()
@@ -708,14 +733,15 @@ async def test_reindex_builds_missing_documents_only_and_resumes(
         task = resumed._reindexer  # type: ignore[attr-defined]
         await task
         status = indexed(resumed).reindex_status
-        assert status.complete and status.remaining == 0 and status.indexed <= 8
+        assert status.complete and status.remaining == 0 and status.indexed <= 2
         assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
         assert found(resumed, id="a5") == [("a", 5, "t.x")]
         history = await indexed(resumed).index_history("a")
         assert [[row.id for row in doc.rows] for doc in history] == [[f"a{n}"] for n in range(1, 6)]
         # Forced, every document is built again; the answers stay the same.
         forced = await indexed(resumed).reindex_resources(force=True)
-        assert forced.complete and forced.indexed == 8
+        assert forced.complete and forced.indexed == 2
+        assert await stored_index_versions(resumed) == {"a": [5], "b": [3]}
         assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
         if not isinstance(resumed, SQLiteStore):
             await drop_index_documents(resumed, "b")
@@ -724,12 +750,74 @@ async def test_reindex_builds_missing_documents_only_and_resumes(
     if isinstance(resumed, SQLiteStore):
         await drop_index_documents(resumed, "b")
 
-    # Only what is missing is built: b's three versions.
+    # Only what is missing is built: b's current version.
     again = store_factory()
     await again.open()
     try:
         await again._reindexer  # type: ignore[attr-defined]
-        assert indexed(again).reindex_status.indexed == 3
+        assert indexed(again).reindex_status.indexed == 1
         assert found(again, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
     finally:
         await again.close()
+
+
+async def test_documents_of_older_versions_from_an_earlier_layout_are_removed_at_open(
+    store_factory: StoreFactory,
+) -> None:
+    """Stores written when every version had a document: the older versions' documents (and
+    an etcd document's chunks) are deleted at the next open; searches are unchanged."""
+    store = store_factory()
+    await store.open()
+    try:
+        for serial in range(1, 4):
+            await append(store, "a", serial, resources_state(serial, {"r.x": ("t", f"a{serial}")}))
+        if not isinstance(store, SQLiteStore):
+            from blixard.store.etcd import EtcdStore
+            from blixard.store.etcd.keyspace import (
+                META_RESOURCE_INDEX_KEY,
+                RESOURCE_INDEX,
+                RESOURCE_INDEX_BLOBS,
+                inv,
+            )
+
+            assert isinstance(store, EtcdStore)
+            current = store.keys.key(RESOURCE_INDEX, "a", "\x00", inv(3))
+            value = bytes((await store._kv.get(current)).kvs[0].value)
+            for version in (1, 2):
+                await store._kv.put(
+                    store.keys.key(RESOURCE_INDEX, "a", "\x00", inv(version)), value
+                )
+                chunk = store.keys.key(RESOURCE_INDEX_BLOBS, "a", "\x00", inv(version), "/x/00000")
+                await store._kv.put(chunk, b"chunk")
+            await store._kv.delete(store.keys.key(META_RESOURCE_INDEX_KEY))
+            assert await stored_index_versions(store) == {"a": [1, 2, 3]}
+    finally:
+        await store.close()
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        with conn:
+            conn.execute(
+                "INSERT INTO resource_index(workspace_id, version, doc) "
+                "SELECT workspace_id, version - n, doc FROM resource_index, "
+                "(SELECT 1 AS n UNION SELECT 2)"
+            )
+            conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+        conn.close()
+
+    reopened = store_factory()
+    await reopened.open()
+    try:
+        await reopened._reindexer  # type: ignore[attr-defined]
+        assert await stored_index_versions(reopened) == {"a": [3]}
+        assert found(reopened, type="t") == [("a", 3, "t.x")]
+        history = await indexed(reopened).index_history("a")
+        assert [[row.id for row in doc.rows] for doc in history] == [["a1"], ["a2"], ["a3"]]
+        if not isinstance(reopened, SQLiteStore):
+            from blixard.store.etcd import EtcdStore
+            from blixard.store.etcd.keyspace import RESOURCE_INDEX_BLOBS, prefix_end
+
+            assert isinstance(reopened, EtcdStore)
+            blobs = reopened.keys.key(RESOURCE_INDEX_BLOBS)
+            assert [kv async for kv in reopened._scan(blobs, prefix_end(blobs))] == []
+    finally:
+        await reopened.close()

@@ -133,7 +133,7 @@ def reindex(
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rebuild the resource index of every version from the stored states (admin key)."""
+    """Rebuild the resource index of every workspace from the stored states (admin key)."""
     with open_client(url, api_key) as client:
         raw, status = client.request("POST", "/admin/reindex")
         while wait and (status.get("running") or not status.get("complete")):

@@ -1,18 +1,21 @@
-"""The resource index, shared by every engine: one index document per version, and an in-memory
-index of every workspace's current version that search and duplicates answer from.
+"""The resource index, shared by every engine: one stored index document per workspace, for
+its current version, and an in-memory index of every workspace's current version that search
+and duplicates answer from.
 
-Why this shape (docs/search.md): each engine writes a version's index document in the very
-transaction that writes the version (a SQLite row; an etcd key in the version's Txn, since one
-Txn cannot hold a key per instance), so the index is never behind or ahead of the history. A
+Why this shape (docs/search.md): each engine writes the new head's index document in the very
+transaction that writes the version, and removes the previous head's in it (a SQLite row; an
+etcd key in the version's Txn, since one Txn cannot hold a key per instance), so the index is
+never behind or ahead of the history and costs one document per workspace, not per version. A
 document is the version's rows (domain/resource_index.py), compressed, and sealed like the
 version when encryption is on: the index reveals nothing at rest that the state would not.
 Every node keeps the current version's document of every workspace in memory (compressed,
 ~50 bytes per instance) with postings by type and by identity value, so the common searches
 (by type, by id/arn) are dictionary look-ups that decode only the workspaces they return;
-other filters scan the current documents; `history=true` reads the stored documents.
+other filters scan the current documents; `history=true` builds older versions' rows from
+their stored bodies (HistoryRows), a bounded number per page.
 
-A document is derived data: one that is missing (versions written before the index existed,
-a restored snapshot) or that no configured key opens is (re)built from its version's bytes by
+A document is derived data: one that is missing (heads written before the index existed, a
+restored snapshot) or that no configured key opens is (re)built from its version's bytes by
 the reindex, which each engine runs in the background after open.
 """
 
@@ -53,6 +56,8 @@ def index_aad(workspace: str) -> bytes:
 class IndexDoc:
     version: int
     rows: list[IndexRow]
+    #: Bytes of state read to build it (history search's page budget); 0 when stored.
+    read_bytes: int = 0
 
 
 _local = threading.local()
@@ -102,6 +107,23 @@ def build_doc(
         rows = index_rows(body)
     doc = IndexDoc(version, rows)
     return pack(version, rows), doc, checksum
+
+
+class HistoryRows:
+    """Rows of successive versions of one workspace built from their bodies (history search):
+    a version whose resources are byte-identical to the previous one's reuses its rows (a
+    serial bump or changed outputs cost a checksum, not a parse)."""
+
+    def __init__(self) -> None:
+        self._checksum: bytes | None = None
+        self._rows: list[IndexRow] = []
+
+    def doc(self, version: int, body: Body) -> IndexDoc:
+        checksum = resources_checksum(body)
+        if checksum is None or checksum != self._checksum:
+            self._rows = index_rows(body)
+        self._checksum = checksum
+        return IndexDoc(version, self._rows, len(body))
 
 
 def seal(cipher: Cipher | None, workspace: str, packed: bytes) -> bytes:
@@ -392,8 +414,9 @@ class ResourceIndexStore(Protocol):
     async def index_history(
         self, workspace: str, *, from_version: int = 1, limit: int = 64
     ) -> list[IndexDoc]:
-        """Stored index documents of versions `from_version` and up, by version (a version
-        whose document is not built yet is built from its bytes and left out of storage)."""
+        """Index documents of versions `from_version` and up, by version: only the current
+        version's is stored, the others are built from their bodies (HistoryRows) and not
+        kept (their `read_bytes` say how much was read)."""
         ...
 
     def start_reindex(self, *, force: bool = False) -> None:
@@ -401,6 +424,6 @@ class ResourceIndexStore(Protocol):
         ...
 
     async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
-        """Build every missing index document (all of them with `force`), then return. Safe
-        to interrupt: what is built stays built, and the next run goes on from there."""
+        """Build every workspace's missing current document (all of them with `force`), then
+        return. Safe to interrupt: what is built stays built, and the next run goes on."""
         ...

@@ -1,9 +1,10 @@
 """Search across workspaces, and identity values managed twice (duplicates), strictly scoped.
 
 Both read the store's resource index (store/resource_index.py): the current versions from the
-in-memory index, every version (`history`) from the stored documents. A workspace the caller
-cannot see is filtered out before anything is counted or returned, so it never shows, not even
-in a count. `attr=` filters read the candidate instances' attributes from the stored bytes.
+in-memory index, every version (`history`) from rows built from the stored bodies. A workspace
+the caller cannot see is filtered out before anything is counted or returned, so it never
+shows, not even in a count. `attr=` filters read the candidate instances' attributes from the
+stored bytes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from blixard.domain.resources import StateContents, read_contents
 from blixard.store.protocol import Store
 from blixard.store.resource_index import Cursor, Duplicate, Match, ResourceIndexStore
 
-#: Most index documents one history search reads before it answers with a cursor to go on.
+#: Most versions one history search reads before it answers with a cursor to go on...
 HISTORY_DOCS_PER_PAGE = 2000
+#: ... and most bytes of state it reads to build their rows (older versions have no stored
+#: document: ~10 ms per MiB of state, so a page costs at most about a third of a second).
+HISTORY_BYTES_PER_PAGE = 32 * 1024 * 1024
+#: Versions read from the store at a time.
+_HISTORY_BATCH = 16
 #: After the last address of a version (a cursor that resumes at the next version).
 _AFTER_ALL = "\U0010ffff"
 
@@ -78,7 +84,7 @@ class SearchService:
     ) -> tuple[list[Match], Cursor | None]:
         matches: list[Match] = []
         contents = _ContentsCache(self.store)
-        budget = HISTORY_DOCS_PER_PAGE
+        budget, byte_budget = HISTORY_DOCS_PER_PAGE, HISTORY_BYTES_PER_PAGE
         start = after.workspace if after else None
         names: list[str] = []
         while True:  # every visible, not deleted workspace from the cursor's on, by name
@@ -96,7 +102,9 @@ class SearchService:
                 continue
             version = after.version if after is not None and name == after.workspace else 1
             while True:
-                docs = await self.index.index_history(name, from_version=max(version, 1))
+                docs = await self.index.index_history(
+                    name, from_version=max(version, 1), limit=_HISTORY_BATCH
+                )
                 if not docs:
                     break
                 for doc in docs:
@@ -113,7 +121,8 @@ class SearchService:
                             return matches, Cursor(last.workspace, last.version, last.row.address)
                         matches.append(match)
                     budget -= 1
-                    if budget <= 0:
+                    byte_budget -= doc.read_bytes
+                    if budget <= 0 or byte_budget <= 0:
                         return matches, Cursor(name, doc.version, _AFTER_ALL)
                 version = docs[-1].version + 1
         return matches, None

@@ -83,6 +83,13 @@ def put_op(key: bytes, value: bytes, *, lease: int = 0) -> Any:
     return RequestOp(request_put=PutRequest(key=key, value=value, lease=lease))
 
 
+def delete_range_op(key: bytes, range_end: bytes) -> Any:
+    """A delete of every key in [key, range_end) for a Txn's success or failure list."""
+    from blixard.store.etcd.wire import DeleteRangeRequest, RequestOp
+
+    return RequestOp(request_delete_range=DeleteRangeRequest(key=key, range_end=range_end))
+
+
 def get_op(key: bytes) -> Any:
     """A point read for a Txn's success or failure list."""
     from blixard.store.etcd.wire import RangeRequest, RequestOp

@@ -40,7 +40,7 @@ RUNS_OPEN = "runopen/"
 #: A run's blobs (`runblob/ID\0KIND`) and its log (`runlog/ID\0SEQ`).
 RUN_BLOBS = "runblob/"
 RUN_LOGS = "runlog/"
-#: The resource index (docs/search.md): one document per version (`rix/NAME\0INV`), the
+#: The resource index (docs/search.md): the current version's document (`rix/NAME\0INV`), the
 #: chunks of a large one (`rixblob/NAME\0INV/RANDOM/NNNNN`), and each workspace's head marker
 #: written by soft delete and restore (`rixhead/NAME`). RESOURCE_INDEX_ALL covers all three
 #: (the index watch and the load at open read that range).

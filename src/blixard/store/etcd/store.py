@@ -47,7 +47,15 @@ from blixard.store.crypto import (
 )
 from blixard.store.encryption import EncryptionStatus, RotationProgress
 from blixard.store.errors import StoreCannotConnect
-from blixard.store.etcd.batch import MAX_TXN_OPS, DirectKV, TxnBatcher, get_op, put_op, unavailable
+from blixard.store.etcd.batch import (
+    MAX_TXN_OPS,
+    DirectKV,
+    TxnBatcher,
+    delete_range_op,
+    get_op,
+    put_op,
+    unavailable,
+)
 from blixard.store.etcd.conn import Compaction, EtcdAccess, EtcdConnection
 from blixard.store.etcd.keyspace import (
     AUDIT,
@@ -1722,8 +1730,9 @@ class EtcdStore:
 
     # -- the resource index (resource_index.py, docs/search.md) ---------------------------
     #
-    # `rix/<name>\0<INV(n)>`: version n's index document (sealed like the version), or, when
-    # larger than INLINE_BYTES, a JSON pointer to its chunks (as version blobs are).
+    # `rix/<name>\0<INV(n)>`: the index document of version n, the head (sealed like the
+    # version), or, when larger than INLINE_BYTES, a JSON pointer to its chunks (as version
+    # blobs are). Writing the next head's deletes it (and its chunks) in the same Txn.
     # `rixhead/<name>`: {"version": head, "deleted": bool}, written by soft delete/restore.
     # Every node watches both (prefix `rix`) to keep its in-memory index current: a new
     # version's document arrives in the event itself, a delete/restore as its marker.
@@ -1734,20 +1743,35 @@ class EtcdStore:
     def _rix_key(self, name: str, number: int) -> bytes:
         return self._rix_prefix(name) + inv(number).encode()
 
+    def _index_blobs_prefix(self, name: str) -> bytes:
+        return self.keys.key(RESOURCE_INDEX_BLOBS, name, "\x00")
+
+    def _older_docs_ops(self, name: str, number: int) -> list[Any]:
+        """Deletes of the documents (and chunks) of versions before `number`: keys sort newest
+        first (INV), so they are the rest of the workspace's range from version number - 1."""
+        if number <= 1:
+            return []
+        docs, blobs = self._rix_prefix(name), self._index_blobs_prefix(name)
+        older = inv(number - 1).encode()
+        return [
+            delete_range_op(docs + older, prefix_end(docs)),
+            delete_range_op(blobs + older, prefix_end(blobs)),
+        ]
+
     def _index_head_op(self, name: str, version: int, deleted: bool) -> Any:
         value = orjson.dumps({"version": version, "deleted": deleted})
         return put_op(self.keys.key(RESOURCE_INDEX_HEADS, name), value)
 
     async def _index_doc_ops(self, name: str, number: int, packed: bytes) -> tuple[int, list[Any]]:
-        """Ops writing version `number`'s document, and the lease of its chunks if it had to
-        be chunked (0 if not)."""
+        """Ops writing version `number`'s document and deleting the older ones, and the lease
+        of its chunks if it had to be chunked (0 if not)."""
         stored = resource_index.seal(self.cipher, name, packed)
         lease = 0
         if len(stored) <= INLINE_BYTES:
             ops = [put_op(self._rix_key(name, number), stored)]
         else:
-            chunks_at = self.keys.key(
-                RESOURCE_INDEX_BLOBS, name, "\x00", inv(number), "/", secrets.token_hex(8)
+            chunks_at = self._index_blobs_prefix(name) + (
+                f"{inv(number)}/{secrets.token_hex(8)}".encode()
             )
             lease, publish = await self._upload_chunks(chunks_at + b"/", stored)
             pointer = {
@@ -1755,7 +1779,7 @@ class EtcdStore:
                 "chunks": len(publish),
             }
             ops = [put_op(self._rix_key(name, number), orjson.dumps(pointer)), *self._nest(publish)]
-        return lease, ops
+        return lease, ops + self._older_docs_ops(name, number)
 
     async def _index_doc_value(self, name: str, value: bytes) -> bytes | None:
         """The packed document a `rix/` value holds; None if no configured key opens it."""
@@ -1894,14 +1918,19 @@ class EtcdStore:
         except Exception as exc:  # logged and reported; the next open resumes
             log.warning("resource index: reindex stopped: %s", exc)
 
-    async def _unindexed(self, force: bool) -> list[tuple[str, int, bool]]:
-        """(workspace, version, is head) of versions whose document must be (re)built:
-        missing ones, and, when the key sealing new documents changed since the last full
-        pass (`meta/rixkey`: a rotation, encryption turned on or off), those it did not seal."""
+    async def _unindexed(self, force: bool) -> list[tuple[str, int]]:
+        """(workspace, head version) of the current documents that must be (re)built: missing
+        ones, and, when the key sealing new documents changed since the last full pass
+        (`meta/rixkey`: a rotation, encryption turned on or off), those it did not seal.
+        Until a pass has completed under the one-document-per-workspace layout (the marker's
+        `heads_only`), it also deletes the older versions' documents an earlier layout kept
+        (idempotent, so an interrupted pass does it again at the next open)."""
         current = self.cipher.current_id if self.cipher else None
         marker = await self._get(self.keys.key(META_RESOURCE_INDEX_KEY))
-        sweep = marker is None or orjson.loads(marker.value).get("key") != current
-        missing: list[tuple[str, int, bool]] = []
+        recorded = orjson.loads(marker.value) if marker is not None else {}
+        sweep = recorded.get("key", "") != current
+        tidy = not recorded.get("heads_only", False)
+        missing: list[tuple[str, int]] = []
         prefix = self.keys.key(WORKSPACES)
         async for kv in self._scan(prefix, prefix_end(prefix)):
             name = bytes(kv.key)[len(prefix) :].decode()
@@ -1909,43 +1938,30 @@ class EtcdStore:
             if not head:
                 continue
             top = head["version"]
-            have: set[int] = set()
-            if not force:
-                rix = self._rix_prefix(name)
-                start = rix
-                while True:
-                    resp = await self._call(
-                        self._kv.get(
-                            start,
-                            prefix_end(rix),
-                            limit=1000,
-                            keys_only=not sweep,
-                            timeout=self.timeout,
-                        )
-                    )
-                    for item in resp.kvs:
-                        value = bytes(item.value)
-                        if not sweep or (key_id_of_blob(value) if is_sealed(value) else None) == (
-                            current
-                        ):
-                            have.add(uninv(bytes(item.key)[len(rix) :]))
-                    if not resp.more or not resp.kvs:
-                        break
-                    start = bytes(resp.kvs[-1].key) + b"\x00"
-            missing += [(name, n, n == top) for n in range(1, top + 1) if n not in have]
+            if tidy and top > 1:
+                await self._txn([], self._older_docs_ops(name, top), [])
+            if force:
+                missing.append((name, top))
+                continue
+            found = await self._get(self._rix_key(name, top))
+            if found is None:
+                missing.append((name, top))
+            elif sweep:
+                value = bytes(found.value)
+                if (key_id_of_blob(value) if is_sealed(value) else None) != current:
+                    missing.append((name, top))
         return missing
 
     async def _mark_index_key(self) -> None:
-        """Every document is now sealed with the current key (or none): later opens skip the
-        sweep over document values."""
+        """Every current document is now sealed with the current key (or none), and no older
+        version has one: later opens skip the sweep over document values and the clean-up."""
         current = self.cipher.current_id if self.cipher else None
-        await self._txn(
-            [], [put_op(self.keys.key(META_RESOURCE_INDEX_KEY), orjson.dumps({"key": current}))], []
-        )
+        value = orjson.dumps({"key": current, "heads_only": True})
+        await self._txn([], [put_op(self.keys.key(META_RESOURCE_INDEX_KEY), value)], [])
 
     async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
-        """Build missing index documents, one version at a time (memory: about two bodies and
-        one document), workspace by workspace; the documents built are the progress marker."""
+        """Build the current versions' missing index documents one at a time (memory: about
+        two bodies and one document); the documents built are the progress marker."""
         status = self.reindex_status
         status.running, status.complete, status.error = True, False, None
         status.started_at, status.indexed = time.time(), 0
@@ -1954,13 +1970,13 @@ class EtcdStore:
             status.remaining = len(missing)
             progress = resource_index.ProgressLog(self.engine, len(missing))
             last_full: tuple[str, int, bytes] | None = None
-            for name, number, is_head in missing:
+            for name, number in missing:
                 found = await self._read_uncached(name, number, last_full)
                 if found is not None:
                     body, last_full = found
                     packed = resource_index.build(number, body)
                     del body
-                    await self._store_index_doc(name, number, packed, is_head)
+                    await self._store_index_doc(name, number, packed)
                 status.indexed += 1
                 status.remaining -= 1
                 progress.step()
@@ -2004,33 +2020,37 @@ class EtcdStore:
             last_full = (name, number, body)
         return body, last_full
 
-    async def _store_index_doc(self, name: str, number: int, packed: bytes, is_head: bool) -> None:
-        """Put a document (other nodes get it through their watch)."""
+    async def _store_index_doc(self, name: str, number: int, packed: bytes) -> None:
+        """Put a head's document (other nodes get it through their watch), unless a write
+        made a newer version meanwhile (its document, written with it, then exists)."""
         lease, ops = await self._index_doc_ops(name, number, packed)
+        newer_absent = self._kv.txn_compare_create_revision(self._rix_key(name, number + 1), 0)
         try:
-            await self._txn([], ops, [])
+            resp = await self._txn([newer_absent], ops, [])
         finally:
             if lease:
                 await self._revoke(lease)
-        if is_head:
+        if resp.succeeded:
             self.resource_index.put(name, packed)
 
     async def index_history(
         self, workspace: str, *, from_version: int = 1, limit: int = 64
     ) -> list[IndexDoc]:
+        """Built from the bodies (only the head has a stored document), without filling the
+        body cache, reusing the last full version read as the deltas' base."""
         record = await self._record(workspace)
         if record is None or record.ws.head is None:
             return []
         numbers = list(range(max(1, from_version), record.ws.head.version + 1))[:limit]
+        rows = resource_index.HistoryRows()
+        last_full: tuple[str, int, bytes] | None = None
         docs = []
-        packed_docs = await self._index_docs([(workspace, n) for n in numbers])
-        for number, packed in zip(numbers, packed_docs, strict=True):
-            if packed is None:  # not indexed yet: read from the version's bytes
-                found = await self.read_version(workspace, number)
-                if found is None:
-                    continue
-                packed = resource_index.build(number, found[1])
-            docs.append(resource_index.unpack(packed))
+        for number in numbers:
+            found = await self._read_uncached(workspace, number, last_full)
+            if found is None:
+                continue
+            body, last_full = found
+            docs.append(rows.doc(number, body))
         return docs
 
     # -- node liveness -------------------------------------------------------------------

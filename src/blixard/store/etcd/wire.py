@@ -13,6 +13,7 @@ from typing import Any
 
 from etcd3aio._protobuf import (
     Compare,
+    DeleteRangeRequest,
     PutRequest,
     RangeRequest,
     RequestOp,
@@ -24,6 +25,7 @@ from etcd3aio._protobuf import (
 
 __all__ = [
     "Compare",
+    "DeleteRangeRequest",
     "PutRequest",
     "RangeRequest",
     "RequestOp",

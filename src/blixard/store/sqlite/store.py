@@ -191,7 +191,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     ),
     # The lock holder's LockInfo `Who` per version (sealed like lock payloads when encrypted).
     (5, ("ALTER TABLE versions ADD COLUMN lock_who BLOB",)),
-    # One resource index document per version (store/resource_index.py), written with it.
+    # The resource index document of each workspace's current version (resource_index.py).
     (
         6,
         (
@@ -202,6 +202,20 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
                 doc BLOB NOT NULL,
                 PRIMARY KEY (workspace_id, version)
             ) WITHOUT ROWID
+            """,
+        ),
+    ),
+    # Only the current version keeps its index document (docs/search.md): drop the others
+    # that migration 6's per-version index wrote (one transaction, so never half done).
+    (
+        7,
+        (
+            """
+            DELETE FROM resource_index WHERE NOT EXISTS (
+                SELECT 1 FROM workspaces w
+                WHERE w.id = resource_index.workspace_id
+                AND w.head_version = resource_index.version
+            )
             """,
         ),
     ),
@@ -936,9 +950,10 @@ class SQLiteStore:
                 return None  # the head moved since the index document was built
             meta = version.numbered(name, number)
             conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded, lock_who))
+            # The new head's document replaces the previous head's: one per workspace.
+            conn.execute("DELETE FROM resource_index WHERE workspace_id = ?", (ws_id,))
             conn.execute(
-                "INSERT OR REPLACE INTO resource_index(workspace_id, version, doc) "
-                "VALUES (?, ?, ?)",
+                "INSERT INTO resource_index(workspace_id, version, doc) VALUES (?, ?, ?)",
                 (ws_id, number, index_doc),
             )
             base_info = self._next_base(name, number, len(body), encoded)
@@ -1242,8 +1257,8 @@ class SQLiteStore:
             self.resource_index.set_hidden(name, ws is not None and ws.deleted)
 
     def start_reindex(self, *, force: bool = False) -> None:
-        """Build missing index documents in the background (all of them with `force`, which
-        replaces a pass in progress)."""
+        """Build missing current documents in the background (all of them with `force`,
+        which replaces a pass in progress)."""
         if self._reindexer is not None and not self._reindexer.done():
             if not force:
                 return
@@ -1261,8 +1276,8 @@ class SQLiteStore:
             log.warning("resource index: reindex stopped: %s", exc)
 
     async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
-        """Build missing index documents one version at a time (memory: about two bodies and
-        one document), in (workspace, version) order; `force` rebuilds all of them."""
+        """Build the current versions' missing index documents one at a time (memory: about
+        two bodies and one document), in workspace order; `force` rebuilds all of them."""
         status = self.reindex_status
         status.running, status.complete, status.error = True, False, None
         status.started_at, status.indexed = time.time(), 0
@@ -1320,11 +1335,16 @@ class SQLiteStore:
         packed, stored = built
 
         def operation(conn: sqlite3.Connection) -> None:
+            # Only while `version` is still the head (a write since replaced it otherwise).
+            still_head = conn.execute(
+                "SELECT 1 FROM workspaces WHERE id = ? AND head_version = ?", (ws_id, version)
+            ).fetchone()
+            if still_head is None:
+                return
+            conn.execute("DELETE FROM resource_index WHERE workspace_id = ?", (ws_id,))
             conn.execute(
-                "INSERT OR REPLACE INTO resource_index(workspace_id, version, doc) "
-                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM versions "
-                "WHERE workspace_id = ? AND version = ?)",
-                (ws_id, version, stored, ws_id, version),
+                "INSERT INTO resource_index(workspace_id, version, doc) VALUES (?, ?, ?)",
+                (ws_id, version, stored),
             )
 
         await self._write(operation)
@@ -1376,24 +1396,20 @@ class SQLiteStore:
             return []
 
         def query(conn: sqlite3.Connection) -> list[IndexDoc]:
-            rows = conn.execute(
-                "SELECT v.version, r.doc FROM versions v LEFT JOIN resource_index r "
-                "ON r.workspace_id = v.workspace_id AND r.version = v.version "
-                "WHERE v.workspace_id = ? AND v.version >= ? ORDER BY v.version LIMIT ?",
+            """Built from the bodies (only the head has a stored document), without filling
+            the body caches, reusing the last full version as the deltas' base."""
+            numbers = conn.execute(
+                "SELECT version FROM versions WHERE workspace_id = ? AND version >= ? "
+                "ORDER BY version LIMIT ?",
                 (ws_id, from_version, limit),
             ).fetchall()
+            rows = resource_index.HistoryRows()
+            last_full: list[tuple[int, int, bytes]] = []
             docs = []
-            for version, stored in rows:
-                packed = None
-                if stored is not None:
-                    with contextlib.suppress(DecryptionError):
-                        packed = resource_index.open_sealed(self.cipher, workspace, bytes(stored))
-                if packed is None:  # not indexed yet: read from the version's bytes
-                    found = self._read_version(conn, workspace, ws_id, version)
-                    if found is None:
-                        continue
-                    packed = resource_index.build(version, found[1])
-                docs.append(resource_index.unpack(packed))
+            for (version,) in numbers:
+                body = self._body_uncached(conn, workspace, ws_id, version, last_full)
+                if body is not None:
+                    docs.append(rows.doc(version, body))
             return docs
 
         return await self._read(query)
@@ -1529,14 +1545,15 @@ class SQLiteStore:
                 del self._node_leases[lease_id]
 
 
+#: Current versions, with their document if any (only heads have one).
 _UNINDEXED = (
-    "FROM versions v JOIN workspaces w ON w.id = v.workspace_id "
+    "FROM versions v JOIN workspaces w ON w.id = v.workspace_id AND w.head_version = v.version "
     "LEFT JOIN resource_index r ON r.workspace_id = v.workspace_id AND r.version = v.version "
 )
 
 
 def _stale_documents(force: bool, current_key: str | None) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE condition for versions whose document must be (re)built: missing, or not
+    """A WHERE condition for current versions whose document must be (re)built: missing, or not
     sealed with the current key (plaintext under encryption, an old key after a rotation, or
     sealed while encryption is now off): what the next reindex rebuilds."""
     if force:
@@ -1563,8 +1580,8 @@ def _unindexed(
     current_key: str | None,
     limit: int,
 ) -> list[tuple[int, str, int]]:
-    """Versions after `after` (workspace id, version) whose document must be built: the
-    documents already built are the reindex's progress marker."""
+    """Current versions after `after` (workspace id, version) whose document must be built:
+    the documents already built are the reindex's progress marker."""
     where, params = _stale_documents(force, current_key)
     return conn.execute(
         f"SELECT v.workspace_id, w.name, v.version {_UNINDEXED}"
