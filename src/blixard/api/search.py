@@ -151,12 +151,13 @@ async def reindex_status(request: Request) -> Response:
 
 @router.post(
     "/admin/reindex",
-    summary="Rebuild the resource index of every version (in the background)",
+    summary="Rebuild the resource index of every workspace (in the background)",
     status_code=202,
     responses={202: {"description": "Started: `started` and the build's progress"}},
     description=(
-        "Starts rebuilding every version's index document from its stored bytes on this "
-        "node; searches keep answering meanwhile. Poll GET /admin/reindex for progress."
+        "Starts rebuilding every workspace's index document from its current version's stored "
+        "bytes on this node; searches keep answering meanwhile. Poll GET /admin/reindex for "
+        "progress."
     ),
 )
 async def reindex(request: Request) -> Response:
