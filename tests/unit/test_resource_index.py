@@ -19,7 +19,7 @@ from blixard.domain.resource_index import (
     index_rows,
 )
 from blixard.domain.resources import read_contents
-from blixard.store.resource_index import Cursor, HeadIndex, pack, unpack
+from blixard.store.resource_index import Cursor, HeadIndex, IndexDoc, pack, unpack
 
 
 def rows_by_explorer(body: bytes) -> list[IndexRow]:
@@ -220,8 +220,52 @@ def test_a_write_with_unchanged_resources_reuses_the_previous_rows() -> None:
 
     packed, doc, checksum = build_doc(1, state(1, "x"))
     assert checksum is not None and [r.id for r in doc.rows] == ["x"]
-    _, same, checksum2 = build_doc(2, state(2, "x"), (checksum, packed))
-    assert checksum2 == checksum and same.rows == doc.rows and same.version == 2
+    restamped, same, checksum2 = build_doc(2, state(2, "x"), (checksum, packed))
+    assert checksum2 == checksum and same.same_as_head and same.version == 2
+    assert unpack(restamped) == IndexDoc(2, doc.rows)
     changed, other, checksum3 = build_doc(3, state(3, "y"), (checksum, packed))
     assert checksum3 != checksum and [r.id for r in other.rows] == ["y"]
     assert unpack(changed).version == 3
+
+
+def test_a_write_with_unchanged_resources_restamps_the_heads_document() -> None:
+    """build_doc's fast path (same resources as the head): the document is the head's with
+    the new version number, and the in-memory index keeps its postings and moves on."""
+    from blixard.store.resource_index import build_doc
+
+    def state(serial: int, bucket: str) -> bytes:
+        return orjson.dumps(
+            {
+                "version": 4,
+                "serial": serial,
+                "lineage": "l",
+                "resources": [
+                    {
+                        "mode": "managed",
+                        "type": "aws_s3_bucket",
+                        "name": "b",
+                        "provider": 'provider["registry.terraform.io/hashicorp/aws"]',
+                        "instances": [{"attributes": {"id": bucket, "arn": f"arn:{bucket}"}}],
+                    }
+                ],
+            }
+        )
+
+    index = HeadIndex()
+    packed, doc, checksum = build_doc(1, state(1, "one"))
+    index.put("ws", packed, doc, checksum)
+    packed, doc, checksum = build_doc(2, state(2, "one"), index.reusable("ws"))
+    assert doc.same_as_head and doc.rows == []
+    index.put("ws", packed, doc, checksum)
+    assert index.version_of("ws") == 2
+    assert unpack(packed) == IndexDoc(2, index_rows(state(2, "one")))
+    found = list(index.search(ResourceQuery(id="arn:one"), lambda _: True))
+    assert [(m.workspace, m.version, m.row.address) for m in found] == [
+        ("ws", 2, "aws_s3_bucket.b")
+    ]
+    # Changed resources take the full path: new rows, new postings.
+    packed, doc, checksum = build_doc(3, state(3, "two"), index.reusable("ws"))
+    assert not doc.same_as_head
+    index.put("ws", packed, doc, checksum)
+    assert not list(index.search(ResourceQuery(id="one"), lambda _: True))
+    assert [m.version for m in index.search(ResourceQuery(id="two"), lambda _: True)] == [3]

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
@@ -58,6 +58,9 @@ class IndexDoc:
     rows: list[IndexRow]
     #: Bytes of state read to build it (history search's page budget); 0 when stored.
     read_bytes: int = 0
+    #: Built by build_doc from the head's document (same resources): `rows` is left empty,
+    #: HeadIndex.put keeps the head's postings.
+    same_as_head: bool = False
 
 
 _local = threading.local()
@@ -102,11 +105,22 @@ def build_doc(
     is reused when the resources are byte-identical."""
     checksum = resources_checksum(body)
     if previous is not None and checksum is not None and previous[0] == checksum:
-        rows = unpack(previous[1]).rows
-    else:
-        rows = index_rows(body)
-    doc = IndexDoc(version, rows)
-    return pack(version, rows), doc, checksum
+        # The rows are the head's: its document with the new version number, without
+        # decoding and re-encoding every row (a write that changes no resource, such as
+        # every state Terraform persists while an apply is in progress).
+        return restamp(previous[1], version), IndexDoc(version, [], same_as_head=True), checksum
+    rows = index_rows(body)
+    return pack(version, rows), IndexDoc(version, rows), checksum
+
+
+def restamp(packed: bytes, version: int) -> bytes:
+    """A packed document with another version number (pack writes `v`, then `version`)."""
+    plain = _decompressor().decompress(packed)
+    head, sep, rest = plain.partition(b',"rows":')
+    if not sep or not head.startswith(b'{"v":%d,"version":' % FORMAT):
+        doc = unpack(packed)
+        return pack(version, doc.rows)
+    return _compressor().compress(b'{"v":%d,"version":%d,"rows":' % (FORMAT, version) + rest)
 
 
 class HistoryRows:
@@ -287,8 +301,16 @@ class HeadIndex:
         checksum: bytes | None = None,
     ) -> None:
         """Make `packed` the workspace's current document, unless a newer one is known."""
-        doc = doc or unpack(packed)
         known = self._heads.get(workspace)
+        if doc is not None and doc.same_as_head:
+            if known is not None and known.version < doc.version and known.checksum == checksum:
+                # Same rows as the head: same postings, only the document and version move.
+                self._heads[workspace] = replace(
+                    known, version=doc.version, packed=packed, checksum=checksum
+                )
+                return
+            doc = None  # the head moved meanwhile: read the document itself
+        doc = doc or unpack(packed)
         if known is not None and known.version >= doc.version:
             return
         self.drop(workspace, keep_hidden=True)
