@@ -480,9 +480,15 @@ def test_killed_node_run_is_interrupted_by_the_other_which_runs_the_queue(nodes:
         assert took < NODE_TTL + 7, took
         assert interrupted["error"] == f"interrupted: node {executor} is gone (its lease expired)"
         assert interrupted["executor"] == executor and interrupted["finished_at"]
-        # Its lock was released by Blixard (audited), and only that lock.
-        events = survivor.http.get("/audit", params={"workspace": ws}).json()["events"]
-        forced = [e for e in events if e["action"] == "lock.force_unlock"]
+        # Its lock was released by Blixard (audited), and only that lock. The release follows
+        # the run's status change in the same sweep: wait for its event, not for a time.
+        deadline = time.monotonic() + 15
+        while True:
+            events = survivor.http.get("/audit", params={"workspace": ws}).json()["events"]
+            forced = [e for e in events if e["action"] == "lock.force_unlock"]
+            if forced or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert [(e["lock_id"], e["key"]) for e in forced] == [(held["ID"], "blixard")], events
         assert any(first["plan_id"] in (e["detail"] or "") for e in events), events
         # The orphaned `sleep` of the killed node's Terraform was killed with it.
