@@ -269,3 +269,63 @@ def test_a_write_with_unchanged_resources_restamps_the_heads_document() -> None:
     index.put("ws", packed, doc, checksum)
     assert not list(index.search(ResourceQuery(id="one"), lambda _: True))
     assert [m.version for m in index.search(ResourceQuery(id="two"), lambda _: True)] == [3]
+
+
+def test_the_checksum_parse_state_reads_is_the_one_the_index_reuses() -> None:
+    """parse_state checksums the resources in the pass that validates the body; it must be
+    the very checksum resources_checksum gives (history search, writes without a StateMeta),
+    change with the resources only, and be absent when resources are not a list."""
+    from blixard.domain.parsing import parse_state, resources_checksum
+
+    def state(serial: int, resources: Any, **extra: Any) -> bytes:
+        return orjson.dumps({"serial": serial, "lineage": "l", "resources": resources, **extra})
+
+    resources = [{"type": "t", "name": "a", "instances": [{"attributes": {"id": "x"}}]}]
+    first = parse_state(state(1, resources))
+    assert first.resources_checksum == resources_checksum(state(1, resources))
+    assert first.resources_checksum is not None and first.resource_count == 1
+    assert parse_state(state(2, resources, outputs={"o": 1})).resources_checksum == (
+        first.resources_checksum
+    )
+    moved = [{**resources[0], "name": "b"}]
+    assert parse_state(state(3, moved)).resources_checksum != first.resources_checksum
+    # One resource split differently is another list: [a, b] vs [ab] cannot collide.
+    two = parse_state(state(1, [{"a": 1}, {"b": 2}]))
+    assert two.resource_count == 2 and two.resources_checksum != first.resources_checksum
+    for odd in ({"not": "a list"}, "text", None):
+        meta = parse_state(state(1, odd))
+        assert meta.resources_checksum is None and meta.resource_count is None
+    assert parse_state(state(1, [1, 2])).resource_count is None  # not objects: not counted
+
+
+def test_documents_of_the_first_format_are_still_read_and_restamped() -> None:
+    """Stored documents written before the header format (one compressed JSON object)."""
+    import zstandard
+
+    from blixard.store.resource_index import restamp
+
+    row = IndexRow("t.a", "t", "a", "", "managed", "p", None, "id-1", None, None, "d")
+    plain = orjson.dumps({"v": 1, "version": 7, "rows": [list(row)]})
+    legacy = zstandard.ZstdCompressor().compress(plain)
+    assert unpack(legacy) == IndexDoc(7, [row])
+    assert unpack(restamp(legacy, 8)) == IndexDoc(8, [row])
+    assert unpack(restamp(pack(8, [row]), 2**63 - 1)) == IndexDoc(2**63 - 1, [row])
+
+
+def test_a_document_the_watch_delivered_first_still_learns_its_checksum() -> None:
+    """On etcd a node's own write can reach its index through the watch before the write
+    returns: the write's checksum must still be kept, or every later write of unchanged
+    resources rebuilds its rows instead of restamping the head's document."""
+    from blixard.store.resource_index import build_doc
+
+    body = orjson.dumps(
+        {"serial": 1, "lineage": "l", "resources": [{"type": "t", "name": "a", "instances": []}]}
+    )
+    packed, doc, checksum = build_doc(5, body)
+    index = HeadIndex()
+    index.put("ws", packed)  # the watch: document only
+    assert index.reusable("ws") is None
+    index.put("ws", packed, doc, checksum)  # the write itself, a moment later
+    assert index.reusable("ws") == (checksum, packed)
+    again, same, _ = build_doc(6, body, index.reusable("ws"))
+    assert same.same_as_head and unpack(again).version == 6

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -20,6 +20,8 @@ from blixard.domain.models import Body
 from blixard.domain.parsing import check_text
 from blixard.domain.service import verify_content_md5
 
+#: How late a stalled body may be noticed (see read_body).
+_TIMER_SLACK = 1.0
 #: Bodies that are not states (LockInfo, JSON commands) are small.
 SMALL_BODY_LIMIT = 1024 * 1024
 
@@ -46,23 +48,26 @@ async def read_body(request: Request, limit: int, *, verify_md5: bool = True) ->
     expected = _declared_length(request, limit)
     timeout: float = request.app.state.settings.body_timeout_seconds
     received = bytearray()
-    chunks = request.stream().__aiter__()
-    while True:
-        try:
-            async with asyncio.timeout(timeout):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise BodyTimeout(
-                f"The request body stopped arriving for {timeout:g} seconds "
-                f"({len(received)} bytes received)."
-            ) from None
-        if len(received) + len(chunk) > (limit if expected is None else expected):
-            if expected is None:
-                raise _too_large(limit)
-            raise InvalidInput("Request body is longer than its Content-Length.")
-        received += chunk
+    loop = asyncio.get_running_loop()
+    try:
+        # One timer per body, moved on as bytes arrive (at most about once per second): a
+        # stall is noticed between `timeout` and `timeout` + _TIMER_SLACK seconds after the
+        # last bytes, and a body that streams in costs one timer, not one per chunk.
+        async with asyncio.timeout(timeout + _TIMER_SLACK) as deadline:
+            async for chunk in request.stream():
+                if len(received) + len(chunk) > (limit if expected is None else expected):
+                    if expected is None:
+                        raise _too_large(limit)
+                    raise InvalidInput("Request body is longer than its Content-Length.")
+                received += chunk
+                stall_at = loop.time() + timeout
+                if cast(float, deadline.when()) < stall_at:
+                    deadline.reschedule(stall_at + _TIMER_SLACK)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"The request body stopped arriving for {timeout:g} seconds "
+            f"({len(received)} bytes received)."
+        ) from None
     if expected is not None and len(received) != expected:
         raise InvalidInput("Request body is shorter than its Content-Length.")
     body: Body = bytes(received) if len(received) <= SMALL_BODY_LIMIT else received

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 VersionSource = Literal["write", "rollback", "restore"]
@@ -39,6 +39,8 @@ class StateMeta:
     lineage: str
     terraform_version: str | None
     resource_count: int | None
+    #: parsing.resources_list_checksum of the resources (the resource index's reuse test).
+    resources_checksum: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ skips (while still validating) everything else, so memory stays near the body's 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 from datetime import datetime
 from typing import Any
@@ -83,10 +84,27 @@ class _StateHeader(msgspec.Struct):
     resources: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
+class _ListedStateHeader(msgspec.Struct):
+    """The header of a state whose `resources` is a list (every Terraform state): each
+    resource is a slice of the body, so one pass both counts and checksums them."""
+
+    serial: int
+    lineage: str
+    terraform_version: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    resources: list[msgspec.Raw] | None = None
+
+
+class _ListedResources(msgspec.Struct):
+    resources: list[msgspec.Raw] | None = None
+
+
 class _Skipped(msgspec.Struct):
     """An object whose fields are all skipped: counting resources costs one tiny object each."""
 
 
+_OPEN_BRACE = ord("{")
+_listed_header_decoder = msgspec.json.Decoder(_ListedStateHeader)
+_listed_resources_decoder = msgspec.json.Decoder(_ListedResources)
 _header_decoder = msgspec.json.Decoder(_StateHeader)
 _resources_decoder = msgspec.json.Decoder(list[_Skipped])
 _string_decoder = msgspec.json.Decoder(str)
@@ -97,9 +115,27 @@ def parse_state(body: Body) -> StateMeta:
 
     The only shape required is valid UTF-8 JSON: an object with an integer `serial`
     (0 to 2^63-1) and a string `lineage` (no NUL): OpenTofu's client-side-encrypted envelope
-    qualifies, and unfamiliar extra fields are fine. `terraform_version` and the resource
-    count are best-effort.
+    qualifies, and unfamiliar extra fields are fine. `terraform_version`, the resource
+    count and the resources' checksum are best-effort.
     """
+    try:
+        listed = _listed_header_decoder.decode(body)
+    except (msgspec.MsgspecError, RecursionError):
+        # Not a plain state (resources not a list, or no state at all): the tolerant reader
+        # decides, and words the error.
+        return _parse_unusual_state(body)
+    _check_header(listed, body)
+    items = listed.resources
+    return StateMeta(
+        serial=listed.serial,
+        lineage=listed.lineage,
+        terraform_version=_optional_string(listed.terraform_version),
+        resource_count=None if items is None else _count_listed(items),
+        resources_checksum=None if items is None else resources_list_checksum(items),
+    )
+
+
+def _parse_unusual_state(body: Body) -> StateMeta:
     try:
         header = _header_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -111,6 +147,16 @@ def parse_state(body: Body) -> StateMeta:
     except RecursionError:
         # Terraform states nest a few dozen levels; thousands is an attack or a bug.
         raise InvalidState("State is nested too deeply to be a Terraform state.") from None
+    _check_header(header, body)
+    return StateMeta(
+        serial=header.serial,
+        lineage=header.lineage,
+        terraform_version=_optional_string(header.terraform_version),
+        resource_count=_count_objects(header.resources),
+    )
+
+
+def _check_header(header: _StateHeader | _ListedStateHeader, body: Body) -> None:
     if not 0 <= header.serial <= MAX_INT64:
         raise InvalidState(f"State 'serial' must be from 0 to {MAX_INT64}.")
     if not header.lineage:
@@ -119,12 +165,34 @@ def parse_state(body: Body) -> StateMeta:
         raise InvalidState("State 'lineage' must not contain a NUL character.")
     # msgspec checks UTF-8 only in the strings it decodes; stored states are read back whole.
     check_utf8(body)
-    return StateMeta(
-        serial=header.serial,
-        lineage=header.lineage,
-        terraform_version=_optional_string(header.terraform_version),
-        resource_count=_count_objects(header.resources),
-    )
+
+
+def resources_list_checksum(items: list[msgspec.Raw]) -> bytes:
+    """The SHA-256 of a state's resources exactly as stored: equal for two versions that only
+    differ outside their resources (serial, outputs, ...), which spares the resource index
+    re-reading a state written again with unchanged resources."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item)
+        digest.update(b",")  # each item is one whole JSON value: the split is unambiguous
+    return digest.digest()
+
+
+def resources_checksum(body: Body) -> bytes | None:
+    """resources_list_checksum of a state body (None when its resources are not a list)."""
+    try:
+        items = _listed_resources_decoder.decode(body).resources
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    return None if items is None else resources_list_checksum(items)
+
+
+def _count_listed(items: list[msgspec.Raw]) -> int | None:
+    """How many resources, when every one is an object (as _count_objects counts)."""
+    for item in items:
+        if memoryview(item)[0] != _OPEN_BRACE:
+            return None
+    return len(items)
 
 
 def _optional_string(raw: msgspec.Raw) -> str | None:

@@ -16,7 +16,6 @@ the stored bytes of the candidate instances (see search.py), and never match a s
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,25 +91,6 @@ class _State(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_State)
-
-
-class _ResourcesOnly(msgspec.Struct):
-    resources: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_RESOURCES = msgspec.json.Decoder(_ResourcesOnly)
-
-
-def resources_checksum(body: Body) -> bytes | None:
-    """The SHA-256 of the state's `resources` exactly as stored (None if unreadable): equal
-    for two versions that only differ outside their resources (serial, outputs, ...), whose
-    rows are then the same, which spares indexing states written again with unchanged
-    resources."""
-    try:
-        raw = _RESOURCES.decode(body).resources
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    return hashlib.sha256(memoryview(raw)).digest()
 
 
 def index_rows(body: Body) -> list[IndexRow]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,18 +34,18 @@ import orjson
 import zstandard
 
 from blixard.domain.models import Body
-from blixard.domain.resource_index import (
-    IndexRow,
-    ResourceQuery,
-    index_rows,
-    resources_checksum,
-)
+from blixard.domain.parsing import resources_checksum
+from blixard.domain.resource_index import IndexRow, ResourceQuery, index_rows
 from blixard.store.crypto import Cipher
 
 log = logging.getLogger(__name__)
 
-#: Format of a document's plaintext: {"v": FORMAT, "version": n, "rows": [[...], ...]}.
-FORMAT = 1
+#: A packed document is this header (magic, version number) and the rows' JSON compressed:
+#: the version stays outside the compressed part, so a write that keeps the head's resources
+#: only swaps the header (restamp). Documents of the first format (one compressed object
+#: {"v": 1, "version": n, "rows": [...]}) are still read.
+_HEADER = struct.Struct(">4sQ")
+_MAGIC = b"BXI\x02"
 
 
 def index_aad(workspace: str) -> bytes:
@@ -83,13 +84,25 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def pack(version: int, rows: Iterable[IndexRow]) -> bytes:
     """A document as kept in memory: compressed, not sealed."""
-    plain = orjson.dumps({"v": FORMAT, "version": version, "rows": [list(row) for row in rows]})
-    return _compressor().compress(plain)
+    plain = orjson.dumps([list(row) for row in rows])
+    return _HEADER.pack(_MAGIC, version) + _compressor().compress(plain)
 
 
 def unpack(packed: bytes) -> IndexDoc:
-    doc = orjson.loads(_decompressor().decompress(packed))
-    return IndexDoc(doc["version"], [IndexRow(*row) for row in doc["rows"]])
+    if packed[: len(_MAGIC)] == _MAGIC:
+        _, version = _HEADER.unpack_from(packed)
+        rows = orjson.loads(_decompressor().decompress(memoryview(packed)[_HEADER.size :]))
+    else:  # the first format
+        doc = orjson.loads(_decompressor().decompress(packed))
+        version, rows = doc["version"], doc["rows"]
+    return IndexDoc(version, [IndexRow(*row) for row in rows])
+
+
+def packed_version(packed: bytes) -> int:
+    """The version number of a packed document (read from its header)."""
+    if packed[: len(_MAGIC)] == _MAGIC:
+        return int(_HEADER.unpack_from(packed)[1])
+    return unpack(packed).version
 
 
 def build(version: int, body: Body) -> bytes:
@@ -98,12 +111,17 @@ def build(version: int, body: Body) -> bytes:
 
 
 def build_doc(
-    version: int, body: Body, previous: tuple[bytes, bytes] | None = None
+    version: int,
+    body: Body,
+    previous: tuple[bytes, bytes] | None = None,
+    checksum: bytes | None = None,
 ) -> tuple[bytes, IndexDoc, bytes | None]:
     """The packed document of a version's body, the document (for HeadIndex.put) and the
-    checksum of its resources; `previous` (a checksum and packed document, HeadIndex.reusable)
-    is reused when the resources are byte-identical."""
-    checksum = resources_checksum(body)
+    checksum of its resources (`checksum` when the caller has it: StateMeta's, read in the
+    same pass that validated the body); `previous` (a checksum and packed document,
+    HeadIndex.reusable) is reused when the resources are byte-identical."""
+    if checksum is None:
+        checksum = resources_checksum(body)
     if previous is not None and checksum is not None and previous[0] == checksum:
         # The rows are the head's: its document with the new version number, without
         # decoding and re-encoding every row (a write that changes no resource, such as
@@ -114,13 +132,10 @@ def build_doc(
 
 
 def restamp(packed: bytes, version: int) -> bytes:
-    """A packed document with another version number (pack writes `v`, then `version`)."""
-    plain = _decompressor().decompress(packed)
-    head, sep, rest = plain.partition(b',"rows":')
-    if not sep or not head.startswith(b'{"v":%d,"version":' % FORMAT):
-        doc = unpack(packed)
-        return pack(version, doc.rows)
-    return _compressor().compress(b'{"v":%d,"version":%d,"rows":' % (FORMAT, version) + rest)
+    """A packed document with another version number."""
+    if packed[: len(_MAGIC)] != _MAGIC:
+        return pack(version, unpack(packed).rows)
+    return _HEADER.pack(_MAGIC, version) + packed[_HEADER.size :]
 
 
 class HistoryRows:
@@ -302,6 +317,11 @@ class HeadIndex:
     ) -> None:
         """Make `packed` the workspace's current document, unless a newer one is known."""
         known = self._heads.get(workspace)
+        if known is not None and checksum is not None and known.version == packed_version(packed):
+            # The same document arrived first another way (an etcd watch): keep its postings,
+            # learn the checksum that lets the next write reuse it.
+            known.checksum = checksum
+            return
         if doc is not None and doc.same_as_head:
             if known is not None and known.version < doc.version and known.checksum == checksum:
                 # Same rows as the head: same postings, only the document and version move.

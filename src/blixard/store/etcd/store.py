@@ -241,6 +241,10 @@ class EtcdStore:
         self.reindex_status = ReindexStatus()
         self._index_watch: asyncio.Task[None] | None = None
         self._watch_stop = asyncio.Event()
+        #: Version each workspace has a write of in flight on this node, and a document the
+        #: watch reported for that very version meanwhile (ours, unless the write fails).
+        self._writing: dict[str, int] = {}
+        self._held_docs: dict[str, tuple[bytes, bytes]] = {}
         self._reindexer: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -1179,10 +1183,12 @@ class EtcdStore:
         reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
             packed, index, checksum = await asyncio.to_thread(
-                resource_index.build_doc, number, body, reusable
+                resource_index.build_doc, number, body, reusable, version.meta.resources_checksum
             )
         else:
-            packed, index, checksum = resource_index.build_doc(number, body, reusable)
+            packed, index, checksum = resource_index.build_doc(
+                number, body, reusable, version.meta.resources_checksum
+            )
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
             "meta": self.meta_doc(meta),
@@ -1227,6 +1233,8 @@ class EtcdStore:
         index_lease, index_ops = await self._index_doc_ops(name, number, packed)
         ops += index_ops
         lease_id = lease_id or index_lease
+        stored = None
+        self._writing[name] = number
         try:
             stored = await self._cas_record(
                 name,
@@ -1238,6 +1246,12 @@ class EtcdStore:
                 batch=not publish and not index_lease,
             )
         finally:
+            if self._writing.get(name) == number:
+                del self._writing[name]
+            held = self._held_docs.pop(name, None)
+            if stored is None and held is not None:
+                # Another writer's version after all (or ours, if the outcome is unknown).
+                await self._apply_document(*held)
             for lease in {lease_id, index_lease} - {0}:
                 # Published chunks no longer hold the lease; unpublished ones go with it.
                 await self._revoke(lease)
@@ -1895,6 +1909,11 @@ class EtcdStore:
         name, version = name_bytes.decode(), uninv(inverted)
         if version <= (self.resource_index.version_of(name) or 0):
             return  # this node's own write (already applied), or an older version's
+        if self._writing.get(name) == version:
+            # Most likely this node's write, about to apply its document with the checksum
+            # the next write reuses: held until that write says whether it committed.
+            self._held_docs[name] = (rest, value)
+            return
         packed = await self._index_doc_value(name, value)
         if packed is not None:
             self.resource_index.put(name, packed)

@@ -920,10 +920,16 @@ class SQLiteStore:
         reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
             packed, index, checksum = await asyncio.to_thread(
-                resource_index.build_doc, expected_number, body, reusable
+                resource_index.build_doc,
+                expected_number,
+                body,
+                reusable,
+                version.meta.resources_checksum,
             )
         else:
-            packed, index, checksum = resource_index.build_doc(expected_number, body, reusable)
+            packed, index, checksum = resource_index.build_doc(
+                expected_number, body, reusable, version.meta.resources_checksum
+            )
         index_doc = resource_index.seal(self.cipher, name, packed)
 
         def operation(conn: sqlite3.Connection) -> tuple[Workspace, int, _BaseInfo] | None:
