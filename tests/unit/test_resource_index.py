@@ -218,13 +218,13 @@ def test_a_write_with_unchanged_resources_reuses_the_previous_rows() -> None:
         resource = {"type": "t", "name": "a", "instances": [{"attributes": {"id": ident}}]}
         return orjson.dumps({"serial": serial, "outputs": {"o": serial}, "resources": [resource]})
 
-    packed, doc, checksum = build_doc(1, state(1, "x"))
-    assert checksum is not None and [r.id for r in doc.rows] == ["x"]
-    restamped, same, checksum2 = build_doc(2, state(2, "x"), (checksum, packed))
-    assert checksum2 == checksum and same.same_as_head and same.version == 2
+    packed, doc, slices = build_doc(1, state(1, "x"))
+    assert slices is not None and [r.id for r in doc.rows] == ["x"]
+    restamped, same, slices2 = build_doc(2, state(2, "x"), (slices, packed))
+    assert slices2 == slices and same.same_as_head and same.version == 2
     assert unpack(restamped) == IndexDoc(2, doc.rows)
-    changed, other, checksum3 = build_doc(3, state(3, "y"), (checksum, packed))
-    assert checksum3 != checksum and [r.id for r in other.rows] == ["y"]
+    changed, other, slices3 = build_doc(3, state(3, "y"), (slices, packed))
+    assert slices3 != slices and [r.id for r in other.rows] == ["y"]
     assert unpack(changed).version == 3
 
 
@@ -252,11 +252,11 @@ def test_a_write_with_unchanged_resources_restamps_the_heads_document() -> None:
         )
 
     index = HeadIndex()
-    packed, doc, checksum = build_doc(1, state(1, "one"))
-    index.put("ws", packed, doc, checksum)
-    packed, doc, checksum = build_doc(2, state(2, "one"), index.reusable("ws"))
+    packed, doc, slices = build_doc(1, state(1, "one"))
+    index.put("ws", packed, doc, slices)
+    packed, doc, slices = build_doc(2, state(2, "one"), index.reusable("ws"))
     assert doc.same_as_head and doc.rows == []
-    index.put("ws", packed, doc, checksum)
+    index.put("ws", packed, doc, slices)
     assert index.version_of("ws") == 2
     assert unpack(packed) == IndexDoc(2, index_rows(state(2, "one")))
     found = list(index.search(ResourceQuery(id="arn:one"), lambda _: True))
@@ -264,37 +264,34 @@ def test_a_write_with_unchanged_resources_restamps_the_heads_document() -> None:
         ("ws", 2, "aws_s3_bucket.b")
     ]
     # Changed resources take the full path: new rows, new postings.
-    packed, doc, checksum = build_doc(3, state(3, "two"), index.reusable("ws"))
+    packed, doc, slices = build_doc(3, state(3, "two"), index.reusable("ws"))
     assert not doc.same_as_head
-    index.put("ws", packed, doc, checksum)
+    index.put("ws", packed, doc, slices)
     assert not list(index.search(ResourceQuery(id="one"), lambda _: True))
     assert [m.version for m in index.search(ResourceQuery(id="two"), lambda _: True)] == [3]
 
 
-def test_the_checksum_parse_state_reads_is_the_one_the_index_reuses() -> None:
-    """parse_state checksums the resources in the pass that validates the body; it must be
-    the very checksum resources_checksum gives (history search, writes without a StateMeta),
-    change with the resources only, and be absent when resources are not a list."""
-    from blixard.domain.parsing import parse_state, resources_checksum
+def test_the_slices_parse_state_reads_are_the_ones_the_index_compares() -> None:
+    """parse_state keeps the resources as slices of the body in the pass that validates it:
+    the very slices resource_slices gives (history search, writes without a StateMeta),
+    equal exactly when the resources are byte-identical, absent when not a list."""
+    from blixard.domain.parsing import parse_state, resource_slices
 
     def state(serial: int, resources: Any, **extra: Any) -> bytes:
         return orjson.dumps({"serial": serial, "lineage": "l", "resources": resources, **extra})
 
     resources = [{"type": "t", "name": "a", "instances": [{"attributes": {"id": "x"}}]}]
     first = parse_state(state(1, resources))
-    assert first.resources_checksum == resources_checksum(state(1, resources))
-    assert first.resources_checksum is not None and first.resource_count == 1
-    assert parse_state(state(2, resources, outputs={"o": 1})).resources_checksum == (
-        first.resources_checksum
-    )
+    assert first.resources == resource_slices(state(1, resources))
+    assert first.resources is not None and first.resource_count == 1
+    assert parse_state(state(2, resources, outputs={"o": 1})).resources == first.resources
     moved = [{**resources[0], "name": "b"}]
-    assert parse_state(state(3, moved)).resources_checksum != first.resources_checksum
-    # One resource split differently is another list: [a, b] vs [ab] cannot collide.
+    assert parse_state(state(3, moved)).resources != first.resources
     two = parse_state(state(1, [{"a": 1}, {"b": 2}]))
-    assert two.resource_count == 2 and two.resources_checksum != first.resources_checksum
+    assert two.resource_count == 2 and two.resources != first.resources
     for odd in ({"not": "a list"}, "text", None):
         meta = parse_state(state(1, odd))
-        assert meta.resources_checksum is None and meta.resource_count is None
+        assert meta.resources is None and meta.resource_count is None
     assert parse_state(state(1, [1, 2])).resource_count is None  # not objects: not counted
 
 
@@ -312,20 +309,43 @@ def test_documents_of_the_first_format_are_still_read_and_restamped() -> None:
     assert unpack(restamp(pack(8, [row]), 2**63 - 1)) == IndexDoc(2**63 - 1, [row])
 
 
-def test_a_document_the_watch_delivered_first_still_learns_its_checksum() -> None:
+def test_a_document_the_watch_delivered_first_still_learns_its_slices() -> None:
     """On etcd a node's own write can reach its index through the watch before the write
-    returns: the write's checksum must still be kept, or every later write of unchanged
+    returns: the write's slices must still be kept, or every later write of unchanged
     resources rebuilds its rows instead of restamping the head's document."""
     from blixard.store.resource_index import build_doc
 
     body = orjson.dumps(
         {"serial": 1, "lineage": "l", "resources": [{"type": "t", "name": "a", "instances": []}]}
     )
-    packed, doc, checksum = build_doc(5, body)
+    packed, doc, slices = build_doc(5, body)
     index = HeadIndex()
     index.put("ws", packed)  # the watch: document only
     assert index.reusable("ws") is None
-    index.put("ws", packed, doc, checksum)  # the write itself, a moment later
-    assert index.reusable("ws") == (checksum, packed)
+    assert slices is not None
+    index.put("ws", packed, doc, slices, len(body))  # the write itself, a moment later
+    assert index.reusable("ws") == (slices, packed)
     again, same, _ = build_doc(6, body, index.reusable("ws"))
     assert same.same_as_head and unpack(again).version == 6
+
+
+def test_recent_slices_stay_within_their_byte_budget() -> None:
+    """The slices kept for reuse hold their bodies: the oldest go once the budget is full, and
+    a workspace whose slices went simply indexes its next write in full."""
+    from blixard.store.resource_index import build_doc
+
+    def body(ident: str) -> bytes:
+        resource = {"type": "t", "name": "a", "instances": [{"attributes": {"id": ident}}]}
+        return orjson.dumps({"serial": 1, "lineage": "l", "resources": [resource]})
+
+    index = HeadIndex(recent_bytes=250)
+    for n in range(3):
+        state = body(f"id-{n}")
+        packed, doc, slices = build_doc(1, state)
+        index.put(f"w{n}", packed, doc, slices, 100)
+    assert index.reusable("w0") is None  # the oldest went over the budget
+    assert index.reusable("w1") is not None and index.reusable("w2") is not None
+    packed, doc, _ = build_doc(2, body("id-0"), index.reusable("w0"))
+    assert not doc.same_as_head and unpack(packed) == IndexDoc(2, doc.rows)
+    index.drop("w1")
+    assert index.reusable("w1") is None

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
+#: A state's resources, each the raw JSON slice of its body (zero-copy).
+ResourceSlices = list[msgspec.Raw]
+
 VersionSource = Literal["write", "rollback", "restore"]
 
 #: A state body as received. Large bodies stay in the bytearray they were read into: copying a
@@ -39,8 +44,9 @@ class StateMeta:
     lineage: str
     terraform_version: str | None
     resource_count: int | None
-    #: parsing.resources_list_checksum of the resources (the resource index's reuse test).
-    resources_checksum: bytes | None = field(default=None, compare=False, repr=False)
+    #: The resources as slices of the body (parsing.resource_slices): two versions with equal
+    #: slices have byte-identical resources, and the resource index reuses the head's rows.
+    resources: ResourceSlices | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

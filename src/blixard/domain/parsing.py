@@ -7,7 +7,6 @@ skips (while still validating) everything else, so memory stays near the body's 
 from __future__ import annotations
 
 import codecs
-import hashlib
 import re
 from datetime import datetime
 from typing import Any
@@ -21,7 +20,7 @@ from blixard.domain.errors import (
     InvalidState,
     InvalidWorkspaceName,
 )
-from blixard.domain.models import LOCK_INFO_FIELDS, Body, StateMeta
+from blixard.domain.models import LOCK_INFO_FIELDS, Body, ResourceSlices, StateMeta
 
 WORKSPACE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
@@ -86,7 +85,8 @@ class _StateHeader(msgspec.Struct):
 
 class _ListedStateHeader(msgspec.Struct):
     """The header of a state whose `resources` is a list (every Terraform state): each
-    resource is a slice of the body, so one pass both counts and checksums them."""
+    resource is a slice of the body, so one pass both counts them and keeps them for the
+    resource index to compare with the head's."""
 
     serial: int
     lineage: str
@@ -116,7 +116,7 @@ def parse_state(body: Body) -> StateMeta:
     The only shape required is valid UTF-8 JSON: an object with an integer `serial`
     (0 to 2^63-1) and a string `lineage` (no NUL): OpenTofu's client-side-encrypted envelope
     qualifies, and unfamiliar extra fields are fine. `terraform_version`, the resource
-    count and the resources' checksum are best-effort.
+    count and the resources' slices are best-effort.
     """
     try:
         listed = _listed_header_decoder.decode(body)
@@ -131,7 +131,7 @@ def parse_state(body: Body) -> StateMeta:
         lineage=listed.lineage,
         terraform_version=_optional_string(listed.terraform_version),
         resource_count=None if items is None else _count_listed(items),
-        resources_checksum=None if items is None else resources_list_checksum(items),
+        resources=items,
     )
 
 
@@ -167,24 +167,13 @@ def _check_header(header: _StateHeader | _ListedStateHeader, body: Body) -> None
     check_utf8(body)
 
 
-def resources_list_checksum(items: list[msgspec.Raw]) -> bytes:
-    """The SHA-256 of a state's resources exactly as stored: equal for two versions that only
-    differ outside their resources (serial, outputs, ...), which spares the resource index
-    re-reading a state written again with unchanged resources."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(item)
-        digest.update(b",")  # each item is one whole JSON value: the split is unambiguous
-    return digest.digest()
-
-
-def resources_checksum(body: Body) -> bytes | None:
-    """resources_list_checksum of a state body (None when its resources are not a list)."""
+def resource_slices(body: Body) -> ResourceSlices | None:
+    """A state body's resources as slices of it (None when they are not a list): equal
+    slices, equal resources, whatever else differs (serial, outputs, ...)."""
     try:
-        items = _listed_resources_decoder.decode(body).resources
+        return _listed_resources_decoder.decode(body).resources
     except (msgspec.MsgspecError, RecursionError):
         return None
-    return None if items is None else resources_list_checksum(items)
 
 
 def _count_listed(items: list[msgspec.Raw]) -> int | None:

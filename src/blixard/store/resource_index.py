@@ -26,6 +26,7 @@ import logging
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -33,8 +34,8 @@ from typing import Any, Protocol
 import orjson
 import zstandard
 
-from blixard.domain.models import Body
-from blixard.domain.parsing import resources_checksum
+from blixard.domain.models import Body, ResourceSlices
+from blixard.domain.parsing import resource_slices
 from blixard.domain.resource_index import IndexRow, ResourceQuery, index_rows
 from blixard.store.crypto import Cipher
 
@@ -113,22 +114,22 @@ def build(version: int, body: Body) -> bytes:
 def build_doc(
     version: int,
     body: Body,
-    previous: tuple[bytes, bytes] | None = None,
-    checksum: bytes | None = None,
-) -> tuple[bytes, IndexDoc, bytes | None]:
+    previous: tuple[ResourceSlices, bytes] | None = None,
+    slices: ResourceSlices | None = None,
+) -> tuple[bytes, IndexDoc, ResourceSlices | None]:
     """The packed document of a version's body, the document (for HeadIndex.put) and the
-    checksum of its resources (`checksum` when the caller has it: StateMeta's, read in the
-    same pass that validated the body); `previous` (a checksum and packed document,
+    body's resource slices (`slices` when the caller has them: StateMeta's, read in the pass
+    that validated the body); `previous` (the head's slices and packed document,
     HeadIndex.reusable) is reused when the resources are byte-identical."""
-    if checksum is None:
-        checksum = resources_checksum(body)
-    if previous is not None and checksum is not None and previous[0] == checksum:
+    if slices is None:
+        slices = resource_slices(body)
+    if previous is not None and slices is not None and previous[0] == slices:
         # The rows are the head's: its document with the new version number, without
         # decoding and re-encoding every row (a write that changes no resource, such as
         # every state Terraform persists while an apply is in progress).
-        return restamp(previous[1], version), IndexDoc(version, [], same_as_head=True), checksum
+        return restamp(previous[1], version), IndexDoc(version, [], same_as_head=True), slices
     rows = index_rows(body)
-    return pack(version, rows), IndexDoc(version, rows), checksum
+    return pack(version, rows), IndexDoc(version, rows), slices
 
 
 def restamp(packed: bytes, version: int) -> bytes:
@@ -141,17 +142,17 @@ def restamp(packed: bytes, version: int) -> bytes:
 class HistoryRows:
     """Rows of successive versions of one workspace built from their bodies (history search):
     a version whose resources are byte-identical to the previous one's reuses its rows (a
-    serial bump or changed outputs cost a checksum, not a parse)."""
+    serial bump or changed outputs cost a comparison, not a parse)."""
 
     def __init__(self) -> None:
-        self._checksum: bytes | None = None
+        self._slices: ResourceSlices | None = None
         self._rows: list[IndexRow] = []
 
     def doc(self, version: int, body: Body) -> IndexDoc:
-        checksum = resources_checksum(body)
-        if checksum is None or checksum != self._checksum:
+        slices = resource_slices(body)
+        if slices is None or slices != self._slices:
             self._rows = index_rows(body)
-        self._checksum = checksum
+        self._slices = slices
         return IndexDoc(version, self._rows, len(body))
 
 
@@ -278,8 +279,6 @@ class _Head:
     packed: bytes
     types: frozenset[str]
     identities: frozenset[str]
-    #: Checksum of the resources the document was read from (writes made on this node).
-    checksum: bytes | None = None
 
 
 @dataclass
@@ -293,6 +292,12 @@ class HeadIndex:
     _by_type: dict[str, set[str]] = field(default_factory=dict)
     #: identity value → the workspace holding it, or a set of them (most values have one).
     _by_identity: dict[str, str | set[str]] = field(default_factory=dict)
+    #: Resource slices of the heads this node wrote lately (a write keeping them restamps
+    #: the head's document), by workspace, oldest first; they hold their bodies, so their
+    #: total body size is bounded (the engines' body caches usually hold the same bodies).
+    recent_bytes: int = 64 * 1024 * 1024
+    _recent: OrderedDict[str, tuple[int, ResourceSlices, int]] = field(default_factory=OrderedDict)
+    _recent_size: int = 0
 
     def __len__(self) -> int:
         return len(self._heads)
@@ -301,47 +306,51 @@ class HeadIndex:
         head = self._heads.get(workspace)
         return head.version if head else None
 
-    def reusable(self, workspace: str) -> tuple[bytes, bytes] | None:
-        """The current document's resources checksum and packed form, if known (build_doc)."""
+    def reusable(self, workspace: str) -> tuple[ResourceSlices, bytes] | None:
+        """The current document's resource slices and packed form, when this node wrote it
+        lately (build_doc)."""
         head = self._heads.get(workspace)
-        if head is None or head.checksum is None:
+        recent = self._recent.get(workspace)
+        if head is None or recent is None or recent[0] != head.version:
             return None
-        return head.checksum, head.packed
+        self._recent.move_to_end(workspace)
+        return recent[1], head.packed
 
     def put(
         self,
         workspace: str,
         packed: bytes,
         doc: IndexDoc | None = None,
-        checksum: bytes | None = None,
+        slices: ResourceSlices | None = None,
+        size: int = 0,
     ) -> None:
-        """Make `packed` the workspace's current document, unless a newer one is known."""
+        """Make `packed` the workspace's current document, unless a newer one is known;
+        `slices` (of a body of `size` bytes) are what the next write compares with."""
         known = self._heads.get(workspace)
-        if known is not None and checksum is not None and known.version == packed_version(packed):
-            # The same document arrived first another way (an etcd watch): keep its postings,
-            # learn the checksum that lets the next write reuse it.
-            known.checksum = checksum
+        version = doc.version if doc is not None else packed_version(packed)
+        if known is not None and known.version >= version:
+            if slices is not None and known.version == version:
+                # The same document arrived first another way (an etcd watch): keep its
+                # postings, learn the slices that let the next write reuse it.
+                self._remember(workspace, version, slices, size)
             return
         if doc is not None and doc.same_as_head:
-            if known is not None and known.version < doc.version and known.checksum == checksum:
+            if known is not None and known.packed[_HEADER.size :] == packed[_HEADER.size :]:
                 # Same rows as the head: same postings, only the document and version move.
-                self._heads[workspace] = replace(
-                    known, version=doc.version, packed=packed, checksum=checksum
-                )
+                self._heads[workspace] = replace(known, version=version, packed=packed)
+                self._remember(workspace, version, slices, size)
                 return
             doc = None  # the head moved meanwhile: read the document itself
         doc = doc or unpack(packed)
-        if known is not None and known.version >= doc.version:
-            return
         self.drop(workspace, keep_hidden=True)
         head = _Head(
             doc.version,
             packed,
             frozenset(row.type for row in doc.rows),
             frozenset(value for row in doc.rows for _, value in row.identities()),
-            checksum,
         )
         self._heads[workspace] = head
+        self._remember(workspace, version, slices, size)
         for type_ in head.types:
             self._by_type.setdefault(type_, set()).add(workspace)
         for value in head.identities:
@@ -354,8 +363,27 @@ class HeadIndex:
             else:
                 held.add(workspace)
 
+    def _remember(
+        self, workspace: str, version: int, slices: ResourceSlices | None, size: int
+    ) -> None:
+        """Keep a head's slices (they hold its body) within recent_bytes, newest first."""
+        self._forget(workspace)
+        if slices is None or size > self.recent_bytes:
+            return
+        self._recent[workspace] = (version, slices, size)
+        self._recent_size += size
+        while self._recent_size > self.recent_bytes:
+            _, (_, _, dropped) = self._recent.popitem(last=False)
+            self._recent_size -= dropped
+
+    def _forget(self, workspace: str) -> None:
+        recent = self._recent.pop(workspace, None)
+        if recent is not None:
+            self._recent_size -= recent[2]
+
     def drop(self, workspace: str, *, keep_hidden: bool = False) -> None:
         head = self._heads.pop(workspace, None)
+        self._forget(workspace)
         if not keep_hidden:
             self._hidden.discard(workspace)
         if head is None:

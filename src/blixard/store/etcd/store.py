@@ -1182,12 +1182,12 @@ class EtcdStore:
         meta = version.numbered(name, number)
         reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed, index, checksum = await asyncio.to_thread(
-                resource_index.build_doc, number, body, reusable, version.meta.resources_checksum
+            packed, index, slices = await asyncio.to_thread(
+                resource_index.build_doc, number, body, reusable, version.meta.resources
             )
         else:
-            packed, index, checksum = resource_index.build_doc(
-                number, body, reusable, version.meta.resources_checksum
+            packed, index, slices = resource_index.build_doc(
+                number, body, reusable, version.meta.resources
             )
         upload = secrets.token_hex(8)
         ver_doc: dict[str, Any] = {
@@ -1259,7 +1259,7 @@ class EtcdStore:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
-        self.resource_index.put(name, packed, index, checksum)
+        self.resource_index.put(name, packed, index, slices, len(body))
         self.resource_index.set_hidden(name, False)
         return stored
 
@@ -1910,7 +1910,7 @@ class EtcdStore:
         if version <= (self.resource_index.version_of(name) or 0):
             return  # this node's own write (already applied), or an older version's
         if self._writing.get(name) == version:
-            # Most likely this node's write, about to apply its document with the checksum
+            # Most likely this node's write, about to apply its document with the slices
             # the next write reuses: held until that write says whether it committed.
             self._held_docs[name] = (rest, value)
             return

@@ -919,16 +919,16 @@ class SQLiteStore:
         expected_number = known.head.version + 1 if known and known.head else 1
         reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed, index, checksum = await asyncio.to_thread(
+            packed, index, slices = await asyncio.to_thread(
                 resource_index.build_doc,
                 expected_number,
                 body,
                 reusable,
-                version.meta.resources_checksum,
+                version.meta.resources,
             )
         else:
-            packed, index, checksum = resource_index.build_doc(
-                expected_number, body, reusable, version.meta.resources_checksum
+            packed, index, slices = resource_index.build_doc(
+                expected_number, body, reusable, version.meta.resources
             )
         index_doc = resource_index.seal(self.cipher, name, packed)
 
@@ -998,7 +998,7 @@ class SQLiteStore:
         result = await self._write(operation, on_commit)
         if result is None:
             return None
-        self.resource_index.put(name, packed, index, checksum)
+        self.resource_index.put(name, packed, index, slices, len(body))
         return result[0]
 
     # -- keys and audit ------------------------------------------------------------------
