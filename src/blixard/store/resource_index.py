@@ -44,9 +44,6 @@ from blixard.store.crypto import Cipher
 
 log = logging.getLogger(__name__)
 
-#: What one engine's reindex builds a document for (a workspace and its head version).
-Work = TypeVar("Work")
-
 #: Format of a document's plaintext: {"v": FORMAT, "version": n, "rows": [[...], ...]}.
 FORMAT = 1
 
@@ -256,6 +253,10 @@ class ProgressLog:
                 self.done,
                 time.monotonic() - self.started,
             )
+
+
+#: What one engine's reindex builds a document for (a workspace and its head version).
+Work = TypeVar("Work")
 
 
 @dataclass(frozen=True, slots=True)
