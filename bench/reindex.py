@@ -90,7 +90,7 @@ async def measure(build: Any, drop: Any, args: argparse.Namespace) -> None:
     before = status_bytes("VmRSS")
     reset_peak()
     await control.open()
-    await control._reindexer
+    await control.reindexer.wait()
     control_peak = status_bytes("VmHWM") - before
     await drop(control)
     await control.close()
@@ -103,9 +103,9 @@ async def measure(build: Any, drop: Any, args: argparse.Namespace) -> None:
     started = time.perf_counter()
     await fresh.open()
     opened = time.perf_counter() - started
-    await fresh._reindexer
+    await fresh.reindexer.wait()
     took = time.perf_counter() - started
-    status = fresh.reindex_status
+    status = fresh.reindexer.status
     peak = status_bytes("VmHWM") - before
     print(f"  open: {opened:.2f} s (the reindex runs in the background after it)")
     print(

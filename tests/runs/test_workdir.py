@@ -1,5 +1,6 @@
-"""prepare_workdir + backend_env: whatever backend a configuration declares, a real init and
-apply (embedded Terraform) write the state to the Blixard server named in the environment."""
+"""prepare_workdir + backend_env in the environment the executor gives a step
+(step_environment): whatever backend a configuration declares, a real init and apply
+(embedded Terraform) write the state to the Blixard server named in the environment."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from blixard.runs.workdir import (
     OVERRIDE_NAME,
     UnsupportedConfig,
     backend_env,
+    cli_config_text,
     override_file_name,
     prepare_workdir,
-    run_environment,
+    step_environment,
 )
 from tests.harness import ServerProcess
 
@@ -102,6 +104,23 @@ def run_terraform(
     return proc
 
 
+def step_env(run_dir: Path, backend: dict[str, str]) -> dict[str, str]:
+    """The environment the executor gives an unsandboxed step whose directory is `run_dir`
+    (the configuration in run_dir/config), with the run's CLI configuration next to it."""
+    (run_dir / "home").mkdir(parents=True, exist_ok=True)
+    cache = run_dir.parent / "plugin-cache"
+    cache.mkdir(exist_ok=True)
+    cli_config = run_dir.parent / "terraform.rc"
+    cli_config.write_text(cli_config_text(str(cache)))
+    return step_environment(
+        backend,
+        run_dir=str(run_dir),
+        tmpdir=str(run_dir / "home"),
+        cli_config=str(cli_config),
+        variables={},
+    )
+
+
 def history(server: ServerProcess, ws: str) -> list[dict[str, object]]:
     answer = httpx.get(f"{server.url}/api/tofu/history/{ws}", timeout=10)
     assert answer.status_code == 200, answer.text
@@ -160,7 +179,8 @@ def test_env_configured_backend_is_used(
     (source / "terraform.tfstate").write_text("{not even json")
     (source / ".terraform.lock.hcl").write_text("# This file is maintained automatically\n")
 
-    work = tmp_path / "work"
+    run_dir = tmp_path / "run"
+    work = run_dir / "config"
     prepare_workdir(source, work)
     assert sorted(p.name for p in work.iterdir()) == sorted(
         [
@@ -171,10 +191,10 @@ def test_env_configured_backend_is_used(
         ]
     )
 
-    env = run_environment(backend_env(server.url, ws, "run-1", "ephemeral"))
+    env = step_env(run_dir, backend_env(server.url, ws, "run-1", "ephemeral"))
     init = run_terraform(terraform, work, env, "init", "-input=false")
     assert 'Successfully configured the backend "http"' in init.stdout
-    assert "Warning" not in init.stderr  # TF_CLI_CONFIG_FILE=/dev/null: an empty CLI config
+    assert "Warning" not in init.stderr  # the run's own CLI configuration, none of the user's
     apply = run_terraform(terraform, work, env, "apply", "-auto-approve", "-input=false")
     assert "Apply complete! Resources: 1 added" in apply.stdout
 
@@ -184,8 +204,9 @@ def test_env_configured_backend_is_used(
     assert recorder.requests == []  # the user's own backend address was never contacted
     assert not (work / "terraform.tfstate").exists()
     assert not (work / "elsewhere.tfstate").exists()
-    # Neither the init cache nor anything else in the work dir holds the credential.
-    for path in work.rglob("*"):
+    # Neither the init cache (TF_DATA_DIR) nor anything else the run wrote holds the credential.
+    assert (run_dir / "tfdata").is_dir()
+    for path in run_dir.rglob("*"):
         if path.is_file() and not path.name.startswith("terraform-provider"):
             assert b"ephemeral" not in path.read_bytes(), path
 
@@ -198,13 +219,14 @@ def test_saved_plan_applies_with_the_credential_of_its_own_environment(
     source = tmp_path / "source"
     source.mkdir()
     (source / "main.tf").write_text(RESOURCE)
-    work = tmp_path / "work"
+    run_dir = tmp_path / "run"
+    work = run_dir / "config"
     prepare_workdir(source, work)
-    plan_env = run_environment(backend_env(server.url, ws, "run-2", "plan-secret"))
+    plan_env = step_env(run_dir, backend_env(server.url, ws, "run-2", "plan-secret"))
     run_terraform(terraform, work, plan_env, "init", "-input=false")
     run_terraform(terraform, work, plan_env, "plan", "-out=run.tfplan", "-input=false")
     assert b"plan-secret" not in (work / "run.tfplan").read_bytes()
-    apply_env = run_environment(backend_env(server.url, ws, "run-2", "apply-secret"))
+    apply_env = step_env(run_dir, backend_env(server.url, ws, "run-2", "apply-secret"))
     run_terraform(terraform, work, apply_env, "apply", "-input=false", "run.tfplan")
     assert [v["version"] for v in history(server, ws)] == [1]
 
@@ -218,11 +240,12 @@ def test_later_user_override_does_not_win(
     source.mkdir()
     (source / "main.tf").write_text(RESOURCE)
     (source / "zzzz_override.tf").write_text('terraform {\n  backend "local" {}\n}\n')
-    work = tmp_path / "work"
+    run_dir = tmp_path / "run"
+    work = run_dir / "config"
     prepare_workdir(source, work)
     ours = "zzzz_override_blixard_override.tf"
     assert (work / ours).exists() and not (work / OVERRIDE_NAME).exists()
-    env = run_environment(backend_env(server.url, ws, "run-3", "pw"))
+    env = step_env(run_dir, backend_env(server.url, ws, "run-3", "pw"))
     run_terraform(terraform, work, env, "init", "-input=false")
     run_terraform(terraform, work, env, "apply", "-auto-approve", "-input=false")
     assert [v["version"] for v in history(server, ws)] == [1]
@@ -261,27 +284,45 @@ def test_backend_env() -> None:
     assert with_ca["TF_HTTP_CLIENT_CA_CERTIFICATE_PEM"] == "PEM"
 
 
-def test_run_environment_drops_inherited_terraform_and_blixard_settings() -> None:
-    base = {
+def test_a_step_inherits_nothing_of_the_server_but_path_locale_and_tls_roots() -> None:
+    """The server's TF_* settings would redirect or reconfigure a run, its BLIXARD_* ones are
+    secrets; the run's variables cannot replace the backend or the run's own settings."""
+    inherited = {
         "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "SSL_CERT_FILE": "/etc/roots.pem",
         "HOME": "/root",
         "TF_WORKSPACE": "prod",
         "TF_CLI_ARGS_apply": "-target=x",
         "TF_HTTP_ADDRESS": "http://elsewhere",
+        "TF_DATA_DIR": "/elsewhere",
         "TF_PLUGIN_CACHE_DIR": "/cache",
         "BLIXARD_ADMIN_KEY": "admin-secret",
         "BLIXARD_ENCRYPTION_KEY": "key",
         "CHECKPOINT_DISABLE": "",
     }
     backend = backend_env("http://127.0.0.1:1", "ws", "u", "p")
-    env = run_environment(backend, base, extra={"TF_VAR_region": "eu", "TF_HTTP_PASSWORD": "no"})
-    assert env["PATH"] == "/usr/bin" and env["TF_PLUGIN_CACHE_DIR"] == "/cache"
-    assert env["TF_VAR_region"] == "eu"
-    assert env["TF_HTTP_PASSWORD"] == "p"  # the backend always wins
-    assert env["TF_HTTP_ADDRESS"] == "http://127.0.0.1:1/api/tofu/state/ws"
-    assert env["CHECKPOINT_DISABLE"] == "1"
-    dropped = ("TF_WORKSPACE", "TF_CLI_ARGS_apply", "BLIXARD_ADMIN_KEY", "BLIXARD_ENCRYPTION_KEY")
-    assert not [name for name in dropped if name in env]
+    env = step_environment(
+        backend,
+        run_dir="/run/blixard/work",
+        tmpdir="/tmp",
+        cli_config="/run/blixard/terraform.rc",
+        variables={"region": "eu", "HTTP_PASSWORD": "no"},
+        inherited=inherited,
+    )
+    assert env == {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "SSL_CERT_FILE": "/etc/roots.pem",
+        "HOME": "/run/blixard/work/home",
+        "TMPDIR": "/tmp",
+        **backend,
+        "TF_DATA_DIR": "/run/blixard/work/tfdata",
+        "TF_CLI_CONFIG_FILE": "/run/blixard/terraform.rc",
+        "TF_VAR_region": "eu",
+        "TF_VAR_HTTP_PASSWORD": "no",
+    }
+    assert env["TF_HTTP_PASSWORD"] == "p" and env["CHECKPOINT_DISABLE"] == "1"
 
 
 def test_copy_rules(tmp_path: Path) -> None:

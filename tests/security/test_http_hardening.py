@@ -194,6 +194,51 @@ def test_a_request_head_that_stops_arriving_answers_408(open_server: ServerProce
         assert client.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("lengths", "reason"),
+    [
+        (["Content-Length: abc"], "Invalid character in Content-Length"),
+        (["Content-Length: {size}", "Content-Length: {other}"], "Duplicate Content-Length"),
+    ],
+    ids=["not-a-number", "conflicting"],
+)
+def test_a_malformed_content_length_is_a_json_400_and_writes_nothing(
+    open_server: ServerProcess, lengths: list[str], reason: str
+) -> None:
+    """httptools refuses the head before any handler runs; the answer is still JSON."""
+    body = tfstate(1)
+    sizes = {"size": len(body), "other": len(body) - 1}
+    refused, control = f"bad-length-{len(lengths)}", f"good-length-{len(lengths)}"
+    head = request_head(
+        "POST",
+        f"{API}/state/{refused}",
+        *(line.format(**sizes) for line in lengths),
+        "Content-Type: application/json",
+    )
+    response = exchange(open_server, head + body)
+    assert response.status == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["connection"] == "close"
+    assert response.json() == {
+        "error": "invalid_request",
+        "message": f"The request is not valid HTTP/1.1: {reason}.",
+    }
+    # The same request with one valid Content-Length writes its state.
+    head = request_head(
+        "POST",
+        f"{API}/state/{control}",
+        f"Content-Length: {len(body)}",
+        "Content-Type: application/json",
+        "Connection: close",
+    )
+    assert exchange(open_server, head + body).status == 200
+    with open_server.client() as client:
+        assert client.get(f"{API}/state/{refused}").status_code == 404
+        assert client.get(f"{API}/state/{control}").content == body
+        names = _names(client)
+        assert refused not in names and control in names
+
+
 def test_workspace_names_are_decoded_exactly_once(open_server: ServerProcess) -> None:
     """%252F is the name 'a%2Fb' (invalid), never 'a/b'; %2F is a path with a slash."""
     with open_server.client() as client:

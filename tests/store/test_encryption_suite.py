@@ -430,7 +430,7 @@ async def test_index_documents_are_sealed_and_follow_the_current_key(
     assert not any(b"ident-secret" in v for v in await index_values(store))
     await store.close()
     store = await opened(Cipher(K2, [K1]))
-    await store._reindexer  # type: ignore[attr-defined]
+    await store.reindexer.wait()  # type: ignore[attr-defined]
     assert await index_document_keys(store) == Counter({NEW: 1})
     index = store.resource_index  # type: ignore[attr-defined]
     assert index.version_of("a") == 5

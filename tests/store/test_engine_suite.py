@@ -730,16 +730,15 @@ async def test_reindex_builds_missing_documents_only_and_resumes(
     resumed = store_factory()
     await resumed.open()
     try:
-        task = resumed._reindexer  # type: ignore[attr-defined]
-        await task
-        status = indexed(resumed).reindex_status
+        await indexed(resumed).reindexer.wait()
+        status = indexed(resumed).reindexer.status
         assert status.complete and status.remaining == 0 and status.indexed <= 2
         assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
         assert found(resumed, id="a5") == [("a", 5, "t.x")]
         history = await indexed(resumed).index_history("a")
         assert [[row.id for row in doc.rows] for doc in history] == [[f"a{n}"] for n in range(1, 6)]
         # Forced, every document is built again; the answers stay the same.
-        forced = await indexed(resumed).reindex_resources(force=True)
+        forced = await indexed(resumed).reindexer.run(force=True)
         assert forced.complete and forced.indexed == 2
         assert await stored_index_versions(resumed) == {"a": [5], "b": [3]}
         assert found(resumed, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
@@ -754,8 +753,8 @@ async def test_reindex_builds_missing_documents_only_and_resumes(
     again = store_factory()
     await again.open()
     try:
-        await again._reindexer  # type: ignore[attr-defined]
-        assert indexed(again).reindex_status.indexed == 1
+        await indexed(again).reindexer.wait()
+        assert indexed(again).reindexer.status.indexed == 1
         assert found(again, type="t") == [("a", 5, "t.x"), ("b", 3, "t.x")]
     finally:
         await again.close()
@@ -807,7 +806,7 @@ async def test_documents_of_older_versions_from_an_earlier_layout_are_removed_at
     reopened = store_factory()
     await reopened.open()
     try:
-        await reopened._reindexer  # type: ignore[attr-defined]
+        await indexed(reopened).reindexer.wait()
         assert await stored_index_versions(reopened) == {"a": [3]}
         assert found(reopened, type="t") == [("a", 3, "t.x")]
         history = await indexed(reopened).index_history("a")

@@ -624,8 +624,8 @@ async def test_restored_store_rebuilds_its_resource_index(store: Store, target: 
         await put(store, "net", body, serial)
     await put(store, "db", resources_state(1, {"d.db": ("aws_db_instance", "db-1")}), 1)
     await target.import_snapshot(replay(await collect(store)))
-    await target._reindexer  # type: ignore[attr-defined]
-    assert indexed(target).reindex_status.complete
+    await indexed(target).reindexer.wait()
+    assert indexed(target).reindexer.status.complete
     assert (
         found(target, type="aws_vpc") == found(store, type="aws_vpc") == [("net", 2, "aws_vpc.vpc")]
     )

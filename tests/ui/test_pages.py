@@ -503,6 +503,9 @@ def test_the_plan_form_refuses_directories_outside_the_plan_roots(
     page = new_page()
     sign_in(page, site.keys["operator"])
     page.goto(f"/ui/workspaces/{ws}/runs")
+    # The form is in the page only once, not in its title (which would show its CSRF token).
+    expect(page).to_have_title(f"Runs of {ws} · Blixard")
+    assert page.locator("#p-dir").count() == 1
     page.fill("#p-dir", "/etc")
     page.get_by_role("button", name="Plan").click()
     expect(page.locator("h1")).to_have_text("Not allowed")
@@ -516,6 +519,7 @@ def test_the_plan_form_refuses_directories_outside_the_plan_roots(
     reader = new_page()
     sign_in(reader, site.keys["reader"])
     reader.goto(f"/ui/workspaces/{ws}/runs")
+    expect(reader).to_have_title(f"Runs of {ws} · Blixard")
     assert reader.locator("#p-dir").count() == 0
 
 

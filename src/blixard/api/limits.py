@@ -12,8 +12,10 @@ request's body was read (a 401 to a 200 MiB upload), so the rest of that body is
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
+import httptools
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -28,6 +30,16 @@ _TOO_LARGE_MESSAGE = f"Request headers exceed {MAX_HEADERS} fields or {MAX_HEADE
 
 class _TooManyHeaders(Exception):
     """Raised from a parser callback; httptools turns it into a parser error."""
+
+
+def _malformed_message() -> str:
+    """What was wrong with a request httptools refused: uvicorn calls send_400_response while
+    it handles the parser's error, whose reason is one of llhttp's fixed texts ("Duplicate
+    Content-Length"), never the client's bytes."""
+    error = sys.exc_info()[1]
+    if isinstance(error, httptools.HttpParserError) and str(error):
+        return f"The request is not valid HTTP/1.1: {str(error)[:200]}."
+    return "The request is not valid HTTP/1.1."
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -115,10 +127,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_fields = 0
 
     def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse (a malformed or repeated Content-Length, a bad
+        request line): a JSON 400 like every other error, then close."""
         if self._refused:
             self._refuse()
         else:
-            super().send_400_response(msg)
+            self._answer_and_close(400, "Bad Request", "invalid_request", _malformed_message())
 
     def _refuse(self) -> None:
         """431 as a JSON error, then close: the rest of this connection is never read."""

@@ -146,7 +146,7 @@ async def duplicates(request: Request) -> Response:
 @router.get("/admin/reindex", summary="Progress of the resource index build")
 async def reindex_status(request: Request) -> Response:
     await authorize(request, Action.admin)
-    return json_response(_search_service(request).index.reindex_status.to_json())
+    return json_response(_search_service(request).index.reindexer.status.to_json())
 
 
 @router.post(
@@ -163,10 +163,10 @@ async def reindex_status(request: Request) -> Response:
 async def reindex(request: Request) -> Response:
     actor = await authorize(request, Action.admin)
     index = _search_service(request).index
-    index.start_reindex(force=True)
+    index.reindexer.start(force=True)
     request.app.state.audit.record(
         audit_event(
             actor, Action.admin, service_of(request).clock(), detail="resource index rebuild"
         )
     )
-    return json_response({"started": True, **index.reindex_status.to_json()}, status_code=202)
+    return json_response({"started": True, **index.reindexer.status.to_json()}, status_code=202)

@@ -53,7 +53,13 @@ from blixard.runs.binary import BinaryNotFound, TerraformBinary, resolve_binary
 from blixard.runs.logs import LiveLog, Redactor
 from blixard.runs.nodes import NodePresence
 from blixard.runs.sandbox import RunPaths, RunSandbox, SandboxUnavailable, describe_off
-from blixard.runs.workdir import UnsupportedConfig, backend_env, cli_config_text, prepare_workdir
+from blixard.runs.workdir import (
+    UnsupportedConfig,
+    backend_env,
+    cli_config_text,
+    prepare_workdir,
+    step_environment,
+)
 
 log = logging.getLogger("blixard.runs")
 
@@ -559,29 +565,23 @@ class RunExecutor:
         await asyncio.to_thread(shutil.rmtree, source, True)
 
     def _env(self, run: Run, paths: RunPaths) -> dict[str, str]:
-        """The whole environment of a step: nothing of the server's but PATH and locale."""
+        """The whole environment of a step, with a credential of its own (step_environment:
+        nothing of the server's but PATH, locale and TLS roots)."""
         secret = self.keyring.issue_ephemeral(run.credential_name, Role.writer, (run.workspace,))
-        env = {
-            name: os.environ[name]
-            for name in ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE")
-            if name in os.environ
-        }
-        env["HOME"] = f"{paths.run}/home"
-        env["TMPDIR"] = "/tmp" if self.sandbox.enabled else str(paths.host_run / "home")
-        env.update(
-            backend_env(
-                self.settings.self_url,
-                run.workspace,
-                run.id,
-                secret,
-                ca_certificate_pem=self._server_ca(),
-            )
+        backend = backend_env(
+            self.settings.self_url,
+            run.workspace,
+            run.id,
+            secret,
+            ca_certificate_pem=self._server_ca(),
         )
-        env["TF_DATA_DIR"] = f"{paths.run}/tfdata"
-        env["TF_CLI_CONFIG_FILE"] = paths.cli_config
-        # Variables travel in the environment, not argv, where `ps` would show their values.
-        env.update({f"TF_VAR_{name}": value for name, value in run.variables.items()})
-        return env
+        return step_environment(
+            backend,
+            run_dir=paths.run,
+            tmpdir="/tmp" if self.sandbox.enabled else str(paths.host_run / "home"),
+            cli_config=paths.cli_config,
+            variables=run.variables,
+        )
 
     def _server_ca(self) -> str | None:
         """What a run trusts when this server speaks HTTPS: BLIXARD_RUN_CA_FILE, else the

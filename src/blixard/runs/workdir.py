@@ -56,11 +56,10 @@ RETRY_MAX = 3
 RETRY_WAIT_MIN = 1
 RETRY_WAIT_MAX = 5
 
-# Inherited variables that must not reach a run: TF_* could redirect or reconfigure it
-# (TF_WORKSPACE, TF_DATA_DIR, TF_CLI_ARGS_*, TF_HTTP_*), BLIXARD_* may hold the server's
-# secrets (admin key, encryption key) and a run executes user code (local-exec).
-_DROPPED_PREFIXES = ("TF_", "BLIXARD_")
-_KEPT = frozenset({"TF_PLUGIN_CACHE_DIR", "TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_LOCK_FILE"})
+#: All a run's step inherits of the server's environment: nothing else, since a run executes
+#: user code (local-exec) and the server's TF_* settings could redirect or reconfigure it
+#: (TF_WORKSPACE, TF_CLI_ARGS_*, TF_HTTP_*) while its BLIXARD_* ones hold secrets.
+INHERITED = ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE")
 
 
 class UnsupportedConfig(ValueError):
@@ -344,24 +343,28 @@ def backend_env(
     return env
 
 
-def run_environment(
+def step_environment(
     backend: Mapping[str, str],
-    base: Mapping[str, str] | None = None,
     *,
-    extra: Mapping[str, str] | None = None,
+    run_dir: str,
+    tmpdir: str,
+    cli_config: str,
+    variables: Mapping[str, str],
+    inherited: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The full environment for a run's subprocess.
+    """The whole environment of a run's step (the executor's; paths as the run sees them).
 
-    `base` (default: this process's environment) without TF_* (except the plugin cache
-    settings) and BLIXARD_* variables, then `extra` (e.g. TF_VAR_* for the run's
-    variables), then `backend` (from backend_env), which always wins.
+    Of `inherited` (default: this process's environment) only the INHERITED names; then
+    `backend` (backend_env), HOME and TF_DATA_DIR under `run_dir`, the run's CLI
+    configuration, and the run's variables as TF_VAR_* (in the environment, not argv, where
+    `ps` would show their values; the prefix keeps them from replacing any setting above).
     """
-    source = os.environ if base is None else base
-    env = {
-        k: v
-        for k, v in source.items()
-        if k in _KEPT or (not k.startswith(_DROPPED_PREFIXES) and k != "CHECKPOINT_DISABLE")
-    }
-    env.update(extra or {})
+    source = os.environ if inherited is None else inherited
+    env = {name: source[name] for name in INHERITED if name in source}
+    env["HOME"] = f"{run_dir}/home"
+    env["TMPDIR"] = tmpdir
     env.update(backend)
+    env["TF_DATA_DIR"] = f"{run_dir}/tfdata"
+    env["TF_CLI_CONFIG_FILE"] = cli_config
+    env.update({f"TF_VAR_{name}": value for name, value in variables.items()})
     return env

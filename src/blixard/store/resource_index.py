@@ -21,15 +21,16 @@ the reindex, which each engine runs in the background after open.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import zstandard
@@ -270,6 +271,90 @@ class ProgressLog:
             )
 
 
+#: What one engine's reindex builds a document for (a workspace and its head version).
+Work = TypeVar("Work")
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexPlan(Generic[Work]):
+    """One engine's reindex pass: how many documents it will build, which ones (listed as the
+    pass goes), how to build one, and what to record once all are built."""
+
+    total: int
+    work: AsyncIterable[Work]
+    index_one: Callable[[Work], Awaitable[None]]
+    on_complete: Callable[[], Awaitable[None]] | None = None
+
+
+class Reindexer:
+    """Runs an engine's reindex passes, in the background or awaited, and reports their
+    progress. The engine supplies only `plan` (what is missing, how to build one document);
+    the documents built are the progress marker, so an interrupted pass resumes at the next."""
+
+    def __init__(self, engine: str, plan: Callable[[bool], Awaitable[ReindexPlan[Any]]]) -> None:
+        self.engine = engine
+        self.status = ReindexStatus()
+        self._plan = plan
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, *, force: bool = False) -> None:
+        """Run a pass in the background (a forced one replaces a pass in progress)."""
+        if self._task is not None and not self._task.done():
+            if not force:
+                return
+            self._task.cancel()
+        # Reported as running from now on, not only once the task has started.
+        self.status.running, self.status.complete = True, False
+        self._task = asyncio.create_task(self._run_in_background(force))
+
+    async def wait(self) -> None:
+        """Until the background pass, if any, has ended."""
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        """Cancel the background pass (what it built stays built)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run_in_background(self, force: bool) -> None:
+        try:
+            await self.run(force=force)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged and reported; the next open resumes
+            log.warning("resource index: reindex stopped: %s", exc)
+
+    async def run(self, *, force: bool = False) -> ReindexStatus:
+        """Build every workspace's missing current document (all of them with `force`), one
+        at a time, then return."""
+        status = self.status
+        status.running, status.complete, status.error = True, False, None
+        status.started_at, status.indexed = time.time(), 0
+        try:
+            plan = await self._plan(force)
+            status.remaining = plan.total
+            progress = ProgressLog(self.engine, plan.total)
+            async for item in plan.work:
+                await plan.index_one(item)
+                status.indexed += 1
+                status.remaining = max(0, status.remaining - 1)
+                progress.step()
+            progress.finish()
+            if plan.on_complete is not None:
+                await plan.on_complete()
+            status.complete = True
+        except Exception as exc:
+            status.error = str(exc)
+            raise
+        finally:
+            status.running = False
+            status.finished_at = time.time()
+        return status
+
+
 # -- the in-memory index of current versions -----------------------------------------------
 
 
@@ -479,7 +564,9 @@ class ResourceIndexStore(Protocol):
     #: Current versions, kept by the store in step with its writes (and, on etcd, with the
     #: writes of other nodes).
     resource_index: HeadIndex
-    reindex_status: ReindexStatus
+    #: Builds missing current documents: in the background after open and after an import,
+    #: and all of them on request (`blixard reindex`).
+    reindexer: Reindexer
 
     async def index_history(
         self, workspace: str, *, from_version: int = 1, limit: int = 64
@@ -487,13 +574,4 @@ class ResourceIndexStore(Protocol):
         """Index documents of versions `from_version` and up, by version: only the current
         version's is stored, the others are built from their bodies (HistoryRows) and not
         kept (their `read_bytes` say how much was read)."""
-        ...
-
-    def start_reindex(self, *, force: bool = False) -> None:
-        """Run reindex_resources in the background (a forced one replaces a running pass)."""
-        ...
-
-    async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
-        """Build every workspace's missing current document (all of them with `force`), then
-        return. Safe to interrupt: what is built stays built, and the next run goes on."""
         ...

@@ -62,7 +62,7 @@ class SearchService:
             matches, next_after = await self._search_history(query, visible, after, limit)
         else:
             matches, next_after = await self._search_current(query, visible, after, limit)
-        status = self.index.reindex_status
+        status = self.index.reindexer.status
         return SearchPage(matches, next_after, complete=status.complete and not status.running)
 
     async def _search_current(

@@ -97,7 +97,7 @@ from blixard.store.etcd.keyspace import (
     unb64,
     uninv,
 )
-from blixard.store.resource_index import HeadIndex, IndexDoc, ReindexStatus
+from blixard.store.resource_index import HeadIndex, IndexDoc, Reindexer, ReindexPlan
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
 if TYPE_CHECKING:
@@ -238,14 +238,13 @@ class EtcdStore:
         #: Current versions' resource index documents (search), kept current by a watch on
         #: `rixhead/` (every node's writes); see resource_index.py and docs/search.md.
         self.resource_index = HeadIndex()
-        self.reindex_status = ReindexStatus()
+        self.reindexer = Reindexer(self.engine, self._plan_reindex)
         self._index_watch: asyncio.Task[None] | None = None
         self._watch_stop = asyncio.Event()
         #: Version each workspace has a write of in flight on this node, and a document the
         #: watch reported for that very version meanwhile (ours, unless the write fails).
         self._writing: dict[str, int] = {}
         self._held_docs: dict[str, tuple[bytes, bytes]] = {}
-        self._reindexer: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -286,7 +285,7 @@ class EtcdStore:
             await self._index_runs()
             await self._upgrade_audit_ids()
             await self._follow_resource_heads()
-            self.start_reindex()
+            self.reindexer.start()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
         except BaseException:
@@ -360,11 +359,11 @@ class EtcdStore:
         # request iterator (gRPC logs a traceback for that).
         self._watch_stop.set()
         await asyncio.sleep(0.01)
-        for task in (self._reindexer, self._index_watch):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._reindexer = self._index_watch = None
+        await self.reindexer.stop()
+        if self._index_watch is not None:
+            self._index_watch.cancel()
+            await asyncio.gather(self._index_watch, return_exceptions=True)
+            self._index_watch = None
         if self._compactor is not None:
             self._compactor.cancel()
             await asyncio.gather(self._compactor, return_exceptions=True)
@@ -1739,7 +1738,7 @@ class EtcdStore:
         from blixard.store.etcd import snapshot as etcd_snapshot
 
         report = await etcd_snapshot.import_records(self, records)
-        self.start_reindex()
+        self.reindexer.start()
         return report
 
     # -- the resource index (resource_index.py, docs/search.md) ---------------------------
@@ -1918,25 +1917,6 @@ class EtcdStore:
         if packed is not None:
             self.resource_index.put(name, packed)
 
-    def start_reindex(self, *, force: bool = False) -> None:
-        """Build missing index documents in the background (all of them with `force`, which
-        replaces a pass in progress)."""
-        if self._reindexer is not None and not self._reindexer.done():
-            if not force:
-                return
-            self._reindexer.cancel()
-        # Reported as running from now on, not only once the task has started.
-        self.reindex_status.running, self.reindex_status.complete = True, False
-        self._reindexer = asyncio.create_task(self._reindex_in_background(force))
-
-    async def _reindex_in_background(self, force: bool) -> None:
-        try:
-            await self.reindex_resources(force=force)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # logged and reported; the next open resumes
-            log.warning("resource index: reindex stopped: %s", exc)
-
     async def _unindexed(self, force: bool) -> list[tuple[str, int]]:
         """(workspace, head version) of the current documents that must be (re)built: missing
         ones, and, when the key sealing new documents changed since the last full pass
@@ -1978,37 +1958,28 @@ class EtcdStore:
         value = orjson.dumps({"key": current, "heads_only": True})
         await self._txn([], [put_op(self.keys.key(META_RESOURCE_INDEX_KEY), value)], [])
 
-    async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
-        """Build the current versions' missing index documents one at a time (memory: about
-        two bodies and one document); the documents built are the progress marker."""
-        status = self.reindex_status
-        status.running, status.complete, status.error = True, False, None
-        status.started_at, status.indexed = time.time(), 0
-        try:
-            missing = await self._unindexed(force)
-            status.remaining = len(missing)
-            progress = resource_index.ProgressLog(self.engine, len(missing))
-            last_full: tuple[str, int, bytes] | None = None
-            for name, number in missing:
-                found = await self._read_uncached(name, number, last_full)
-                if found is not None:
-                    body, last_full = found
-                    packed = resource_index.build(number, body)
-                    del body
-                    await self._store_index_doc(name, number, packed)
-                status.indexed += 1
-                status.remaining -= 1
-                progress.step()
-            progress.finish()
-            await self._mark_index_key()
-            status.complete = True
-        except Exception as exc:
-            status.error = str(exc)
-            raise
-        finally:
-            status.running = False
-            status.finished_at = time.time()
-        return status
+    async def _plan_reindex(self, force: bool) -> ReindexPlan[tuple[str, int]]:
+        """The reindex (Reindexer) builds the listed current documents one at a time (memory:
+        about two bodies and one document), then marks the key they are sealed with."""
+        missing = await self._unindexed(force)
+        last_full: tuple[str, int, bytes] | None = None
+
+        async def listed() -> AsyncIterator[tuple[str, int]]:
+            for item in missing:
+                yield item
+
+        async def index_one(item: tuple[str, int]) -> None:
+            nonlocal last_full
+            name, number = item
+            found = await self._read_uncached(name, number, last_full)
+            if found is None:
+                return
+            body, last_full = found
+            packed = resource_index.build(number, body)
+            del body
+            await self._store_index_doc(name, number, packed)
+
+        return ReindexPlan(len(missing), listed(), index_one, self._mark_index_key)
 
     async def _read_uncached(
         self, name: str, number: int, last_full: tuple[str, int, bytes] | None

@@ -40,7 +40,7 @@ from blixard.store.codec import DELTA_MAX_BYTES, DeltaBase, Encoded, VersionCode
 from blixard.store.crypto import Cipher, DecryptionError, is_sealed, lock_aad, run_aad
 from blixard.store.encryption import EncryptionNotConfigured, EncryptionStatus, RotationProgress
 from blixard.store.errors import StoreCannotConnect, StoreCorrupt, StoreInUse
-from blixard.store.resource_index import HeadIndex, IndexDoc, ReindexStatus
+from blixard.store.resource_index import HeadIndex, IndexDoc, Reindexer, ReindexPlan
 from blixard.store.snapshot import ImportReport, SnapshotRecord
 from blixard.store.sqlite import encryption as sqlite_encryption
 from blixard.store.sqlite import snapshot as sqlite_snapshot
@@ -495,8 +495,7 @@ class SQLiteStore:
         self._lease_ids = itertools.count(1)
         #: Current versions' resource index documents (search); see resource_index.py.
         self.resource_index = HeadIndex()
-        self.reindex_status = ReindexStatus()
-        self._reindexer: asyncio.Task[None] | None = None
+        self.reindexer = Reindexer(self.engine, self._plan_reindex)
         #: Index documents found at open that no configured key opens (rebuilt by reindex).
         self._unreadable_docs: set[tuple[int, str, int]] = set()
 
@@ -530,13 +529,10 @@ class SQLiteStore:
             raise
         self._checkpointer = _Checkpointer(self.path, interval=1.0)
         self._checkpointer.start()
-        self.start_reindex()
+        self.reindexer.start()
 
     async def close(self) -> None:
-        if self._reindexer is not None:
-            self._reindexer.cancel()
-            await asyncio.gather(self._reindexer, return_exceptions=True)
-            self._reindexer = None
+        await self.reindexer.stop()
         for stop in list(self.exports):
             stop.set()  # an export's thread lets go of its read transaction
         if self._checkpointer is not None:
@@ -1242,7 +1238,7 @@ class SQLiteStore:
         snapshot format carries no index: it is rebuilt from the exact bodies)."""
         report = await sqlite_snapshot.import_records(self, records)
         await self._read(self._load_resource_heads)
-        self.start_reindex()
+        self.reindexer.start()
         return report
 
     # -- the resource index (resource_index.py) -------------------------------------------
@@ -1262,41 +1258,18 @@ class SQLiteStore:
             ws = self._workspaces.get(name)
             self.resource_index.set_hidden(name, ws is not None and ws.deleted)
 
-    def start_reindex(self, *, force: bool = False) -> None:
-        """Build missing current documents in the background (all of them with `force`,
-        which replaces a pass in progress)."""
-        if self._reindexer is not None and not self._reindexer.done():
-            if not force:
-                return
-            self._reindexer.cancel()
-        # Reported as running from now on, not only once the task has started.
-        self.reindex_status.running, self.reindex_status.complete = True, False
-        self._reindexer = asyncio.create_task(self._reindex_in_background(force))
-
-    async def _reindex_in_background(self, force: bool) -> None:
-        try:
-            await self.reindex_resources(force=force)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # logged and reported; the next open resumes
-            log.warning("resource index: reindex stopped: %s", exc)
-
-    async def reindex_resources(self, *, force: bool = False) -> ReindexStatus:
-        """Build the current versions' missing index documents one at a time (memory: about
-        two bodies and one document), in workspace order; `force` rebuilds all of them."""
-        status = self.reindex_status
-        status.running, status.complete, status.error = True, False, None
-        status.started_at, status.indexed = time.time(), 0
+    async def _plan_reindex(self, force: bool) -> ReindexPlan[tuple[int, str, int]]:
+        """The reindex (Reindexer) builds the current versions' stale documents one at a time
+        (memory: about two bodies and one document), in workspace order, listed a page at a
+        time; the documents no configured key opened at open come first."""
         unreadable = sorted(self._unreadable_docs)
-        try:
-            key = self.cipher.current_id if self.cipher else None
-            total = await self._read(lambda conn: _count_unindexed(conn, force, key))
-            total += len(unreadable)
-            status.remaining = total
-            progress = resource_index.ProgressLog(self.engine, total)
-            cursor = (0, 0)
-            #: The last full version decoded (a delta base for the next ones): at most one.
-            last_full: list[tuple[int, int, bytes]] = []
+        key = self.cipher.current_id if self.cipher else None
+        total = await self._read(lambda conn: _count_unindexed(conn, force, key))
+        #: The last full version decoded (a delta base for the next ones): at most one.
+        last_full: list[tuple[int, int, bytes]] = []
+
+        async def listed() -> AsyncIterator[tuple[int, str, int]]:
+            pending, cursor = unreadable, (0, 0)
             while True:
                 page = await self._read(
                     functools.partial(
@@ -1305,25 +1278,17 @@ class SQLiteStore:
                 )
                 if page:
                     cursor = (page[-1][0], page[-1][2])
-                page = unreadable + page
-                unreadable = []
+                page, pending = pending + page, []
                 if not page:
-                    break
-                for ws_id, name, version in page:
-                    await self._index_one(ws_id, name, version, last_full)
-                    self._unreadable_docs.discard((ws_id, name, version))
-                    status.indexed += 1
-                    status.remaining = max(0, status.remaining - 1)
-                    progress.step()
-            progress.finish()
-            status.complete = True
-        except Exception as exc:
-            status.error = str(exc)
-            raise
-        finally:
-            status.running = False
-            status.finished_at = time.time()
-        return status
+                    return
+                for item in page:
+                    yield item
+
+        async def index_one(item: tuple[int, str, int]) -> None:
+            await self._index_one(*item, last_full)
+            self._unreadable_docs.discard(item)
+
+        return ReindexPlan(total + len(unreadable), listed(), index_one)
 
     async def _index_one(
         self, ws_id: int, name: str, version: int, last_full: list[tuple[int, int, bytes]]
