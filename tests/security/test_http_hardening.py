@@ -194,6 +194,24 @@ def test_a_request_head_that_stops_arriving_answers_408(open_server: ServerProce
         assert client.get("/health").status_code == 200
 
 
+def test_each_head_on_a_kept_alive_connection_has_its_own_deadline(
+    open_server: ServerProcess,
+) -> None:
+    """The head deadline restarts with every request: an idle pause between two requests is
+    not a late head, and a second head that stalls still answers 408."""
+    with socket.create_connection(("127.0.0.1", open_server.port), timeout=30) as sock:
+        sock.sendall(request_head("GET", "/health"))
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        time.sleep(1.5)  # longer than the 1 s timeout, idle between requests
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b")
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    second = RawResponse(bytes(received))
+    assert second.status == 408 and second.json()["error"] == "head_timeout"
+
+
 @pytest.mark.parametrize(
     ("lengths", "reason"),
     [

@@ -54,35 +54,46 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
-        self._head_fields = 0
         self._messages = 0
         self._refused = False
-        self._head_timer: asyncio.TimerHandle | None = None
+        #: When the head being received is due (None between heads), and the one timer that
+        #: checks it: a request only stamps the time, so no timer is made per request.
+        self._head_due: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_due = self.loop.time() + self.head_timeout
+        self._watchdog = self.loop.call_at(self._head_due, self._check_head)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        self._disarm_watchdog()
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+    def _disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        busy = self.cycle is not None and not self.cycle.response_complete
-        if self._in_head and not busy and not self.transport.is_closing():
-            self._answer_and_close(
-                408, "Request Timeout", "head_timeout", "The request head did not arrive in time."
-            )
+    def _check_head(self) -> None:
+        self._watchdog = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        due = self._head_due
+        if due is not None and now >= due:
+            busy = self.cycle is not None and not self.cycle.response_complete
+            if not busy:
+                self._answer_and_close(
+                    408,
+                    "Request Timeout",
+                    "head_timeout",
+                    "The request head did not arrive in time.",
+                )
+                return
+        # Between heads (or the previous response still going), look again a timeout later.
+        when = due if due is not None and due > now else now + self.head_timeout
+        self._watchdog = self.loop.call_at(when, self._check_head)
 
     def data_received(self, data: bytes) -> None:
         if self._in_head and not self._refused:
@@ -104,19 +115,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._arm_head_timer()
+        self._head_due = self.loop.time() + self.head_timeout
         super().on_message_begin()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_fields += 1
-        if self._head_fields > MAX_HEADERS:
+    def on_headers_complete(self) -> None:
+        # Counted once the head is in: its bytes are capped, so its fields are too.
+        if len(self.headers) > MAX_HEADERS:
             self._refused = True
             raise _TooManyHeaders
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm_head_timer()
+        self._head_due = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -124,7 +132,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._messages += 1
         self._in_head = True
         self._head_bytes = 0
-        self._head_fields = 0
 
     def send_400_response(self, msg: str) -> None:
         """A request httptools cannot parse (a malformed or repeated Content-Length, a bad
@@ -142,7 +149,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _answer_and_close(self, status: int, reason: str, code: str, message: str) -> None:
-        self._disarm_head_timer()
+        self._disarm_watchdog()
         body = orjson.dumps({"error": code, "message": message})
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
