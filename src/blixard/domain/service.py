@@ -10,7 +10,6 @@ whatever the engine or the number of server nodes (`StateService._cas`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import time
@@ -22,7 +21,6 @@ from blixard.domain.access import Action, Actor, Role, audit_event
 from blixard.domain.errors import (
     ChecksumMismatch,
     DomainError,
-    InvalidState,
     LineageMismatch,
     LockConflict,
     Locked,
@@ -35,15 +33,7 @@ from blixard.domain.errors import (
     WorkspaceDeleted,
     WorkspaceNotDeleted,
 )
-from blixard.domain.models import (
-    Body,
-    Lock,
-    NewVersion,
-    StateMeta,
-    VersionMeta,
-    VersionSource,
-    Workspace,
-)
+from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, VersionSource, Workspace
 from blixard.domain.parsing import check_workspace_name, parse_lock_info, parse_state, with_serial
 from blixard.domain.roles import StateStore
 
@@ -187,12 +177,16 @@ class StateService:
         actor: Actor | None = None,
     ) -> WriteResult:
         check_workspace_name(name)
-        meta, (md5, sha256) = await _parse_and_digest(body, content_md5)
+        md5 = hashlib.md5(body)
+        if content_md5 is not None:
+            verify_content_md5(md5.digest(), content_md5)
+        meta = parse_state(body)
+        sha256 = hashlib.sha256(body).hexdigest()
         new = NewVersion(
             meta=meta,
             size=len(body),
             sha256=sha256,
-            md5=md5,
+            md5=md5.hexdigest(),
             created_at=self.clock(),
             lock_id=lock_id,
             source=source,
@@ -449,42 +443,6 @@ def with_lock_who(new: NewVersion, lock: Lock) -> NewVersion:
     says who applied it even after the lock is gone."""
     who = lock.info.get("Who")
     return replace(new, lock_who=who if isinstance(who, str) and who else None)
-
-
-#: From this size a state's digests are made on a worker thread while the event loop parses
-#: it: hashlib releases the GIL, so the loop serves other requests meanwhile (about 200 us of
-#: its time per 100 KiB written); below it the hand-over costs more than it saves.
-THREADED_DIGEST_BYTES = 64 * 1024
-
-
-def _digests(body: Body) -> tuple[bytes, str]:
-    """The body's MD5 (raw) and SHA-256 (hex)."""
-    return hashlib.md5(body).digest(), hashlib.sha256(body).hexdigest()
-
-
-async def _parse_and_digest(
-    body: Body, content_md5: str | None
-) -> tuple[StateMeta, tuple[str, str]]:
-    """parse_state and the body's MD5 and SHA-256 (hex), checked against Content-MD5 first:
-    a body damaged in transit is reported as such, not as the invalid JSON it became."""
-    if len(body) < THREADED_DIGEST_BYTES:
-        md5, sha256 = _digests(body)
-        if content_md5 is not None:
-            verify_content_md5(md5, content_md5)
-        return parse_state(body), (md5.hex(), sha256)
-    digesting = asyncio.ensure_future(asyncio.to_thread(_digests, body))
-    try:
-        meta: StateMeta | None = parse_state(body)
-        invalid: InvalidState | None = None
-    except InvalidState as exc:
-        meta, invalid = None, exc
-    md5, sha256 = await digesting
-    if content_md5 is not None:
-        verify_content_md5(md5, content_md5)
-    if invalid is not None:
-        raise invalid
-    assert meta is not None
-    return meta, (md5.hex(), sha256)
 
 
 def verify_content_md5(digest: bytes, header: str) -> None:

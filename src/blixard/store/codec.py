@@ -13,7 +13,6 @@ body: decoding a delta opens and decompresses the base, then opens and decompres
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import threading
@@ -31,9 +30,6 @@ Encoding = Literal["zstd", "zstd-delta"]
 
 #: Above this size a version is always stored full: dictionaries that big cost more than they save.
 DELTA_MAX_BYTES = 16 * 1024 * 1024
-#: From this size a version is packed on a worker thread (about 200 us of the event loop's
-#: time per 100 KiB); below it the hand-over costs more than it saves.
-THREADED_ENCODE_BYTES = 64 * 1024
 #: zstd refuses windows past 2**27 unless told otherwise; deltas stay far below it.
 MAX_WINDOW_LOG = 27
 
@@ -155,13 +151,6 @@ class VersionCodec:
             return encoded
         sealed = self.cipher.seal(encoded.blob, state_aad(workspace))
         return Encoded(encoded.encoding, encoded.base_version, sealed)
-
-    async def encode_off_loop(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:
-        """`encode`, on a worker thread for a body from THREADED_ENCODE_BYTES: zstd and AES-GCM
-        release the GIL, so the event loop serves other requests while a state is packed."""
-        if len(body) < THREADED_ENCODE_BYTES:
-            return self.encode(workspace, body, base)
-        return await asyncio.to_thread(self.encode, workspace, body, base)
 
     def _compress(self, workspace: str, body: Body, base: DeltaBase | None) -> Encoded:
         if base is None or self.wants_full(len(body), len(base.body), base.deltas_since):

@@ -1172,7 +1172,10 @@ class EtcdStore:
             if record is None:
                 return None
         base = await self._delta_base(record, len(body))
-        encoded = await self.codec.encode_off_loop(name, body, base)
+        if len(body) > _INLINE_ENCODE_BYTES:
+            encoded = await asyncio.to_thread(self.codec.encode, name, body, base)
+        else:
+            encoded = self.codec.encode(name, body, base)
         current = record.ws if record else Workspace(name, 0, now, now)
         number = current.head.version + 1 if current.head else 1
         meta = version.numbered(name, number)

@@ -905,7 +905,10 @@ class SQLiteStore:
         if self._stale(name, expect_revision):
             return None
         base = await self._delta_base(name, len(body))
-        encoded = await self.codec.encode_off_loop(name, body, base)
+        if len(body) > _INLINE_ENCODE_BYTES:
+            encoded = await asyncio.to_thread(self.codec.encode, name, body, base)
+        else:
+            encoded = self.codec.encode(name, body, base)
         now = version.created_at
         lock_who = self.seal_who(name, version.lock_who)
         known = self._workspaces.get(name)
