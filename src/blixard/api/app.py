@@ -109,7 +109,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return app
 
 
-def asgi_app(app: FastAPI, *, fast_path: bool = True) -> ASGIApp:
-    """What the server runs: metrics around the protocol fast path around the FastAPI app."""
+def asgi_app(app: FastAPI, *, fast_path: bool = True, heads_capped: bool = False) -> ASGIApp:
+    """What the server runs: metrics around the protocol fast path around the FastAPI app.
+    `heads_capped`: the HTTP protocol already capped request heads (limits.http_protocol)."""
     inner: ASGIApp = ProtocolFastPath(app, root=app) if fast_path else app
-    return MetricsMiddleware(RequestLimits(inner), app.state.metrics)
+    return MetricsMiddleware(RequestLimits(inner, heads_capped=heads_capped), app.state.metrics)

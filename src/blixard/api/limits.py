@@ -174,18 +174,21 @@ def _has_body(scope: Scope) -> bool:
 
 
 class RequestLimits:
-    """431 for too many or too large headers (any server), and no reading of unread bodies."""
+    """431 for too many or too large headers (any server: `heads_capped` when the protocol
+    already refused them as they arrived), and no reading of unread bodies."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, heads_capped: bool = False) -> None:
         self.app = app
+        self.heads_capped = heads_capped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
-        if len(headers) > MAX_HEADERS or (
-            sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
+        if not self.heads_capped and (
+            len(headers) > MAX_HEADERS
+            or sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
         ):
             response = error_response(431, "headers_too_large", _TOO_LARGE_MESSAGE)
             response.headers["connection"] = "close"
