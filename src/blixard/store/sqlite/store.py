@@ -952,12 +952,7 @@ class SQLiteStore:
                 return None  # the head moved since the index document was built
             meta = version.numbered(name, number)
             conn.execute(INSERT_VERSION, version_row(ws_id, meta, encoded, lock_who))
-            # The new head's document replaces the previous head's: one per workspace.
-            conn.execute("DELETE FROM resource_index WHERE workspace_id = ?", (ws_id,))
-            conn.execute(
-                "INSERT INTO resource_index(workspace_id, version, doc) VALUES (?, ?, ?)",
-                (ws_id, number, index_doc),
-            )
+            _put_index_doc(conn, ws_id, number, index_doc)
             base_info = self._next_base(name, number, len(body), encoded)
             _insert_audit(conn, replace(audit, version=number) if audit else None)
             revision = (expect_revision or 0) + 1
@@ -1312,11 +1307,7 @@ class SQLiteStore:
             ).fetchone()
             if still_head is None:
                 return
-            conn.execute("DELETE FROM resource_index WHERE workspace_id = ?", (ws_id,))
-            conn.execute(
-                "INSERT INTO resource_index(workspace_id, version, doc) VALUES (?, ?, ?)",
-                (ws_id, version, stored),
-            )
+            _put_index_doc(conn, ws_id, version, stored)
 
         await self._write(operation)
         ws = self._workspaces.get(name)
@@ -1560,6 +1551,20 @@ def _unindexed(
         "ORDER BY v.workspace_id, v.version LIMIT ?",
         (*params, *after, limit),
     ).fetchall()
+
+
+def _put_index_doc(conn: sqlite3.Connection, ws_id: int, version: int, doc: bytes) -> None:
+    """Make `doc` the workspace's index document: the head's replaces the one before (one row
+    per workspace since migration 7), in one statement when there is one."""
+    updated = conn.execute(
+        "UPDATE resource_index SET version = ?, doc = ? WHERE workspace_id = ?",
+        (version, doc, ws_id),
+    )
+    if updated.rowcount == 0:
+        conn.execute(
+            "INSERT INTO resource_index(workspace_id, version, doc) VALUES (?, ?, ?)",
+            (ws_id, version, doc),
+        )
 
 
 def _insert_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> None:
