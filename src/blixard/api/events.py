@@ -1,14 +1,22 @@
-"""Live change events as server-sent events, scoped by the key like every other route."""
+"""Live change events as server-sent events, scoped by the key like every other route.
+
+A stream outlives the request that checked its key, so it checks the key again (an in-memory
+look-up) before every event and keep-alive: a revoked key, or an expired web UI session, ends
+the stream before anything more is sent."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from blixard.api.security import authorize_key, presented_key
+from blixard.auth.keyring import KeyRing
 from blixard.auth.sessions import COOKIE_NAME
 from blixard.domain.access import Action, Actor
 from blixard.domain.events import EventBus
@@ -26,31 +34,61 @@ KEEPALIVE_SECONDS = 15.0
         "A `text/event-stream` of changes to the workspaces the key may see. Each event has "
         "`event:` lock, version, workspace or run, and `data:` one JSON object with `type`, "
         "`workspace`, `at` and per-type fields (lock: locked, lock_id, who, operation; "
-        "version: version, serial, source; workspace: deleted; run: plan_id, status). A "
-        "node streams the changes made through that node (see docs/api.md). A first `ready` "
-        "event says the stream is listening; a `lost` event that the client fell more than "
-        "1000 events behind and should re-read. The web UI's "
-        "session cookie is accepted as well as the usual key headers."
+        "version: version, serial, source; workspace: deleted; run: plan_id, status). On the "
+        "SQLite engine a node streams the changes made through it; on etcd, the changes made "
+        "through any node of the cluster (docs/ha.md). A first `ready` event says the stream "
+        "is listening; a `lost` event that the client missed events (it fell more than 1000 "
+        "behind, or the etcd watch had to skip some) and should re-read. The key is checked "
+        "again before every event and keep-alive: the stream ends once it is revoked (or the "
+        "web UI session it came from expires). The web UI's session cookie is accepted as "
+        "well as the usual key headers."
     ),
     response_class=Response,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def events(request: Request) -> Response:
     secret = presented_key(request)
+    expires_at = math.inf
     if secret is None:
         sessions = getattr(request.app.state, "sessions", None)
         session = sessions.codec().open(request.cookies.get(COOKIE_NAME)) if sessions else None
         secret = session.key if session else None
+        expires_at = session.expires_at if session else math.inf
     actor = await authorize_key(request, secret, Action.workspace_list)
     bus: EventBus = request.app.state.events
+    grant = _Grant(request.app.state.keyring, secret, actor, expires_at)
     return StreamingResponse(
-        _stream(bus, actor),
+        _stream(bus, grant),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(bus: EventBus, actor: Actor) -> AsyncIterator[bytes]:
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    """What a stream was opened with, to check again while it runs."""
+
+    keyring: KeyRing
+    secret: str | None
+    actor: Actor
+    #: When the web UI session the key came from ends (inf: a key header).
+    expires_at: float
+
+    async def current(self) -> Actor | None:
+        """Who the stream still serves; None once its key was revoked, its session expired,
+        or (no key) authentication was turned on. A look-up in the keyring's cached list."""
+        if time.time() >= self.expires_at:
+            return None
+        if self.secret is None:
+            return None if await self.keyring.enabled() else self.actor
+        key = await self.keyring.check(self.secret)
+        if key is None:
+            return None
+        actor = replace(self.actor, role=key.role, scopes=key.scopes)
+        return actor if actor.allowed(Action.workspace_list) else None
+
+
+async def _stream(bus: EventBus, grant: _Grant) -> AsyncIterator[bytes]:
     listener = bus.listen()
     try:
         # `ready` is sent once listening: every change acknowledged after it is delivered.
@@ -60,12 +98,15 @@ async def _stream(bus: EventBus, actor: Actor) -> AsyncIterator[bytes]:
             event = await listener.next(KEEPALIVE_SECONDS)
             if listener.ended:
                 return
+            actor = await grant.current()
+            if actor is None:  # revoked or expired: end the stream, deliver nothing more
+                return
             if listener.lost > reported_lost:  # fell behind: the client should re-read
                 reported_lost = listener.lost
                 yield b"event: lost\ndata: " + orjson.dumps({"lost": reported_lost}) + b"\n\n"
             if event is None:
                 yield b": keep-alive\n\n"
-            elif actor.can_see(event.workspace):
+            elif not event.is_wake and actor.can_see(event.workspace):
                 data = orjson.dumps(event.to_json())
                 yield b"event: " + event.kind.encode() + b"\ndata: " + data + b"\n\n"
     finally:

@@ -113,6 +113,16 @@ class KeyRing:
         return bool(self._by_id)
 
     async def verify(self, presented: str) -> ApiKey | None:
+        key = await self.check(presented)
+        if key is not None and self._by_id.get(key.id) is key:  # stored keys only
+            self._used[key.id] = self.clock()
+        return key
+
+    async def check(self, presented: str) -> ApiKey | None:
+        """The key `presented` is, if still valid, without counting it as used: a look-up
+        in the cached key list (re-read at most every REFRESH_SECONDS, so a key revoked on
+        another node counts as revoked here within that time; on this node, at once). For
+        what re-checks a key over and over, such as an open event stream."""
         await self._maybe_refresh()
         hashed = secret_hash(presented)
         ephemeral = self._ephemeral.get(key_id(hashed))
@@ -121,7 +131,6 @@ class KeyRing:
         candidate = self._by_id.get(key_id(hashed))
         if candidate is None or not hmac.compare_digest(candidate.secret_hash, hashed):
             return None
-        self._used[candidate.id] = self.clock()
         return candidate
 
     def issue_ephemeral(self, name: str, role: Role, scopes: tuple[str, ...]) -> str:

@@ -1,8 +1,11 @@
 """Change events (locks, versions, workspaces, runs) fanned out to live listeners.
 
-One bus per process: what this node's store accepted. Listeners get events in the order the
-store acknowledged them; a listener that falls behind by more than its queue loses the oldest
-events and is told so (`lost`), so a slow browser can never hold the server's memory.
+One bus per process. On the embedded engine it hears what this node's store accepted; on
+etcd, every node's changes as the cluster's watch reports them (store/etcd/changes.py).
+Listeners get events in the order the store acknowledged them; a listener that falls behind by
+more than its queue loses the oldest events and is told so (`lost`), so a slow browser can
+never hold the server's memory. The bus can also declare events lost for everyone (`missed`:
+the etcd watch resumed past a compaction), so pages re-read what they show.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ class ChangeEvent:
     def to_json(self) -> dict[str, Any]:
         return {"type": self.kind, "workspace": self.workspace, "at": self.at, **self.data}
 
+    @property
+    def is_wake(self) -> bool:
+        """Only there to wake a listener (stopping, events lost): nothing to deliver."""
+        return self.kind == _WAKE.kind
+
+
+#: Wakes a listener waiting in `next` without anything to deliver.
+_WAKE = ChangeEvent("", "", {}, 0.0)
+
 
 class Listener:
     def __init__(self, bus: EventBus) -> None:
@@ -38,6 +50,10 @@ class Listener:
             self._queue.get_nowait()
             self.lost += 1
         self._queue.put_nowait(event)
+
+    def _miss(self) -> None:
+        self.lost += 1
+        self._offer(_WAKE)
 
     async def next(self, timeout: float) -> ChangeEvent | None:
         """The next event, or None after `timeout` seconds without one."""
@@ -59,6 +75,12 @@ class EventBus:
         for listener in list(self._listeners):
             listener._offer(event)
 
+    def missed(self) -> None:
+        """Some changes were never published (the etcd watch resumed past a compaction):
+        every listener is told, as one that fell behind is."""
+        for listener in list(self._listeners):
+            listener._miss()
+
     def listen(self) -> Listener:
         listener = Listener(self)
         listener.ended = self._closed
@@ -71,4 +93,4 @@ class EventBus:
         self._closed = True
         for listener in list(self._listeners):
             listener.ended = True
-            listener._offer(ChangeEvent("closing", "", {}))
+            listener._offer(_WAKE)

@@ -101,6 +101,8 @@ from blixard.store.resource_index import HeadIndex, IndexDoc, ReindexStatus
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
 if TYPE_CHECKING:
+    from blixard.domain.events import EventBus
+    from blixard.store.etcd.changes import ChangeFeed
     from blixard.store.etcd.encryption import EtcdEncryption
 
 T = TypeVar("T")
@@ -242,6 +244,15 @@ class EtcdStore:
         self._index_watch: asyncio.Task[None] | None = None
         self._watch_stop = asyncio.Event()
         self._reindexer: asyncio.Task[None] | None = None
+        #: Publishes every node's changes on the bus it was given (changes.py); None: none.
+        self._changes: ChangeFeed | None = None
+
+    def feed_changes(self, bus: EventBus) -> None:
+        """Publish every node's changes on `bus` while open, from an etcd watch: so a node's
+        event stream hears what was done through any node (changes.py)."""
+        from blixard.store.etcd.changes import ChangeFeed
+
+        self._changes = ChangeFeed(self, bus)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -282,6 +293,10 @@ class EtcdStore:
             await self._index_runs()
             await self._upgrade_audit_ids()
             await self._follow_resource_heads()
+            if self._changes is not None:
+                root = self.keys.root
+                now = await self._range(root, prefix_end(root), limit=1)
+                self._changes.start(int(now.header.revision))
             self.start_reindex()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))
@@ -361,6 +376,8 @@ class EtcdStore:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._reindexer = self._index_watch = None
+        if self._changes is not None:
+            await self._changes.stop()
         if self._compactor is not None:
             self._compactor.cancel()
             await asyncio.gather(self._compactor, return_exceptions=True)
