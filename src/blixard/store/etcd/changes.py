@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from blixard.domain.events import ChangeEvent, EventBus
+from blixard.store.etcd.conn import grpc_detail
 from blixard.store.etcd.keyspace import RUNS, WORKSPACES, prefix_end
 
 if TYPE_CHECKING:
@@ -88,10 +89,14 @@ class ChangeFeed:
             yield WatchRequest(create_request=create)
             await stop.wait()
 
+        failing = False
         while not stop.is_set():
             call = stub_watch(self.store.client.watch, requests(revision), require_leader=True)
             try:
                 async for response in call:
+                    if failing:
+                        log.info("live events: etcd watch resumed")
+                        failing = False
                     if response.compact_revision > 0:
                         revision = await self._now()
                         log.warning(
@@ -116,7 +121,10 @@ class ChangeFeed:
             except Exception as exc:  # a member restarted, the leader moved: resume
                 if stop.is_set():
                     return
-                log.info("live events: etcd watch interrupted (%s); resuming", exc)
+                if not failing:  # once per outage, not at every attempt
+                    detail = grpc_detail(exc)[1]
+                    log.warning("live events: etcd watch interrupted (%s); resuming", detail)
+                    failing = True
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _now(self) -> int:
