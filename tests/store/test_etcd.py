@@ -452,13 +452,15 @@ async def test_resource_index_of_one_node_follows_the_writes_of_another(tmp_path
 
 async def test_change_feed_past_a_compaction_reports_lost_events_then_follows() -> None:
     """A watch resuming from a compacted revision cannot replay what it missed: every
-    listener is told it lost events (pages re-read), and changes from then on still come."""
+    listener is told it lost events (pages re-read), and changes from then on still come,
+    sealed lock payloads opened as a lock read opens them."""
     from blixard.domain.events import EventBus
+    from blixard.store.crypto import Cipher
     from blixard.store.etcd.changes import ChangeFeed
     from tests.etcd_cluster import private_cluster
 
     with private_cluster(1) as cluster:
-        store = EtcdStore(cluster.endpoints, "/blixard-feed/")
+        store = EtcdStore(cluster.endpoints, "/blixard-feed/", cipher=Cipher(b"k" * 32))
         await store.open()
         bus = EventBus()
         listener = bus.listen()
@@ -483,6 +485,16 @@ async def test_change_feed_past_a_compaction_reports_lost_events_then_follows() 
                 ("version", 3)
             ]
             assert listener.lost == 2
+            # A sealed lock payload: the event names its holder as a lock read would.
+            ws = await store.get_workspace("w")
+            assert ws is not None
+            assert await store.put_lock("w", a_lock(), expect_revision=ws.revision, now=6)
+            record = await store.get_kv(store.keys.workspace("w"))
+            assert record is not None and b"tester" not in bytes(record.value)
+            event = await listener.next(10)
+            assert event is not None and event.kind == "lock", event
+            expected = {"locked": True, "lock_id": "L1", "who": "tester", "operation": "x"}
+            assert event.data == expected
         finally:
             await feed.stop()
             await store.close()
