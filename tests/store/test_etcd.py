@@ -498,3 +498,37 @@ async def test_change_feed_past_a_compaction_reports_lost_events_then_follows() 
         finally:
             await feed.stop()
             await store.close()
+
+
+async def test_change_feed_watches_only_while_someone_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody listening, no watch (it costs CPU per change anywhere in the cluster); the
+    first subscriber starts it before it returns, and it stops a while after the last left."""
+    from blixard.domain.events import EventBus
+    from blixard.store.etcd import changes
+
+    monkeypatch.setattr(changes, "LINGER_SECONDS", 0.1)
+    store = EtcdStore(shared_cluster_endpoints(), _prefix(tmp_path))
+    bus = EventBus()
+    store.feed_changes(bus)
+    await store.open()
+    try:
+        feed = bus.feeder
+        assert isinstance(feed, changes.ChangeFeed) and not feed.running
+        await append(store, "w", 1)  # nobody listens: published nowhere
+        listener = await bus.subscribe()
+        assert feed.running
+        await append(store, "w", 2)
+        event = await listener.next(10)
+        assert event is not None and (event.kind, event.data["version"]) == ("version", 2)
+        listener.close()
+        second = await bus.subscribe()  # within the linger: the same watch goes on
+        second.close()
+        for _ in range(100):
+            if not feed.running:
+                break
+            await asyncio.sleep(0.05)
+        assert not feed.running
+    finally:
+        await store.close()

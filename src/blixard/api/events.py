@@ -19,6 +19,7 @@ from blixard.api.security import authorize_key, presented_key
 from blixard.auth.keyring import KeyRing
 from blixard.auth.sessions import COOKIE_NAME
 from blixard.domain.access import Action, Actor
+from blixard.domain.errors import StorageUnavailable
 from blixard.domain.events import EventBus
 
 router = APIRouter(prefix="/api/tofu", tags=["events"])
@@ -89,7 +90,13 @@ class _Grant:
 
 
 async def _stream(bus: EventBus, grant: _Grant) -> AsyncIterator[bytes]:
-    listener = bus.listen()
+    # Subscribed here, not before the response: a generator that never starts (the client
+    # left first) never runs its `finally`, and would keep its listener.
+    try:
+        listener = await bus.subscribe()
+    except StorageUnavailable:  # etcd cannot be watched now: the client retries in 3 s
+        yield b"retry: 3000\n\n"
+        return
     try:
         # `ready` is sent once listening: every change acknowledged after it is delivered.
         yield b"retry: 3000\nevent: ready\ndata: {}\n\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 QUEUE_SIZE = 1000
 
@@ -38,12 +38,27 @@ class ChangeEvent:
 _WAKE = ChangeEvent("", "", {}, 0.0)
 
 
+class Feeder(Protocol):
+    """What feeds a bus only while someone listens (the etcd watch): it costs every node
+    some CPU per change anywhere in the cluster, which nobody needs while no stream is open."""
+
+    async def acquire(self) -> None:
+        """A listener arrived: from the return on, every change acknowledged is published
+        (StorageUnavailable if the feed cannot start)."""
+        ...
+
+    def release(self) -> None:
+        """A listener left."""
+        ...
+
+
 class Listener:
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
         self._queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(QUEUE_SIZE)
         self.lost = 0
         self.ended = False  # the server is stopping: end the stream
+        self._fed = False  # counted by the bus's feeder
 
     def _offer(self, event: ChangeEvent) -> None:
         if self._queue.full():
@@ -63,13 +78,19 @@ class Listener:
             return None
 
     def close(self) -> None:
-        self._bus._listeners.discard(self)
+        bus = self._bus
+        bus._listeners.discard(self)
+        if self._fed and bus.feeder is not None:
+            self._fed = False
+            bus.feeder.release()
 
 
 class EventBus:
     def __init__(self) -> None:
         self._listeners: set[Listener] = set()
         self._closed = False
+        #: Started and stopped by `subscribe` and `Listener.close` (None: always fed).
+        self.feeder: Feeder | None = None
 
     def publish(self, event: ChangeEvent) -> None:
         for listener in list(self._listeners):
@@ -82,9 +103,23 @@ class EventBus:
             listener._miss()
 
     def listen(self) -> Listener:
+        """A listener of what is published from now on (whatever feeds the bus)."""
         listener = Listener(self)
         listener.ended = self._closed
         self._listeners.add(listener)
+        return listener
+
+    async def subscribe(self) -> Listener:
+        """A listener of every change acknowledged from the return on: `listen`, with the
+        feeder (if any) started for it. Close it when done."""
+        listener = self.listen()
+        if self.feeder is not None:
+            try:
+                await self.feeder.acquire()
+            except BaseException:
+                listener.close()
+                raise
+            listener._fed = True
         return listener
 
     def close(self) -> None:

@@ -44,43 +44,97 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two attempts to open a watch that failed.
 RETRY_SECONDS = 0.5
+#: Seconds the watches stay open after the last listener left: a browser moving from page to
+#: page closes its stream and opens the next one at once.
+LINGER_SECONDS = 60.0
 
 
 class ChangeFeed:
-    """Two watches (workspace records, run documents) publishing on `bus` until `stop`."""
+    """Two watches (workspace records, run documents) publishing on `bus`, open while the
+    bus has listeners (and LINGER_SECONDS after): a watch costs each node CPU for every
+    change anywhere in the cluster (~0.1 ms per change), which a node nobody listens to
+    need not pay. The store stops it when it closes."""
 
     def __init__(self, store: EtcdDoor, bus: EventBus) -> None:
         self.store = store
         self.bus = bus
+        bus.feeder = self
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._listeners = 0
+        self._starting = asyncio.Lock()
+        self._idle: asyncio.TimerHandle | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    async def acquire(self) -> None:
+        self._listeners += 1
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        try:
+            async with self._starting:
+                if self._stopping is not None:  # an idle stop in progress: let it finish
+                    await asyncio.shield(self._stopping)
+                if not self._tasks:
+                    self.start(await self._current_revision())
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self._listeners -= 1
+        if self._listeners == 0 and self._tasks and self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._stop_idle)
+
+    def _stop_idle(self) -> None:
+        self._idle = None
+        if self._listeners == 0 and self._tasks:
+            self._stopping = asyncio.create_task(self.stop())
 
     def start(self, revision: int) -> None:
         """Publish every change after `revision` (a revision the store has read at)."""
-        self._stop = asyncio.Event()
+        stop = self._stop = asyncio.Event()
         self._tasks = [
-            asyncio.create_task(self._follow(WORKSPACES, self._workspace_events, revision)),
-            asyncio.create_task(self._follow(RUNS, self._run_events, revision)),
+            asyncio.create_task(self._follow(WORKSPACES, self._workspace_events, revision, stop)),
+            asyncio.create_task(self._follow(RUNS, self._run_events, revision, stop)),
         ]
 
     async def stop(self) -> None:
+        """End the watches (the store closes, or nobody listened for LINGER_SECONDS)."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        tasks, self._tasks = self._tasks, []
         # The request streams end first, so cancelling the calls then cancels no request
         # iterator (gRPC logs a traceback for that), as the resource index watch does.
         self._stop.set()
         await asyncio.sleep(0.01)
-        for task in self._tasks:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._stopping = None
+
+    async def _current_revision(self) -> int:
+        """The cluster's revision now (StorageUnavailable if etcd does not answer)."""
+        key = self.store.keys.key(WORKSPACES)
+        found = await self.store.read_range(key, prefix_end(key), limit=1)
+        return int(found.header.revision)
 
     async def _follow(
-        self, family: str, events_of: Callable[[str, Any], list[ChangeEvent]], revision: int
+        self,
+        family: str,
+        events_of: Callable[[str, Any], list[ChangeEvent]],
+        revision: int,
+        stop: asyncio.Event,
     ) -> None:
-        """Watch one family from `revision` + 1, for as long as the store is open."""
+        """Watch one family from `revision` + 1 until `stop`."""
         from blixard.store.etcd.wire import WatchCreateRequest, WatchRequest, stub_watch
 
         start = self.store.keys.key(family)
-        stop = self._stop
 
         async def requests(after: int) -> AsyncIterator[Any]:
             create = WatchCreateRequest(
@@ -98,7 +152,7 @@ class ChangeFeed:
                         log.info("live events: etcd watch resumed")
                         failing = False
                     if response.compact_revision > 0:
-                        revision = await self._now()
+                        revision = await self._now(stop)
                         log.warning(
                             "live events: the etcd watch fell behind a compaction; clients "
                             "are told to re-read"
@@ -127,15 +181,13 @@ class ChangeFeed:
                     failing = True
                 await asyncio.sleep(RETRY_SECONDS)
 
-    async def _now(self) -> int:
-        """The cluster's current revision (retried until etcd answers, or the store stops)."""
-        key = self.store.keys.key(WORKSPACES)
+    async def _now(self, stop: asyncio.Event) -> int:
+        """The cluster's current revision, retried until etcd answers (or `stop`)."""
         while True:
             try:
-                found = await self.store.read_range(key, prefix_end(key), limit=1)
-                return int(found.header.revision)
+                return await self._current_revision()
             except Exception as exc:
-                if self._stop.is_set():
+                if stop.is_set():
                     raise asyncio.CancelledError from exc
                 await asyncio.sleep(RETRY_SECONDS)
 

@@ -248,8 +248,9 @@ class EtcdStore:
         self._changes: ChangeFeed | None = None
 
     def feed_changes(self, bus: EventBus) -> None:
-        """Publish every node's changes on `bus` while open, from an etcd watch: so a node's
-        event stream hears what was done through any node (changes.py)."""
+        """Publish every node's changes on `bus` from an etcd watch, while it has listeners
+        (subscribed ones, `EventBus.subscribe`): so a node's event stream hears what was done
+        through any node (changes.py)."""
         from blixard.store.etcd.changes import ChangeFeed
 
         self._changes = ChangeFeed(self, bus)
@@ -293,10 +294,6 @@ class EtcdStore:
             await self._index_runs()
             await self._upgrade_audit_ids()
             await self._follow_resource_heads()
-            if self._changes is not None:
-                root = self.keys.root
-                now = await self._range(root, prefix_end(root), limit=1)
-                self._changes.start(int(now.header.revision))
             self.start_reindex()
             if self.compaction is not None:
                 self._compactor = asyncio.create_task(self._compact_loop(self.compaction))

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from blixard.domain.access import Action
-from blixard.domain.errors import InvalidInput
+from blixard.domain.errors import InvalidInput, StorageUnavailable
 from blixard.domain.events import EventBus
 from blixard.domain.runs import EXECUTING, FINISHED, Run, RunStatus
 from blixard.runs.service import RunRequest, RunService
@@ -118,7 +118,10 @@ def _sse(event: str, data: object) -> bytes:
 
 async def _log_stream(runs: RunService, bus: EventBus, run: Run, sent: int) -> AsyncIterator[bytes]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    listener = bus.listen()
+    try:
+        listener = await bus.subscribe()
+    except StorageUnavailable:  # etcd cannot be watched now: the page's stream retries
+        return
     status = run.status
     try:
         yield b"retry: 2000\n" + _sse("status", {"status": status.value})
