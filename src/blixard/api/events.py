@@ -77,12 +77,14 @@ class _Grant:
 
     async def current(self) -> Actor | None:
         """Who the stream still serves; None once its key was revoked, its session expired,
-        or (no key) authentication was turned on. A look-up in the keyring's cached list."""
+        or (no key) authentication was turned on. A look-up in the keyring's cached list
+        (re-read every few seconds; kept while the store cannot answer)."""
         if time.time() >= self.expires_at:
             return None
+        await self.keyring.settle()
         if self.secret is None:
-            return None if await self.keyring.enabled() else self.actor
-        key = await self.keyring.check(self.secret)
+            return None if self.keyring.requires_keys() else self.actor
+        key = self.keyring.lookup(self.secret)
         if key is None:
             return None
         actor = replace(self.actor, role=key.role, scopes=key.scopes)
