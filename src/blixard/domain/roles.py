@@ -224,7 +224,8 @@ class ChangeSource(Protocol):
     change is published once."""
 
     def feed_changes(self, bus: EventBus) -> None:
-        """Publish on `bus`, from the next open() until close()."""
+        """Publish on `bus` while the store is open and the bus has subscribed listeners
+        (`EventBus.subscribe`; the engine may watch only then)."""
         ...
 
 
