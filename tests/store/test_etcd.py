@@ -506,6 +506,7 @@ async def test_change_feed_watches_only_while_someone_listens(
     """Nobody listening, no watch (it costs CPU per change anywhere in the cluster); the
     first subscriber starts it before it returns, and it stops a while after the last left."""
     from blixard.domain.events import EventBus
+    from blixard.domain.runs import Run, RunStatus
     from blixard.store.etcd import changes
 
     monkeypatch.setattr(changes, "LINGER_SECONDS", 0.1)
@@ -522,6 +523,12 @@ async def test_change_feed_watches_only_while_someone_listens(
         await append(store, "w", 2)
         event = await listener.next(10)
         assert event is not None and (event.kind, event.data["version"]) == ("version", 2)
+        run = await store.create_run(Run("run-1", "w", RunStatus.queued, 1.0))
+        await store.update_run(replace(run, status=RunStatus.planning), expect_revision=1)
+        for status in ("queued", "planning"):
+            event = await listener.next(10)
+            assert event is not None and (event.kind, event.workspace) == ("run", "w"), event
+            assert event.data == {"plan_id": "run-1", "status": status}
         listener.close()
         second = await bus.subscribe()  # within the linger: the same watch goes on
         second.close()
