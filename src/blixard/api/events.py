@@ -7,18 +7,16 @@ the stream before anything more is sent."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from blixard.api.security import authorize_key, presented_key
-from blixard.auth.keyring import KeyRing
+from blixard.auth.grants import StreamGrant
 from blixard.auth.sessions import COOKIE_NAME
-from blixard.domain.access import Action, Actor
+from blixard.domain.access import Action
 from blixard.domain.errors import StorageUnavailable
 from blixard.domain.events import EventBus
 
@@ -57,7 +55,7 @@ async def events(request: Request) -> Response:
         expires_at = session.expires_at if session else math.inf
     actor = await authorize_key(request, secret, Action.workspace_list)
     bus: EventBus = request.app.state.events
-    grant = _Grant(request.app.state.keyring, secret, actor, expires_at)
+    grant = StreamGrant(request.app.state.keyring, secret, actor, Action.workspace_list, expires_at)
     return StreamingResponse(
         _stream(bus, grant),
         media_type="text/event-stream",
@@ -65,33 +63,7 @@ async def events(request: Request) -> Response:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Grant:
-    """What a stream was opened with, to check again while it runs."""
-
-    keyring: KeyRing
-    secret: str | None
-    actor: Actor
-    #: When the web UI session the key came from ends (inf: a key header).
-    expires_at: float
-
-    async def current(self) -> Actor | None:
-        """Who the stream still serves; None once its key was revoked, its session expired,
-        or (no key) authentication was turned on. A look-up in the keyring's cached list
-        (re-read every few seconds; kept while the store cannot answer)."""
-        if time.time() >= self.expires_at:
-            return None
-        await self.keyring.settle()
-        if self.secret is None:
-            return None if self.keyring.requires_keys() else self.actor
-        key = self.keyring.lookup(self.secret)
-        if key is None:
-            return None
-        actor = replace(self.actor, role=key.role, scopes=key.scopes)
-        return actor if actor.allowed(Action.workspace_list) else None
-
-
-async def _stream(bus: EventBus, grant: _Grant) -> AsyncIterator[bytes]:
+async def _stream(bus: EventBus, grant: StreamGrant) -> AsyncIterator[bytes]:
     # Subscribed here, not before the response: a generator that never starts (the client
     # left first) never runs its `finally`, and would keep its listener.
     try:
