@@ -296,6 +296,53 @@ class Writer:
         return None
 
 
+class EventStream:
+    """GET /api/tofu/events on one node with one key, read on a thread: the data events."""
+
+    def __init__(self, url: str, key: str | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=60)
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.ready.wait(15), "the stream never said ready"
+
+    def _read(self) -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            self._client.stream("GET", "/api/tofu/events") as stream,
+        ):
+            for line in stream.iter_lines():
+                if line == "event: ready":
+                    self.ready.set()
+                elif line.startswith('data: {"'):
+                    self.events.append(json.loads(line[6:]))
+
+    def wait_for(
+        self, workspace: str, kind: str, version: int | None = None, timeout: float = 20.0
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in list(self.events):
+                if (e["workspace"], e["type"]) == (workspace, kind) and version in (
+                    None,
+                    e.get("version"),
+                ):
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"no {kind} event of {workspace}: {self.events[-20:]}")
+
+    def seen(self, workspace: str) -> list[tuple[Any, ...]]:
+        return [
+            (e["type"], e.get("locked"), e.get("lock_id"), e.get("who"), e.get("version"))
+            for e in self.events
+            if e["workspace"] == workspace
+        ]
+
+    def close(self) -> None:
+        self._client.close()
+
+
 def test_etcd_leader_killed_under_write_load(nodes: Nodes) -> None:
     writers = [
         Writer(nodes.a.url, unique_name("ha-load-a")),
@@ -304,6 +351,8 @@ def test_etcd_leader_killed_under_write_load(nodes: Nodes) -> None:
     threads = [threading.Thread(target=w.run, daemon=True) for w in writers]
     leader = nodes.cluster.leader()
     killed = False
+    # Node A's live events: its watch must resume across the leader change, losing nothing.
+    stream = EventStream(nodes.a.url)
     try:
         try:
             for t in threads:
@@ -349,7 +398,13 @@ def test_etcd_leader_killed_under_write_load(nodes: Nodes) -> None:
                     assert meta["sha256"] == digest, (w.ws, serial, meta)
                     body = api.state_bytes(w.ws, meta["version"])
                     assert sha(body) == digest, (w.ws, serial)
+            # Every version, acknowledged or not (a write whose answer the kill lost may
+            # have committed), once each, in order, whichever node wrote it.
+            numbers = sorted(v["version"] for v in nodes.api_a.history(w.ws))
+            stream.wait_for(w.ws, "version", version=numbers[-1])
+            assert [e[4] for e in stream.seen(w.ws)] == numbers, stream.seen(w.ws)
     finally:
+        stream.close()
         if killed:
             nodes.cluster.restart(leader)
             nodes.cluster.wait_healthy()
@@ -588,3 +643,72 @@ def test_cancel_through_the_node_not_executing_the_run(nodes: Nodes) -> None:
 def live_node_ids(srv: ServerProcess) -> list[str]:
     health = httpx.get(f"{srv.url}/health/hiqlite", timeout=10)
     return [n["id"] for n in health.json()["blixard_nodes"]]
+
+
+# --------------------------------------------------------------------------- live events
+
+
+def test_node_a_streams_what_was_done_through_node_b_once_and_in_scope(nodes: Nodes) -> None:
+    """Each node publishes the changes made through any node (an etcd watch), its own
+    included, once each; a key scoped elsewhere never hears of them. (Across an etcd leader
+    change: test_etcd_leader_killed_under_write_load.)"""
+    tag = uuid.uuid4().hex[:8]
+    ws, other = f"live-{tag}", f"elsewhere-{tag}"
+    open_a = httpx.Client(base_url=nodes.a.url + "/api/tofu", timeout=15)
+    created = open_a.post("/keys", json={"name": f"live-admin-{tag}", "role": "admin"})
+    assert created.status_code == 201, created.text
+    admin_secret = created.json()["secret"]
+    admin_a = httpx.Client(
+        base_url=nodes.a.url + "/api/tofu",
+        headers={"Authorization": f"Bearer {admin_secret}"},
+        timeout=15,
+    )
+    # Node B may still see an open server for a few seconds (its key cache): the key is
+    # accepted either way.
+    admin_b = httpx.Client(
+        base_url=nodes.b.url + "/api/tofu",
+        headers={"Authorization": f"Bearer {admin_secret}"},
+        timeout=15,
+    )
+    scoped = admin_a.post(
+        "/keys", json={"name": f"live-scoped-{tag}", "role": "reader", "workspaces": "elsewhere-*"}
+    )
+    assert scoped.status_code == 201, scoped.text
+    everything = EventStream(nodes.a.url, admin_secret)
+    elsewhere = EventStream(nodes.a.url, scoped.json()["secret"])
+    try:
+        holder = lock_info(f"live-lock-{tag}", who="live@node-b")
+        assert admin_b.post(f"/lock/{ws}", json=holder).status_code == 200
+        resp = admin_b.post(f"/state/{ws}?ID={holder['ID']}", content=state_body(1, tag))
+        assert resp.status_code == 200, resp.text
+        assert admin_b.post(f"/unlock/{ws}", json=holder).status_code == 200
+        assert admin_b.post(f"/state/{ws}", content=state_body(2, tag)).status_code == 200
+        # Node A's own write, then one through B that only the scoped key may see: once it
+        # arrives, everything before it has (one watch, in etcd's order).
+        assert admin_a.post(f"/state/{ws}", content=state_body(3, tag)).status_code == 200
+        assert admin_b.post(f"/state/{other}", content=state_body(1, tag)).status_code == 200
+        everything.wait_for(other, "version")
+        elsewhere.wait_for(other, "version")
+        holder_id = holder["ID"]
+        assert everything.seen(ws) == [
+            ("lock", True, holder_id, "live@node-b", None),
+            ("version", None, None, None, 1),
+            ("lock", False, None, None, None),
+            ("version", None, None, None, 2),
+            ("version", None, None, None, 3),
+        ], everything.events
+        assert everything.seen(other) == [("version", None, None, None, 1)]
+        assert elsewhere.seen(ws) == [], elsewhere.events
+        assert elsewhere.seen(other) == [("version", None, None, None, 1)]
+    finally:
+        everything.close()
+        elsewhere.close()
+        for name in (f"live-scoped-{tag}", f"live-admin-{tag}"):
+            assert admin_a.delete(f"/keys/{name}").status_code == 200
+        # The nodes are open servers again for the other tests (B within its key cache).
+        deadline = time.monotonic() + 15
+        while httpx.get(nodes.b.url + "/api/tofu/workspaces", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for client in (open_a, admin_a, admin_b):
+            client.close()

@@ -448,3 +448,94 @@ async def test_resource_index_of_one_node_follows_the_writes_of_another(tmp_path
     finally:
         await a.close()
         await b.close()
+
+
+async def test_change_feed_past_a_compaction_reports_lost_events_then_follows() -> None:
+    """A watch resuming from a compacted revision cannot replay what it missed: every
+    listener is told it lost events (pages re-read), and changes from then on still come,
+    sealed lock payloads opened as a lock read opens them."""
+    from blixard.domain.events import EventBus
+    from blixard.store.crypto import Cipher
+    from blixard.store.etcd.changes import ChangeFeed
+    from tests.etcd_cluster import private_cluster
+
+    with private_cluster(1) as cluster:
+        store = EtcdStore(cluster.endpoints, "/blixard-feed/", cipher=Cipher(b"k" * 32))
+        await store.open()
+        bus = EventBus()
+        listener = bus.listen()
+        feed = ChangeFeed(store, bus)
+        try:
+            root = store.keys.root
+            before = int((await store.read_range(root, prefix_end(root), limit=1)).header.revision)
+            await append(store, "w", 1)
+            await append(store, "w", 2)
+            now = int((await store.read_range(root, prefix_end(root), limit=1)).header.revision)
+            cluster.run_etcdctl("compaction", str(now))
+            feed.start(before)  # as if the watch had stopped at `before`
+            woken = await listener.next(10)
+            assert woken is not None and woken.is_wake and listener.lost >= 1
+            await append(store, "w", 3)
+            # Each watched family (records, runs) says so once; then the new version only:
+            # versions 1 and 2 are never replayed.
+            events = []
+            while (event := await listener.next(0.5)) is not None:
+                events.append(event)
+            assert [(e.kind, e.data.get("version")) for e in events if not e.is_wake] == [
+                ("version", 3)
+            ]
+            assert listener.lost == 2
+            # A sealed lock payload: the event names its holder as a lock read would.
+            ws = await store.get_workspace("w")
+            assert ws is not None
+            assert await store.put_lock("w", a_lock(), expect_revision=ws.revision, now=6)
+            record = await store.get_kv(store.keys.workspace("w"))
+            assert record is not None and b"tester" not in bytes(record.value)
+            event = await listener.next(10)
+            assert event is not None and event.kind == "lock", event
+            expected = {"locked": True, "lock_id": "L1", "who": "tester", "operation": "x"}
+            assert event.data == expected
+        finally:
+            await feed.stop()
+            await store.close()
+
+
+async def test_change_feed_watches_only_while_someone_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody listening, no watch (it costs CPU per change anywhere in the cluster); the
+    first subscriber starts it before it returns, and it stops a while after the last left."""
+    from blixard.domain.events import EventBus
+    from blixard.domain.runs import Run, RunStatus
+    from blixard.store.etcd import changes
+
+    monkeypatch.setattr(changes, "LINGER_SECONDS", 0.1)
+    store = EtcdStore(shared_cluster_endpoints(), _prefix(tmp_path))
+    bus = EventBus()
+    store.feed_changes(bus)
+    await store.open()
+    try:
+        feed = bus.feeder
+        assert isinstance(feed, changes.ChangeFeed) and not feed.running
+        await append(store, "w", 1)  # nobody listens: published nowhere
+        listener = await bus.subscribe()
+        assert feed.running
+        await append(store, "w", 2)
+        event = await listener.next(10)
+        assert event is not None and (event.kind, event.data["version"]) == ("version", 2)
+        run = await store.create_run(Run("run-1", "w", RunStatus.queued, 1.0))
+        await store.update_run(replace(run, status=RunStatus.planning), expect_revision=1)
+        for status in ("queued", "planning"):
+            event = await listener.next(10)
+            assert event is not None and (event.kind, event.workspace) == ("run", "w"), event
+            assert event.data == {"plan_id": "run-1", "status": status}
+        listener.close()
+        second = await bus.subscribe()  # within the linger: the same watch goes on
+        second.close()
+        for _ in range(100):
+            if not feed.running:
+                break
+            await asyncio.sleep(0.05)
+        assert not feed.running
+    finally:
+        await store.close()

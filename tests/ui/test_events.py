@@ -99,6 +99,54 @@ def test_events_are_scoped_ordered_and_only_of_acknowledged_changes(server: Serv
     assert received[1]["who"] == "ev@test" and received[1]["lock_id"] == lock["ID"]
 
 
+def test_revoking_the_key_ends_its_open_stream_before_the_next_event(
+    server: ServerProcess,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    ws = f"ev-r-{tag}"
+    admin = httpx.Client(
+        base_url=server.url + "/api/tofu", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+    )
+    created = admin.post("/keys", json={"name": f"ev-r-{tag}", "role": "reader"})
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    lines: list[str] = []
+    connected, ended = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as client,
+            client.stream(
+                "GET", "/api/tofu/events", headers={"Authorization": f"Bearer {secret}"}
+            ) as stream,
+        ):
+            for line in stream.iter_lines():
+                lines.append(line)
+                if line == "event: ready":
+                    connected.set()
+        ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert connected.wait(15)
+    assert admin.post(f"/state/{ws}", content=state(1, ws)).status_code == 200
+    deadline = time.monotonic() + 15
+    while not any(ws in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(line.startswith("event: version") for line in lines), lines  # while valid
+    assert admin.delete(f"/keys/ev-r-{tag}").status_code == 200
+    delivered = len(lines)
+    assert admin.post(f"/state/{ws}", content=state(2, ws)).status_code == 200
+    assert ended.wait(15), "the stream of a revoked key stayed open"
+    admin.close()
+    assert not any('"version":2' in line for line in lines), lines
+    assert all(not line.startswith('data: {"') for line in lines[delivered:]), lines
+    # The revoked key cannot open a new stream either.
+    again = httpx.get(
+        server.url + "/api/tofu/events", headers={"Authorization": f"Bearer {secret}"}, timeout=10
+    )
+    assert again.status_code == 401
+
+
 def test_events_need_a_valid_key(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}):
         resp = httpx.get(server.url + "/api/tofu/events", headers=headers, timeout=10)

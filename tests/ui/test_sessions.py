@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,6 +156,33 @@ def test_the_event_stream_needs_a_key_when_authentication_is_on(make_app: AppFac
     client = make_app(admin_key=SecretStr(ADMIN))
     resp = client.get("/api/tofu/events")
     assert resp.status_code == 401 and resp.json()["error"] == "unauthorized"
+
+
+def test_an_event_stream_opened_with_a_session_ends_when_the_session_does(
+    make_app: AppFactory,
+) -> None:
+    """The stream checks its session's expiry before every event, as a page request would."""
+    lifetime = 2.0
+    client = make_app(admin_key=SecretStr(ADMIN), session_hours=lifetime / 3600)
+    signed_in(client)
+    writer = threading.Timer(
+        lifetime + 0.5,
+        lambda: client.post(
+            "/api/tofu/state/after-expiry",
+            content=state(1),
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ),
+    )
+    writer.start()
+    lines: list[str] = []
+    with client.stream("GET", "/api/tofu/events") as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():  # ends once the expired session meets an event
+            lines.append(line)
+            if "after-expiry" in line:
+                break
+    writer.join()
+    assert "event: ready" in lines and not any("after-expiry" in line for line in lines), lines
 
 
 def test_filtered_pages_walk_every_match_once_within_the_scan_budget(

@@ -26,7 +26,7 @@ from blixard.domain.access import (
     check_key_name,
     parse_scopes,
 )
-from blixard.domain.errors import Conflict, InvalidInput, NotFound
+from blixard.domain.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from blixard.domain.roles import KeyStore
 
 log = logging.getLogger("blixard.auth")
@@ -112,8 +112,21 @@ class KeyRing:
         await self._maybe_refresh()
         return bool(self._by_id)
 
+    def requires_keys(self) -> bool:
+        """`enabled` by the cached key list, without re-reading it."""
+        return self.required or bool(self._by_id)
+
     async def verify(self, presented: str) -> ApiKey | None:
         await self._maybe_refresh()
+        key = self.lookup(presented)
+        if key is not None and self._by_id.get(key.id) is key:  # stored keys only
+            self._used[key.id] = self.clock()
+        return key
+
+    def lookup(self, presented: str) -> ApiKey | None:
+        """The valid key `presented` is, by the cached key list (no I/O, not counted as a
+        use): for what re-checks a key over and over, such as an open event stream, after
+        `settle`."""
         hashed = secret_hash(presented)
         ephemeral = self._ephemeral.get(key_id(hashed))
         if ephemeral is not None and hmac.compare_digest(ephemeral.secret_hash, hashed):
@@ -121,8 +134,20 @@ class KeyRing:
         candidate = self._by_id.get(key_id(hashed))
         if candidate is None or not hmac.compare_digest(candidate.secret_hash, hashed):
             return None
-        self._used[candidate.id] = self.clock()
         return candidate
+
+    async def settle(self) -> None:
+        """Re-read the key list if it is older than REFRESH_SECONDS (so a key revoked on
+        another node counts as revoked here within that time; on this node it does at once).
+        If the store cannot answer now, the cached list stays: a re-check of an open stream
+        must not fail because etcd is electing a leader, nor wait for a re-read already
+        under way."""
+        if self._refresh_lock.locked():
+            return
+        try:
+            await self._maybe_refresh()
+        except StorageUnavailable:
+            log.debug("key list not re-read (storage unavailable); using the cached one")
 
     def issue_ephemeral(self, name: str, role: Role, scopes: tuple[str, ...]) -> str:
         """A key that lives in this process only, until `drop_ephemeral` (a run's credential)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from blixard.domain.access import ApiKey, AuditEvent
+from blixard.domain.events import EventBus
 from blixard.domain.models import Body, Lock, NewVersion, VersionMeta, Workspace
 from blixard.domain.runs import Run
 
@@ -213,6 +214,18 @@ class NodeLeases(Protocol):
 
     async def live_nodes(self) -> dict[str, dict[str, Any]]:
         """Node id → info of every node whose lease is live."""
+        ...
+
+
+@runtime_checkable
+class ChangeSource(Protocol):
+    """An engine that publishes every node's acknowledged changes itself (etcd, from a
+    watch): the caller hands it the bus instead of wrapping it in an ObservedStore, so each
+    change is published once."""
+
+    def feed_changes(self, bus: EventBus) -> None:
+        """Publish on `bus` while the store is open and the bus has subscribed listeners
+        (`EventBus.subscribe`; the engine may watch only then)."""
         ...
 
 

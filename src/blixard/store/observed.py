@@ -1,9 +1,13 @@
 """A store that tells an EventBus about every change it acknowledged.
 
-It wraps any engine (every call passes straight through) and publishes after the engine
+It wraps an engine (every call passes straight through) and publishes after the engine
 answered with success, so listeners never hear of a change that did not happen. It sees the
-changes made through this process only: another node's writes reach the shared store without
-passing here.
+changes made through this process only, which on the embedded engine is all of them. An
+engine shared by several nodes (etcd) publishes every node's changes itself, from a watch
+(store/etcd/changes.py): `observed` then hands it the bus and does not wrap it, so this
+node's own writes are not published twice. Dropping the wrapper there is simpler than tagging
+writes with the node that made them and skipping those in the watch: one path, one order
+(etcd's), and nothing published that etcd did not commit.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, cast
 
 from blixard.domain.events import ChangeEvent, EventBus
 from blixard.domain.models import Body, Lock, NewVersion, Workspace
+from blixard.domain.roles import ChangeSource
 from blixard.domain.runs import Run
 from blixard.store.protocol import Store
 
@@ -90,5 +95,8 @@ class ObservedStore:
 
 
 def observed(store: Store, bus: EventBus) -> Store:
-    """`store`, publishing its acknowledged changes on `bus`."""
+    """`store`, publishing its acknowledged changes on `bus` (itself, if it can)."""
+    if isinstance(store, ChangeSource):
+        store.feed_changes(bus)
+        return store
     return cast(Store, ObservedStore(store, bus))

@@ -101,6 +101,8 @@ from blixard.store.resource_index import HeadIndex, IndexDoc, Reindexer, Reindex
 from blixard.store.snapshot import ImportReport, SnapshotRecord, UnfinishedImport
 
 if TYPE_CHECKING:
+    from blixard.domain.events import EventBus
+    from blixard.store.etcd.changes import ChangeFeed
     from blixard.store.etcd.encryption import EtcdEncryption
 
 T = TypeVar("T")
@@ -245,6 +247,16 @@ class EtcdStore:
         #: watch reported for that very version meanwhile (ours, unless the write fails).
         self._writing: dict[str, int] = {}
         self._held_docs: dict[str, tuple[bytes, bytes]] = {}
+        #: Publishes every node's changes on the bus it was given (changes.py); None: none.
+        self._changes: ChangeFeed | None = None
+
+    def feed_changes(self, bus: EventBus) -> None:
+        """Publish every node's changes on `bus` from an etcd watch, while it has listeners
+        (subscribed ones, `EventBus.subscribe`): so a node's event stream hears what was done
+        through any node (changes.py)."""
+        from blixard.store.etcd.changes import ChangeFeed
+
+        self._changes = ChangeFeed(self, bus)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -364,6 +376,8 @@ class EtcdStore:
             self._index_watch.cancel()
             await asyncio.gather(self._index_watch, return_exceptions=True)
             self._index_watch = None
+        if self._changes is not None:
+            await self._changes.stop()
         if self._compactor is not None:
             self._compactor.cancel()
             await asyncio.gather(self._compactor, return_exceptions=True)

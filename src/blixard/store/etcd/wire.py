@@ -56,7 +56,10 @@ def stub_range(service: Any, request: Any, timeout: float) -> Awaitable[Any]:
     return call
 
 
-def stub_watch(service: Any, requests: AsyncIterator[Any]) -> Any:
+def stub_watch(service: Any, requests: AsyncIterator[Any], *, require_leader: bool = False) -> Any:
     """A Watch stream on the watch service's gRPC stub, fed by `requests` (the caller ends
-    the request side before cancelling the call, so gRPC has no waiting iterator to cancel)."""
-    return service._stub.Watch(requests, metadata=service._metadata or None)
+    the request side before cancelling the call, so gRPC has no waiting iterator to cancel).
+    With `require_leader` (etcd's `hasleader` metadata, as clientv3.WithRequireLeader), a
+    member that loses its leader cancels the stream instead of keeping it open and silent."""
+    metadata = tuple(service._metadata) + ((("hasleader", "true"),) if require_leader else ())
+    return service._stub.Watch(requests, metadata=metadata or None)

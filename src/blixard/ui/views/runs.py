@@ -10,8 +10,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from blixard.auth.grants import StreamGrant
 from blixard.domain.access import Action
-from blixard.domain.errors import InvalidInput
+from blixard.domain.errors import InvalidInput, StorageUnavailable
 from blixard.domain.events import EventBus
 from blixard.domain.runs import EXECUTING, FINISHED, Run, RunStatus
 from blixard.runs.service import RunRequest, RunService
@@ -105,8 +106,15 @@ async def run_log_events(request: Request, plan_id: str) -> Response:
     run = await _runs(request).get(plan_id, current.actor)
     raw = request.query_params.get("from", "0")
     start = int(raw) if raw.isdigit() else 0
+    grant = StreamGrant(
+        request.app.state.keyring,
+        current.session.key,
+        current.actor,
+        Action.plan_read,
+        current.session.expires_at,
+    )
     return StreamingResponse(
-        _log_stream(_runs(request), request.app.state.events, run, start),
+        _log_stream(_runs(request), request.app.state.events, run, start, grant),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -116,13 +124,21 @@ def _sse(event: str, data: object) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _log_stream(runs: RunService, bus: EventBus, run: Run, sent: int) -> AsyncIterator[bytes]:
+async def _log_stream(
+    runs: RunService, bus: EventBus, run: Run, sent: int, grant: StreamGrant
+) -> AsyncIterator[bytes]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    listener = bus.listen()
+    try:
+        listener = await bus.subscribe()
+    except StorageUnavailable:  # etcd cannot be watched now: the page's stream retries
+        return
     status = run.status
     try:
         yield b"retry: 2000\n" + _sse("status", {"status": status.value})
         while not listener.ended:
+            actor = await grant.current()  # a revoked key or ended session: nothing more
+            if actor is None or not actor.can_see(run.workspace):
+                return
             current = await runs.store.get_run(run.id)
             if current is None:
                 return
