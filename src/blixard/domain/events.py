@@ -92,6 +92,11 @@ class EventBus:
         #: Started and stopped by `subscribe` and `Listener.close` (None: always fed).
         self.feeder: Feeder | None = None
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone would hear a publish now (publishers skip building events if not)."""
+        return bool(self._listeners)
+
     def publish(self, event: ChangeEvent) -> None:
         for listener in list(self._listeners):
             listener._offer(event)

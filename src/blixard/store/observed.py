@@ -38,7 +38,7 @@ class ObservedStore:
 
     async def put_lock(self, name: str, lock: Lock | None, **options: Any) -> Workspace | None:
         updated = await self._inner.put_lock(name, lock, **options)
-        if updated is not None:
+        if updated is not None and self._bus.listened:
             info = lock.info if lock else {}
             self._bus.publish(
                 ChangeEvent(
@@ -58,7 +58,7 @@ class ObservedStore:
         self, name: str, body: Body, new: NewVersion, **options: Any
     ) -> Workspace | None:
         updated = await self._inner.append_version(name, body, new, **options)
-        if updated is not None and updated.head is not None:
+        if updated is not None and updated.head is not None and self._bus.listened:
             head = updated.head
             self._bus.publish(
                 ChangeEvent(
