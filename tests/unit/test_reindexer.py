@@ -5,11 +5,22 @@ is stale, how a document is built) run in tests/store/test_engine_suite.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
 from blixard.store.resource_index import Reindexer, ReindexPlan
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own: the browser tests' Playwright keeps an event loop
+    running on the main thread for the whole session, and asyncio.run refuses to start there."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class Plans:
@@ -56,7 +67,7 @@ def test_a_pass_builds_every_listed_document_and_reports_it() -> None:
         assert plans.built == [(False, "a"), (False, "b"), (False, "c")]
         assert plans.completed == [False]
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_failed_pass_reports_its_error_and_is_not_complete() -> None:
@@ -79,7 +90,7 @@ def test_a_failed_pass_reports_its_error_and_is_not_complete() -> None:
         assert (await reindexer.run()).complete
         assert reindexer.status.error is None
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 async def start_twice(force: bool) -> tuple[Plans, Reindexer]:
@@ -98,7 +109,7 @@ async def start_twice(force: bool) -> tuple[Plans, Reindexer]:
 
 @pytest.mark.parametrize("force", [False, True])
 def test_a_start_during_a_pass_replaces_it_only_when_forced(force: bool) -> None:
-    plans, reindexer = asyncio.run(start_twice(force))
+    plans, reindexer = run(start_twice(force))
     assert plans.passes == (2 if force else 1)
     assert plans.built == [(force, "a"), (force, "b")] and plans.completed == [force]
     assert reindexer.status.complete and reindexer.status.indexed == 2
