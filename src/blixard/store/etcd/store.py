@@ -1885,7 +1885,12 @@ class EtcdStore:
 
             async def requests(start: int) -> AsyncIterator[Any]:
                 create = WatchCreateRequest(
-                    key=prefix, range_end=prefix_end(prefix), start_revision=start
+                    key=prefix,
+                    range_end=prefix_end(prefix),
+                    start_revision=start,
+                    # Only puts matter (a new document, a marker): a write's delete of the
+                    # previous head's document is not sent to every node.
+                    filters=[WatchCreateRequest.NODELETE],
                 )
                 yield WatchRequest(create_request=create)
                 await stop.wait()
