@@ -147,7 +147,7 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
     access_log.install()  # no variable values in access log lines
     app.state.announce = lambda auth_on: print(startup_line(settings, auth_on), flush=True)
     config = uvicorn.Config(
-        asgi_app(app, heads_capped=True),
+        asgi_app(app, limited_protocol=True),
         # Request heads capped in size and time while they are received.
         http=http_protocol(head_timeout=settings.body_timeout_seconds),
         host=settings.host,

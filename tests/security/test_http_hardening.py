@@ -194,6 +194,37 @@ def test_a_request_head_that_stops_arriving_answers_408(open_server: ServerProce
         assert client.get("/health").status_code == 200
 
 
+def _one_response(sock: socket.socket) -> bytes:
+    """One whole response (head and Content-Length bytes of body) off a kept-alive socket."""
+    received = bytearray()
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    length = int(RawResponse(head + b"\r\n\r\n").headers["content-length"])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_body_that_arrives_after_its_head_keeps_the_connection_alive(
+    open_server: ServerProcess,
+) -> None:
+    """Keep-alive is held back only while a body is still arriving: a request whose body
+    follows its head a moment later is answered on a connection that stays open."""
+    state = tfstate(1)
+    with socket.create_connection(("127.0.0.1", open_server.port), timeout=30) as sock:
+        for serial in (1, 2):
+            state = tfstate(serial)
+            sock.sendall(request_head("POST", f"{API}/state/late", f"Content-Length: {len(state)}"))
+            time.sleep(0.2)
+            sock.sendall(state)
+            answer = _one_response(sock)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert b"connection: close" not in answer.lower()
+    with open_server.client() as client:
+        assert client.get(f"{API}/state/late").content == state
+
+
 def test_each_head_on_a_kept_alive_connection_has_its_own_deadline(
     open_server: ServerProcess,
 ) -> None:
@@ -201,7 +232,7 @@ def test_each_head_on_a_kept_alive_connection_has_its_own_deadline(
     not a late head, and a second head that stalls still answers 408."""
     with socket.create_connection(("127.0.0.1", open_server.port), timeout=30) as sock:
         sock.sendall(request_head("GET", "/health"))
-        first = sock.recv(65536)
+        first = _one_response(sock)
         assert first.startswith(b"HTTP/1.1 200"), first[:100]
         time.sleep(1.5)  # longer than the 1 s timeout, idle between requests
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b")

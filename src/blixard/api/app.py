@@ -109,8 +109,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return app
 
 
-def asgi_app(app: FastAPI, *, fast_path: bool = True, heads_capped: bool = False) -> ASGIApp:
+def asgi_app(app: FastAPI, *, fast_path: bool = True, limited_protocol: bool = False) -> ASGIApp:
     """What the server runs: metrics around the protocol fast path around the FastAPI app.
-    `heads_capped`: the HTTP protocol already capped request heads (limits.http_protocol)."""
+    `limited_protocol`: served by limits.http_protocol, which already enforces what
+    RequestLimits would (heads capped, unread bodies never read)."""
     inner: ASGIApp = ProtocolFastPath(app, root=app) if fast_path else app
-    return MetricsMiddleware(RequestLimits(inner, heads_capped=heads_capped), app.state.metrics)
+    if not limited_protocol:
+        inner = RequestLimits(inner)
+    return MetricsMiddleware(inner, app.state.metrics)

@@ -1,12 +1,12 @@
 """Limits on what a client may make the server hold before any handler runs.
 
-Two layers. `LimitedHttpToolsProtocol` is the HTTP protocol `blixard serve` gives uvicorn: it
-counts the bytes of a request's head (request line and headers) as they come off the socket
-and answers 431 once they pass MAX_HEADER_BYTES, so a megabyte of headers is never buffered
-(httptools itself accumulates a header of any size), and 408 when a head takes longer than
-the body timeout to arrive. `RequestLimits` is the ASGI layer: the
-header-count check for any server, and `Connection: close` on a response sent before the
-request's body was read (a 401 to a 200 MiB upload), so the rest of that body is never read.
+`LimitedHttpToolsProtocol` is the HTTP protocol `blixard serve` gives uvicorn: it counts the
+bytes of a request's head (request line and headers) as they come off the socket and answers
+431 once they pass MAX_HEADER_BYTES, so a megabyte of headers is never buffered (httptools
+itself accumulates a header of any size), 408 when a head takes longer than the body timeout
+to arrive, and `Connection: close` on a response sent before the request's body has all
+arrived (a 401 to a 200 MiB upload), so the rest of that body is never read. `RequestLimits`
+does the same at the ASGI layer for an app served any other way.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         #: checks it: a request only stamps the time, so no timer is made per request.
         self._head_due: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        #: The request whose keep-alive waits for its body (on_headers_complete).
+        self._keep_alive_after_body: Any = None
+        self._shutting_down = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -126,12 +129,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_due = None
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.keep_alive and not cycle.response_complete:
+            # Until the whole body has arrived, a response (a 401 to a 200 MiB upload) says
+            # `Connection: close` and closes: the rest of that body is never read.
+            cycle.keep_alive = False
+            self._keep_alive_after_body = cycle
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._messages += 1
         self._in_head = True
         self._head_bytes = 0
+        cycle, self._keep_alive_after_body = self._keep_alive_after_body, None
+        if cycle is not None and cycle is self.cycle and not self._shutting_down:
+            cycle.keep_alive = True
+
+    def shutdown(self) -> None:
+        self._shutting_down = True  # uvicorn ends keep-alive for good: never turn it back on
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         """A request httptools cannot parse (a malformed or repeated Content-Length, a bad
@@ -174,21 +190,20 @@ def _has_body(scope: Scope) -> bool:
 
 
 class RequestLimits:
-    """431 for too many or too large headers (any server: `heads_capped` when the protocol
-    already refused them as they arrived), and no reading of unread bodies."""
+    """What LimitedHttpToolsProtocol does, for an app served another way (tests' clients,
+    another ASGI server): 431 for too many or too large headers, and `Connection: close` on
+    a response sent before the request's body was read."""
 
-    def __init__(self, app: ASGIApp, *, heads_capped: bool = False) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.heads_capped = heads_capped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
-        if not self.heads_capped and (
-            len(headers) > MAX_HEADERS
-            or sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
+        if len(headers) > MAX_HEADERS or (
+            sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
         ):
             response = error_response(431, "headers_too_large", _TOO_LARGE_MESSAGE)
             response.headers["connection"] = "close"
