@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -53,7 +53,8 @@ async def read_body(request: Request, limit: int, *, verify_md5: bool = True) ->
         # One timer per body, moved on as bytes arrive (at most about once per second): a
         # stall is noticed between `timeout` and `timeout` + _TIMER_SLACK seconds after the
         # last bytes, and a body that streams in costs one timer, not one per chunk.
-        async with asyncio.timeout(timeout + _TIMER_SLACK) as deadline:
+        due = loop.time() + timeout + _TIMER_SLACK
+        async with asyncio.timeout_at(due) as deadline:
             async for chunk in request.stream():
                 if len(received) + len(chunk) > (limit if expected is None else expected):
                     if expected is None:
@@ -61,8 +62,9 @@ async def read_body(request: Request, limit: int, *, verify_md5: bool = True) ->
                     raise InvalidInput("Request body is longer than its Content-Length.")
                 received += chunk
                 stall_at = loop.time() + timeout
-                if cast(float, deadline.when()) < stall_at:
-                    deadline.reschedule(stall_at + _TIMER_SLACK)
+                if due < stall_at:
+                    due = stall_at + _TIMER_SLACK
+                    deadline.reschedule(due)
     except TimeoutError:
         raise BodyTimeout(
             f"The request body stopped arriving for {timeout:g} seconds "

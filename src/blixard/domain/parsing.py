@@ -252,6 +252,8 @@ def parse_lock_info(body: Body, *, allow_empty: bool = False) -> dict[str, Any] 
         raise InvalidLockInfo("LockInfo needs a non-empty string 'ID'.")
     if len(lock_id) > 1024:
         raise InvalidLockInfo("LockInfo 'ID' is longer than 1024 characters.")
+    if b"\\u0000" not in body:
+        return info  # JSON spells a NUL inside a string only as \u0000
     for field in LOCK_INFO_FIELDS:
         value = info.get(field)
         if isinstance(value, str) and "\x00" in value:
