@@ -144,6 +144,51 @@ def test_rows_match_the_explorer_on_any_shape(resources: list[dict[str, Any]]) -
     assert without_digests(index_rows(body)) == rows_by_explorer(body)
 
 
+any_resources = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "module": json_values,
+            "type": st.sampled_from(["t", "u"]) | json_values,
+            "name": st.sampled_from(["a", "b"]),
+            "instances": st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "index_key": st.integers(0, 2) | st.sampled_from(["k"]),
+                        "attributes": json_values,
+                    },
+                ),
+                max_size=2,
+            )
+            | json_values,
+        },
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_resources, any_resources, st.lists(st.integers(0, 4), max_size=3))
+def test_a_write_reusing_the_heads_resources_gets_the_rows_of_a_full_read(
+    first: list[dict[str, Any]], others: list[dict[str, Any]], kept: list[int]
+) -> None:
+    """Rows built from the previous version's per-resource rows (reused where a resource's
+    bytes are unchanged, at the same place or moved) are exactly the rows of reading the
+    new state whole, whatever was added, removed, reordered or malformed."""
+    from blixard.store.resource_index import build_doc
+
+    # The second version keeps some of the first's resources (in another order) among others.
+    second = [*[first[i] for i in kept if i < len(first)], *others]
+    one = orjson.dumps({"serial": 1, "lineage": "l", "resources": first})
+    two = orjson.dumps({"serial": 2, "lineage": "l", "resources": second})
+    packed, _, resources = build_doc(1, one)
+    previous = (resources, packed) if resources is not None else None
+    packed_two, doc, _ = build_doc(2, two, previous)
+    assert doc.rows == index_rows(two) or doc.same_as_head
+    assert unpack(packed_two) == IndexDoc(2, index_rows(two))
+
+
 def test_attribute_filter_paths_values_and_sensitive_paths() -> None:
     attributes = {
         "tags": {"Name": "web"},
@@ -349,3 +394,27 @@ def test_recent_slices_stay_within_their_byte_budget() -> None:
     assert not doc.same_as_head and unpack(packed) == IndexDoc(2, doc.rows)
     index.drop("w1")
     assert index.reusable("w1") is None
+
+
+def test_a_write_reads_only_the_resources_it_changed() -> None:
+    """One resource of three changed, one added: the other two keep the rows the head's
+    write built (the same lists, not rebuilt), the changed and the new one are read."""
+    from blixard.store.resource_index import build_doc
+
+    def resource(name: str, ident: str) -> dict[str, Any]:
+        return {"type": "t", "name": name, "instances": [{"attributes": {"id": ident}}]}
+
+    def state(serial: int, *resources: dict[str, Any]) -> bytes:
+        return orjson.dumps({"serial": serial, "lineage": "l", "resources": list(resources)})
+
+    a, b, c = resource("a", "1"), resource("b", "2"), resource("c", "3")
+    packed, _, first = build_doc(1, state(1, a, b, c))
+    assert first is not None and first.groups is not None
+    changed = state(2, resource("new", "9"), a, resource("b", "2b"), c)
+    packed, doc, second = build_doc(2, changed, (first, packed))
+    assert second is not None and second.groups is not None
+    assert second.groups[1] is first.groups[0]  # a, moved one place on
+    assert second.groups[3] is first.groups[2]  # c
+    assert second.groups[2] is not first.groups[1]  # b changed: read again
+    assert [row.id for row in doc.rows] == ["9", "1", "2b", "3"]
+    assert doc.rows == index_rows(changed)

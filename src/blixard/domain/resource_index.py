@@ -91,6 +91,7 @@ class _State(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_State)
+_ONE_RESOURCE = msgspec.json.Decoder(_Resource)
 
 
 def index_rows(body: Body) -> list[IndexRow]:
@@ -99,47 +100,61 @@ def index_rows(body: Body) -> list[IndexRow]:
         state = _DECODER.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _rows_from_contents(body)  # an unusual shape: the tolerant reader decides
+    return [row for resource in state.resources or [] for row in _resource_rows(resource)]
+
+
+def resource_rows(raw: msgspec.Raw) -> list[IndexRow] | None:
+    """The rows of one resource, a slice of a state's `resources` (a resource's rows depend on
+    its own bytes only); None when it is not of the shape index_rows reads, which then reads
+    the whole state with the tolerant reader."""
+    try:
+        resource = _ONE_RESOURCE.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return _resource_rows(resource)
+
+
+def _resource_rows(resource: _Resource) -> list[IndexRow]:
+    module = resource.module or ""
+    mode = resource.mode or "managed"
+    type_, name = resource.type, resource.name
+    if not (isinstance(module, str) and isinstance(type_, str) and isinstance(name, str)):
+        return []
+    mode = mode if isinstance(mode, str) else "managed"
+    provider = resource.provider if isinstance(resource.provider, str) else ""
     rows: list[IndexRow] = []
-    for resource in state.resources or []:
-        module = resource.module or ""
-        mode = resource.mode or "managed"
-        type_, name = resource.type, resource.name
-        if not (isinstance(module, str) and isinstance(type_, str) and isinstance(name, str)):
-            continue
-        mode = mode if isinstance(mode, str) else "managed"
-        provider = resource.provider if isinstance(resource.provider, str) else ""
-        for instance in resource.instances:
-            key = instance.index_key
-            if isinstance(key, bool) or not isinstance(key, str | int | None):
-                key = str(key)
-            raw = memoryview(instance.attributes)
-            try:
-                identity: Any = _IDENTITY.decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                identity = _Identity()  # not an object: no identity (the explorer reads {})
-            deposed = instance.deposed if isinstance(instance.deposed, str) else None
-            status = instance.status if isinstance(instance.status, str) else None
-            values: tuple[Any, ...] = (identity.id, identity.arn, identity.self_link)
-            if instance.sensitive_attributes:  # identity_of leaves sensitive ones out
-                paths = sensitive_paths(instance.sensitive_attributes)
-                found = identity_of(dict(zip(INDEXED_IDENTITIES, values, strict=True)), paths)
-                values = tuple(found.get(kind) for kind in INDEXED_IDENTITIES)
-            ident, arn, self_link = (v if isinstance(v, str) and v else None for v in values)
-            rows.append(
-                IndexRow(
-                    instance_address(module, mode, type_, name, key),
-                    type_,
-                    name,
-                    module,
-                    mode,
-                    provider,
-                    "deposed" if deposed else (status or None),
-                    ident,
-                    arn,
-                    self_link,
-                    raw_digest(raw),
-                )
+    for instance in resource.instances:
+        key = instance.index_key
+        if isinstance(key, bool) or not isinstance(key, str | int | None):
+            key = str(key)
+        raw = memoryview(instance.attributes)
+        try:
+            identity: Any = _IDENTITY.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            identity = _Identity()  # not an object: no identity (the explorer reads {})
+        deposed = instance.deposed if isinstance(instance.deposed, str) else None
+        status = instance.status if isinstance(instance.status, str) else None
+        values: tuple[Any, ...] = (identity.id, identity.arn, identity.self_link)
+        if instance.sensitive_attributes:  # identity_of leaves sensitive ones out
+            paths = sensitive_paths(instance.sensitive_attributes)
+            found = identity_of(dict(zip(INDEXED_IDENTITIES, values, strict=True)), paths)
+            values = tuple(found.get(kind) for kind in INDEXED_IDENTITIES)
+        ident, arn, self_link = (v if isinstance(v, str) and v else None for v in values)
+        rows.append(
+            IndexRow(
+                instance_address(module, mode, type_, name, key),
+                type_,
+                name,
+                module,
+                mode,
+                provider,
+                "deposed" if deposed else (status or None),
+                ident,
+                arn,
+                self_link,
+                raw_digest(raw),
             )
+        )
     return rows
 
 

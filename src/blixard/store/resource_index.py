@@ -37,7 +37,7 @@ import zstandard
 
 from blixard.domain.models import Body, ResourceSlices
 from blixard.domain.parsing import resource_slices
-from blixard.domain.resource_index import IndexRow, ResourceQuery, index_rows
+from blixard.domain.resource_index import IndexRow, ResourceQuery, index_rows, resource_rows
 from blixard.store.crypto import Cipher
 
 log = logging.getLogger(__name__)
@@ -112,25 +112,68 @@ def build(version: int, body: Body) -> bytes:
     return pack(version, index_rows(body))
 
 
+@dataclass(frozen=True, slots=True)
+class ResourceRows:
+    """A version's resources as slices of its body and, when known, the rows of each one
+    (same order): what the next write of the workspace compares its own with."""
+
+    slices: ResourceSlices
+    groups: list[list[IndexRow]] | None = None
+
+
 def build_doc(
     version: int,
     body: Body,
-    previous: tuple[ResourceSlices, bytes] | None = None,
+    previous: tuple[ResourceRows, bytes] | None = None,
     slices: ResourceSlices | None = None,
-) -> tuple[bytes, IndexDoc, ResourceSlices | None]:
-    """The packed document of a version's body, the document (for HeadIndex.put) and the
-    body's resource slices (`slices` when the caller has them: StateMeta's, read in the pass
-    that validated the body); `previous` (the head's slices and packed document,
-    HeadIndex.reusable) is reused when the resources are byte-identical."""
+) -> tuple[bytes, IndexDoc, ResourceRows | None]:
+    """The packed document of a version's body, the document (for HeadIndex.put) and its
+    resources (`slices` when the caller has them: StateMeta's, read in the pass that
+    validated the body). `previous` (the head's resources and packed document,
+    HeadIndex.reusable) is reused: whole when the resources are byte-identical, else the
+    rows of each resource whose bytes are unchanged, so a write costs the resources it
+    changed."""
     if slices is None:
         slices = resource_slices(body)
-    if previous is not None and slices is not None and previous[0] == slices:
+    if slices is None:
+        rows = index_rows(body)
+        return pack(version, rows), IndexDoc(version, rows), None
+    if previous is not None and previous[0].slices == slices:
         # The rows are the head's: its document with the new version number, without
         # decoding and re-encoding every row (a write that changes no resource, such as
         # every state Terraform persists while an apply is in progress).
-        return restamp(previous[1], version), IndexDoc(version, [], same_as_head=True), slices
-    rows = index_rows(body)
-    return pack(version, rows), IndexDoc(version, rows), slices
+        document = IndexDoc(version, [], same_as_head=True)
+        return restamp(previous[1], version), document, ResourceRows(slices, previous[0].groups)
+    groups = _groups(slices, previous[0] if previous is not None else None)
+    if groups is None:  # a resource of an unusual shape: the whole state, tolerantly
+        rows = index_rows(body)
+        return pack(version, rows), IndexDoc(version, rows), ResourceRows(slices)
+    rows = [row for group in groups for row in group]
+    return pack(version, rows), IndexDoc(version, rows), ResourceRows(slices, groups)
+
+
+def _groups(slices: ResourceSlices, previous: ResourceRows | None) -> list[list[IndexRow]] | None:
+    """Each resource's rows, taken from `previous` for a resource whose bytes it has (at the
+    same place, or, once resources were added or removed, anywhere), read otherwise."""
+    old_slices, old_groups = (previous.slices, previous.groups) if previous else ([], None)
+    shifted = len(old_slices) != len(slices)
+    by_bytes: dict[bytes, list[IndexRow]] | None = None
+    groups: list[list[IndexRow]] = []
+    for place, raw in enumerate(slices):
+        rows: list[IndexRow] | None = None
+        if old_groups is not None:
+            if place < len(old_slices) and old_slices[place] == raw:
+                rows = old_groups[place]
+            elif shifted:  # look the bytes up (copying every slice once, so only then)
+                if by_bytes is None:
+                    by_bytes = {bytes(s): g for s, g in zip(old_slices, old_groups, strict=True)}
+                rows = by_bytes.get(bytes(raw))
+        if rows is None:
+            rows = resource_rows(raw)
+            if rows is None:
+                return None
+        groups.append(rows)
+    return groups
 
 
 def restamp(packed: bytes, version: int) -> bytes:
@@ -377,11 +420,11 @@ class HeadIndex:
     _by_type: dict[str, set[str]] = field(default_factory=dict)
     #: identity value → the workspace holding it, or a set of them (most values have one).
     _by_identity: dict[str, str | set[str]] = field(default_factory=dict)
-    #: Resource slices of the heads this node wrote lately (a write keeping them restamps
+    #: Resources of the heads this node wrote lately (a write keeping them restamps
     #: the head's document), by workspace, oldest first; they hold their bodies, so their
     #: total body size is bounded (the engines' body caches usually hold the same bodies).
     recent_bytes: int = 64 * 1024 * 1024
-    _recent: OrderedDict[str, tuple[int, ResourceSlices, int]] = field(default_factory=OrderedDict)
+    _recent: OrderedDict[str, tuple[int, ResourceRows, int]] = field(default_factory=OrderedDict)
     _recent_size: int = 0
 
     def __len__(self) -> int:
@@ -391,9 +434,9 @@ class HeadIndex:
         head = self._heads.get(workspace)
         return head.version if head else None
 
-    def reusable(self, workspace: str) -> tuple[ResourceSlices, bytes] | None:
-        """The current document's resource slices and packed form, when this node wrote it
-        lately (build_doc)."""
+    def reusable(self, workspace: str) -> tuple[ResourceRows, bytes] | None:
+        """The current document's resources and packed form, when this node wrote it lately
+        (build_doc)."""
         head = self._heads.get(workspace)
         recent = self._recent.get(workspace)
         if head is None or recent is None or recent[0] != head.version:
@@ -406,24 +449,24 @@ class HeadIndex:
         workspace: str,
         packed: bytes,
         doc: IndexDoc | None = None,
-        slices: ResourceSlices | None = None,
+        resources: ResourceRows | None = None,
         size: int = 0,
     ) -> None:
         """Make `packed` the workspace's current document, unless a newer one is known;
-        `slices` (of a body of `size` bytes) are what the next write compares with."""
+        `resources` (of a body of `size` bytes) are what the next write compares with."""
         known = self._heads.get(workspace)
         version = doc.version if doc is not None else packed_version(packed)
         if known is not None and known.version >= version:
-            if slices is not None and known.version == version:
+            if resources is not None and known.version == version:
                 # The same document arrived first another way (an etcd watch): keep its
-                # postings, learn the slices that let the next write reuse it.
-                self._remember(workspace, version, slices, size)
+                # postings, learn the resources that let the next write reuse it.
+                self._remember(workspace, version, resources, size)
             return
         if doc is not None and doc.same_as_head:
             if known is not None and known.packed[_HEADER.size :] == packed[_HEADER.size :]:
                 # Same rows as the head: same postings, only the document and version move.
                 self._heads[workspace] = replace(known, version=version, packed=packed)
-                self._remember(workspace, version, slices, size)
+                self._remember(workspace, version, resources, size)
                 return
             doc = None  # the head moved meanwhile: read the document itself
         doc = doc or unpack(packed)
@@ -435,7 +478,7 @@ class HeadIndex:
             frozenset(value for row in doc.rows for _, value in row.identities()),
         )
         self._heads[workspace] = head
-        self._remember(workspace, version, slices, size)
+        self._remember(workspace, version, resources, size)
         for type_ in head.types:
             self._by_type.setdefault(type_, set()).add(workspace)
         for value in head.identities:
@@ -449,13 +492,14 @@ class HeadIndex:
                 held.add(workspace)
 
     def _remember(
-        self, workspace: str, version: int, slices: ResourceSlices | None, size: int
+        self, workspace: str, version: int, resources: ResourceRows | None, size: int
     ) -> None:
-        """Keep a head's slices (they hold its body) within recent_bytes, newest first."""
+        """Keep a head's resources (their slices hold its body) within recent_bytes, newest
+        first."""
         self._forget(workspace)
-        if slices is None or size > self.recent_bytes:
+        if resources is None or size > self.recent_bytes:
             return
-        self._recent[workspace] = (version, slices, size)
+        self._recent[workspace] = (version, resources, size)
         self._recent_size += size
         while self._recent_size > self.recent_bytes:
             _, (_, _, dropped) = self._recent.popitem(last=False)

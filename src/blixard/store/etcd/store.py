@@ -1195,11 +1195,11 @@ class EtcdStore:
         meta = version.numbered(name, number)
         reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed, index, slices = await asyncio.to_thread(
+            packed, index, resources = await asyncio.to_thread(
                 resource_index.build_doc, number, body, reusable, version.meta.resources
             )
         else:
-            packed, index, slices = resource_index.build_doc(
+            packed, index, resources = resource_index.build_doc(
                 number, body, reusable, version.meta.resources
             )
         upload = secrets.token_hex(8)
@@ -1272,7 +1272,7 @@ class EtcdStore:
             return None
         self._bodies.put(name, number, body)
         self._remember_meta(meta)
-        self.resource_index.put(name, packed, index, slices, len(body))
+        self.resource_index.put(name, packed, index, resources, len(body))
         self.resource_index.set_hidden(name, False)
         return stored
 
@@ -1928,7 +1928,7 @@ class EtcdStore:
         if version <= (self.resource_index.version_of(name) or 0):
             return  # this node's own write (already applied), or an older version's
         if self._writing.get(name) == version:
-            # Most likely this node's write, about to apply its document with the slices
+            # Most likely this node's write, about to apply its document with the resources
             # the next write reuses: held until that write says whether it committed.
             self._held_docs[name] = (rest, value)
             return

@@ -915,7 +915,7 @@ class SQLiteStore:
         expected_number = known.head.version + 1 if known and known.head else 1
         reusable = self.resource_index.reusable(name)
         if len(body) > _INLINE_ENCODE_BYTES:
-            packed, index, slices = await asyncio.to_thread(
+            packed, index, resources = await asyncio.to_thread(
                 resource_index.build_doc,
                 expected_number,
                 body,
@@ -923,7 +923,7 @@ class SQLiteStore:
                 version.meta.resources,
             )
         else:
-            packed, index, slices = resource_index.build_doc(
+            packed, index, resources = resource_index.build_doc(
                 expected_number, body, reusable, version.meta.resources
             )
         index_doc = resource_index.seal(self.cipher, name, packed)
@@ -989,7 +989,7 @@ class SQLiteStore:
         result = await self._write(operation, on_commit)
         if result is None:
             return None
-        self.resource_index.put(name, packed, index, slices, len(body))
+        self.resource_index.put(name, packed, index, resources, len(body))
         return result[0]
 
     # -- keys and audit ------------------------------------------------------------------
