@@ -61,12 +61,19 @@ class Metrics:
         )
 
 
+#: Labelled series kept at hand; any beyond are looked up each time.
+_MAX_SERIES = 1024
+
+
 class MetricsMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware): counts and times requests by route template."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        #: The labelled series of each (route, method, status) seen: prometheus_client's
+        #: labels() validates and locks on every call, a few microseconds per request.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,5 +94,13 @@ class MetricsMiddleware:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            series = self._series.get((template, method, status))
+            if series is None:
+                series = (
+                    self.metrics.requests.labels(template, method, str(status)),
+                    self.metrics.latency.labels(template, method),
+                )
+                if len(self._series) < _MAX_SERIES:  # methods are the client's to choose
+                    self._series[(template, method, status)] = series
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
