@@ -375,15 +375,17 @@ def test_a_document_the_watch_delivered_first_still_learns_its_slices() -> None:
 
 
 def test_recent_slices_stay_within_their_byte_budget() -> None:
-    """The slices kept for reuse hold their bodies: the oldest go once the budget is full, and
-    a workspace whose slices went simply indexes its next write in full."""
+    """The resources kept for reuse hold their bodies and rows: the oldest go once the budget
+    is full, and a workspace whose resources went simply indexes its next write in full."""
     from blixard.store.resource_index import build_doc
 
     def body(ident: str) -> bytes:
         resource = {"type": "t", "name": "a", "instances": [{"attributes": {"id": ident}}]}
         return orjson.dumps({"serial": 1, "lineage": "l", "resources": [resource]})
 
-    index = HeadIndex(recent_bytes=250)
+    from blixard.store.resource_index import ROW_BYTES
+
+    index = HeadIndex(recent_bytes=2 * (100 + ROW_BYTES) + 50)  # a body of 100 and one row
     for n in range(3):
         state = body(f"id-{n}")
         packed, doc, slices = build_doc(1, state)

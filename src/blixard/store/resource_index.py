@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: only swaps the header (restamp). Documents of the first format (one compressed object
 #: {"v": 1, "version": n, "rows": [...]}) are still read.
 _HEADER = struct.Struct(">4sQ")
+#: What a kept row costs in memory (an IndexRow of short strings), for HeadIndex's budget.
+ROW_BYTES = 600
 _MAGIC = b"BXI\x02"
 
 
@@ -421,8 +423,8 @@ class HeadIndex:
     #: identity value → the workspace holding it, or a set of them (most values have one).
     _by_identity: dict[str, str | set[str]] = field(default_factory=dict)
     #: Resources of the heads this node wrote lately (a write keeping them restamps
-    #: the head's document), by workspace, oldest first; they hold their bodies, so their
-    #: total body size is bounded (the engines' body caches usually hold the same bodies).
+    #: the head's document), by workspace, oldest first; they hold their bodies and rows,
+    #: so their total is bounded (the engines' body caches usually hold the same bodies).
     recent_bytes: int = 64 * 1024 * 1024
     _recent: OrderedDict[str, tuple[int, ResourceRows, int]] = field(default_factory=OrderedDict)
     _recent_size: int = 0
@@ -494,10 +496,14 @@ class HeadIndex:
     def _remember(
         self, workspace: str, version: int, resources: ResourceRows | None, size: int
     ) -> None:
-        """Keep a head's resources (their slices hold its body) within recent_bytes, newest
-        first."""
+        """Keep a head's resources (their slices hold its body, `size` bytes, and their rows
+        about ROW_BYTES each) within recent_bytes, newest first."""
         self._forget(workspace)
-        if resources is None or size > self.recent_bytes:
+        if resources is None:
+            return
+        if resources.groups is not None:
+            size += ROW_BYTES * sum(map(len, resources.groups))
+        if size > self.recent_bytes:
             return
         self._recent[workspace] = (version, resources, size)
         self._recent_size += size
