@@ -18,7 +18,7 @@ from typing import Any
 import httptools
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from blixard.api.errors import error_response
 
@@ -61,7 +61,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_due: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         #: The request whose keep-alive waits for its body (on_headers_complete).
-        self._keep_alive_after_body: Any = None
+        self._keep_alive_after_body: RequestResponseCycle | None = None
         self._shutting_down = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

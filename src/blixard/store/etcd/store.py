@@ -372,16 +372,13 @@ class EtcdStore:
         self._watch_stop.set()
         await asyncio.sleep(0.01)
         await self.reindexer.stop()
-        if self._index_watch is not None:
-            self._index_watch.cancel()
-            await asyncio.gather(self._index_watch, return_exceptions=True)
-            self._index_watch = None
         if self._changes is not None:
             await self._changes.stop()
-        if self._compactor is not None:
-            self._compactor.cancel()
-            await asyncio.gather(self._compactor, return_exceptions=True)
-            self._compactor = None
+        for task in (self._index_watch, self._compactor):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._index_watch = self._compactor = None
         if self._conn is not None:
             await self._conn.close()
         if self._batcher is not None:
