@@ -20,7 +20,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from blixard import cli
-from blixard.cli.common import human_size, relative_age
+from blixard.cli.common import relative_age
+from blixard.domain.shapes import human_size
 from tests.harness import ServerProcess, free_port
 
 runner = CliRunner()

@@ -364,7 +364,7 @@ class _Phase:
         self._progress.update(self._task, total=total)
 
     def record(self, record: SnapshotRecord) -> None:
-        from blixard.cli.common import human_size
+        from blixard.domain.shapes import human_size
         from blixard.store.snapshot import SnapshotBegin, VersionRecord
 
         if isinstance(record, SnapshotBegin):
@@ -398,7 +398,7 @@ def _print_summary(title: str, summary: SnapshotSummary, extra: list[tuple[str, 
     from rich.table import Table
     from rich.text import Text
 
-    from blixard.cli.common import human_size
+    from blixard.domain.shapes import human_size
 
     counts: SnapshotCounts = summary.counts
     console = common.console()
@@ -646,7 +646,7 @@ def backup(
             _summary_json(summary, file=str(file), bytes=size, source=source, encrypted=key_id)
         )
         return
-    from blixard.cli.common import human_size
+    from blixard.domain.shapes import human_size
 
     sealed = f"yes, key id {cipher.current_id}" if cipher is not None and encrypt else "no"
     _print_summary(

@@ -59,17 +59,6 @@ def check_workspace(name: str) -> str:
 # --------------------------------------------------------------------------- formatting
 
 
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # pragma: no cover - loop always returns
-
-
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None

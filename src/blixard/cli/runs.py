@@ -16,7 +16,8 @@ import typer
 
 from blixard.cli import common
 from blixard.cli.client import API_PREFIX, Client
-from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, human_size, relative_age
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, relative_age
+from blixard.domain.shapes import human_size
 
 #: Nothing more will happen to a run in these statuses.
 RUN_FINISHED = frozenset({"no_changes", "applied", "errored", "discarded", "cancelled"})

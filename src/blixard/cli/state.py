@@ -11,7 +11,8 @@ import typer
 
 from blixard.cli import common
 from blixard.cli.client import API_PREFIX, open_client
-from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, human_size, relative_age
+from blixard.cli.common import DEFAULT_URL, ApiKeyOpt, JsonOpt, UrlOpt, relative_age
+from blixard.domain.shapes import human_size
 
 LOCK_FIELDS = ("ID", "Operation", "Info", "Who", "Version", "Created", "Path")
 

@@ -18,6 +18,18 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
+def human_size(value: int | None, missing: str = "-") -> str:
+    """A byte count as people read it (`512 B`, `1.5 MiB`), for the CLI and the web UI."""
+    if value is None:
+        return missing
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB"):
+        if amount < 1024:
+            return f"{value} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GiB"
+
+
 def version_json(meta: VersionMeta) -> dict[str, Any]:
     return {
         "workspace": meta.workspace,

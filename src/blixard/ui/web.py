@@ -33,6 +33,7 @@ from blixard.domain.access import Action, Actor
 from blixard.domain.diff import ABSENT
 from blixard.domain.errors import DomainError, InvalidInput, PermissionDenied, Unauthenticated
 from blixard.domain.resources import MASK, format_path
+from blixard.domain.shapes import human_size
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -92,14 +93,7 @@ def _age(value: float | None) -> str:
 
 
 def _size(value: int | None) -> str:
-    if value is None:
-        return "—"
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{value} B"
+    return human_size(value, missing="—")
 
 
 def _shown(value: Any) -> str:
