@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -133,21 +135,22 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
+    from blixard.api.limits import http_protocol
     from blixard.preflight import StartupRefused, preflight
 
-    try:
-        asyncio.run(preflight(settings))
-    except StartupRefused as exc:
-        print(f"blixard: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    from blixard.api.app import asgi_app, create_app
-    from blixard.api.limits import http_protocol
+    def build_app() -> Any:
+        """Called by uvicorn inside its loop, once the preflight has passed."""
+        from blixard.api.app import asgi_app, create_app
 
-    app = create_app(settings)
-    access_log.install()  # no variable values in access log lines
-    app.state.announce = lambda auth_on: print(startup_line(settings, auth_on), flush=True)
+        app = create_app(settings)
+        access_log.install()  # no variable values in access log lines
+        app.state.announce = lambda auth_on: print(startup_line(settings, auth_on), flush=True)
+        server.events = app.state.events
+        return asgi_app(app, limited_protocol=True)
+
     config = uvicorn.Config(
-        asgi_app(app, limited_protocol=True),
+        build_app,
+        factory=True,
         # Request heads capped in size and time while they are received.
         http=http_protocol(head_timeout=settings.body_timeout_seconds),
         host=settings.host,
@@ -159,19 +162,36 @@ def serve(overrides: dict[str, Any] | None = None) -> None:
         timeout_graceful_shutdown=10,
         **tls,
     )
-    _Server(config, app.state.events).run()
+    server = _Server(config, before=lambda: preflight(settings))
+    try:
+        server.run()
+    except StartupRefused as exc:
+        print(f"blixard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, ending the live event streams when asked to stop: a graceful shutdown waits
-    for open responses, and a stream would otherwise hold it until the timeout."""
+    """uvicorn, with the preflight on its own loop, ending the live event streams when asked
+    to stop: a graceful shutdown waits for open responses, and a stream would otherwise hold
+    it until the timeout.
 
-    def __init__(self, config: uvicorn.Config, events: EventBus) -> None:
+    The preflight runs on the server's loop, not one of its own before it: gRPC's asyncio
+    layer delivers a call's completion to the loop that started it, and an etcd call cut
+    short when the preflight's loop closed would reach the server's loop as a traceback."""
+
+    def __init__(self, config: uvicorn.Config, before: Callable[[], Awaitable[None]]) -> None:
         super().__init__(config)
-        self.events = events
+        self.before = before
+        #: The app's event bus, once uvicorn has built the app.
+        self.events: EventBus | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.before()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: hand the work to the loop (no loop yet: nothing is streaming).
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().call_soon_threadsafe(self.events.close)
+        if self.events is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon_threadsafe(self.events.close)
         super().handle_exit(sig, frame)
