@@ -42,7 +42,7 @@ from tests.etcd_cluster import (
 )
 from tests.harness import ServerProcess
 from tests.pki import issue
-from tests.store.test_engine_suite import append, state
+from tests.store.test_engine_suite import append, found, resources_state, state
 
 pytestmark = pytest.mark.anyio
 
@@ -309,6 +309,42 @@ async def test_an_expired_token_is_replaced(
         assert head is not None and head[1] == state(2)
     finally:
         await store.close()
+
+
+async def test_watches_reopened_after_a_member_restart_authenticate_again(
+    secure: Secure, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restarted member has forgotten every token. Node A, idle meanwhile (no call of its
+    own to find its token stale), reopens its watches (resource index, live events) with a
+    fresh token: it learns node B's new version through them alone."""
+    from blixard.domain.events import EventBus
+
+    first, second = secure.store("watch-token"), secure.store("watch-token")
+    bus = EventBus()
+    first.feed_changes(bus)
+    await first.open()
+    await second.open()
+    try:
+        listener = await bus.subscribe()
+        member = secure.cluster.members[0]
+        with caplog.at_level(logging.INFO, logger="blixard.store.etcd"):
+            secure.cluster.kill(member)
+            secure.cluster.restart(member)
+            body = resources_state(1, {"x.bucket": ("aws_s3_bucket", "after-restart")})
+            assert await append(second, "w", 1, body) == 1
+            deadline = time.monotonic() + 15
+            while first.resource_index.version_of("w") != 1:
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.1)
+            while (event := await listener.next(15)) is not None and event.kind != "version":
+                pass
+        assert event is not None and (event.workspace, event.data["version"]) == ("w", 1)
+        assert found(first, id="after-restart") == [("w", 1, "aws_s3_bucket.bucket")]
+        assert "etcd rejected the auth token; authenticating again" in caplog.text
+        listener.close()
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_misconfigurations_are_one_clear_line(secure: Secure) -> None:

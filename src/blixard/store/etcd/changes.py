@@ -178,6 +178,8 @@ class ChangeFeed:
             except Exception as exc:  # a member restarted, the leader moved: resume
                 if stop.is_set():
                     return
+                if await self.store.renew_stale_token(exc):
+                    continue  # reopened at once with the fresh token
                 if not failing:  # once per outage, not at every attempt
                     detail = grpc_detail(exc)[1]
                     log.warning("live events: etcd watch interrupted (%s); resuming", detail)

@@ -724,6 +724,17 @@ class EtcdConnection:
             log.info("etcd rejected the auth token; authenticating again")
             return await self._authenticate()
 
+    async def renew_stale_token(self, exc: BaseException) -> bool:
+        """Authenticate again if `exc` is etcd refusing this connection's token (True then).
+
+        For the watches: _Channels resends a unary call itself, but a watch opened with a
+        stale token is refused at creation (a restarted member has forgotten every token),
+        and reopening it with the same token would be refused forever."""
+        if self._auth is None or not any(s in grpc_detail(exc)[1] for s in _STALE_TOKEN):
+            return False
+        await self.reauthenticate(self._token)
+        return True
+
     async def keep_alive(self, lease_id: int) -> None:
         """Renew a lease once (one request on the keep-alive stream)."""
         import grpc

@@ -61,6 +61,10 @@ class EtcdDoor(Protocol):
         """Await an etcd call, its failures as StorageUnavailable."""
         ...
 
+    async def renew_stale_token(self, exc: BaseException) -> bool:
+        """After a watch failed: authenticate again if etcd refused its token (True then)."""
+        ...
+
     async def txn(
         self, compare: list[Any], success: list[Any], failure: list[Any], *, batch: bool = False
     ) -> Any:

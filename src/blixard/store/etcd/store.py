@@ -1899,6 +1899,8 @@ class EtcdStore:
                         revision = await self._load_resource_heads()
                         call.cancel()
                         break
+                    if response.canceled:  # refused at creation (a stale token, say)
+                        raise ConnectionError(response.cancel_reason or "watch cancelled")
                     heads: list[tuple[str, dict[str, Any]]] = []
                     for event in response.events:
                         key, value = bytes(event.kv.key), bytes(event.kv.value)
@@ -1915,6 +1917,8 @@ class EtcdStore:
             except Exception as exc:  # etcd away: retry; reads stay as they were meanwhile
                 if stop.is_set():
                     return
+                if await self.renew_stale_token(exc):
+                    continue  # reopened at once with the fresh token
                 log.warning("resource index: watch interrupted (%s); resuming", exc)
                 await asyncio.sleep(1.0)
 
@@ -2246,6 +2250,9 @@ class EtcdStore:
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         return await self._call(awaitable)
+
+    async def renew_stale_token(self, exc: BaseException) -> bool:
+        return self._conn is not None and await self._conn.renew_stale_token(exc)
 
     async def txn(
         self, compare: list[Any], success: list[Any], failure: list[Any], *, batch: bool = False
