@@ -24,11 +24,6 @@ from tests.harness import ServerProcess
 from tests.store.test_engine_suite import append
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @contextlib.contextmanager
 def umask(mask: int) -> Iterator[None]:
     previous = os.umask(mask)

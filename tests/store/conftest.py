@@ -57,11 +57,6 @@ ENGINES = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=sorted(ENGINES))
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Builds unopened stores that all share the same underlying data (for reopen tests)."""

@@ -1,4 +1,6 @@
-"""The test loop drops exactly gRPC's stale completions, and reports every other error."""
+"""The loop async tests run on (tests/conftest.py) drops exactly gRPC's stale completions and
+reports every other error. Here, not in unit/: the browser tests keep a loop running on the
+main thread, and async tests after them cannot run."""
 
 from __future__ import annotations
 
