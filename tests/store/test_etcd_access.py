@@ -347,6 +347,26 @@ async def test_watches_reopened_after_a_member_restart_authenticate_again(
         await second.close()
 
 
+async def test_a_failed_renewal_leaves_the_watch_to_retry(secure: Secure) -> None:
+    """Authenticating again while the member is away fails: the watch is told to retry as
+    after any failure (False), not handed the exception that would end it for good."""
+    store = secure.store("renew-down")
+    await store.open()
+    try:
+        refused = ConnectionError("etcdserver: invalid auth token")
+        assert await store.renew_stale_token(ConnectionError("no route to host")) is False
+        member = secure.cluster.members[0]
+        secure.cluster.kill(member)
+        try:
+            assert await store.renew_stale_token(refused) is False
+        finally:
+            secure.cluster.restart(member)
+        assert await store.renew_stale_token(refused) is True
+        assert await append(store, "w", 1) == 1
+    finally:
+        await store.close()
+
+
 async def test_misconfigurations_are_one_clear_line(secure: Secure) -> None:
     cases = {
         "wrong password": (

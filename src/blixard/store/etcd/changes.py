@@ -144,6 +144,7 @@ class ChangeFeed:
             await stop.wait()
 
         failing = False
+        renewed = False  # reopened with a fresh token and no answer since: no second at once
         while not stop.is_set():
             call = stub_watch(self.store.client.watch, requests(revision), require_leader=True)
             try:
@@ -162,6 +163,7 @@ class ChangeFeed:
                         break
                     if response.canceled:
                         raise ConnectionError(response.cancel_reason or "watch cancelled")
+                    renewed = False
                     for event in response.events:
                         if event.type == 0:  # PUT; the engine never deletes these records
                             name = bytes(event.kv.key)[len(start) :].decode()
@@ -178,7 +180,8 @@ class ChangeFeed:
             except Exception as exc:  # a member restarted, the leader moved: resume
                 if stop.is_set():
                     return
-                if await self.store.renew_stale_token(exc):
+                if not renewed and await self.store.renew_stale_token(exc):
+                    renewed = True
                     continue  # reopened at once with the fresh token
                 if not failing:  # once per outage, not at every attempt
                     detail = grpc_detail(exc)[1]

@@ -729,10 +729,15 @@ class EtcdConnection:
 
         For the watches: _Channels resends a unary call itself, but a watch opened with a
         stale token is refused at creation (a restarted member has forgotten every token),
-        and reopening it with the same token would be refused forever."""
+        and reopening it with the same token would be refused forever. False too when the
+        authentication fails (etcd away): the watch then retries as after any failure."""
         if self._auth is None or not any(s in grpc_detail(exc)[1] for s in _STALE_TOKEN):
             return False
-        await self.reauthenticate(self._token)
+        try:
+            await self.reauthenticate(self._token)
+        except Exception as failed:
+            log.warning("etcd: authenticating again failed: %s", grpc_detail(failed)[1])
+            return False
         return True
 
     async def keep_alive(self, lease_id: int) -> None:

@@ -1878,6 +1878,7 @@ class EtcdStore:
         prefix = self.keys.key(RESOURCE_INDEX_ALL)
         docs, markers = self.keys.key(RESOURCE_INDEX), self.keys.key(RESOURCE_INDEX_HEADS)
         stop = self._watch_stop
+        renewed = False  # reopened with a fresh token and no answer since: no second at once
         while not stop.is_set():
 
             async def requests(start: int) -> AsyncIterator[Any]:
@@ -1901,6 +1902,7 @@ class EtcdStore:
                         break
                     if response.canceled:  # refused at creation (a stale token, say)
                         raise ConnectionError(response.cancel_reason or "watch cancelled")
+                    renewed = False
                     heads: list[tuple[str, dict[str, Any]]] = []
                     for event in response.events:
                         key, value = bytes(event.kv.key), bytes(event.kv.value)
@@ -1917,7 +1919,8 @@ class EtcdStore:
             except Exception as exc:  # etcd away: retry; reads stay as they were meanwhile
                 if stop.is_set():
                     return
-                if await self.renew_stale_token(exc):
+                if not renewed and await self.renew_stale_token(exc):
+                    renewed = True
                     continue  # reopened at once with the fresh token
                 log.warning("resource index: watch interrupted (%s); resuming", exc)
                 await asyncio.sleep(1.0)
