@@ -61,6 +61,13 @@ _TLS_OPTIONS = ("ca", "cert", "key", "server_name")
 #: connected. etcd refuses such a request before applying it, so resending cannot apply it
 #: twice.
 _STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "user name is empty")
+
+
+def _refuses_token(detail: str) -> bool:
+    """Whether an answer's details say etcd refused the token (see _STALE_TOKEN)."""
+    return any(s in detail for s in _STALE_TOKEN)
+
+
 #: Seconds between looks at which member leads while one is known (a leader moved without a
 #: failed call is followed within this), and at least between two looks.
 LEADER_REFRESH = 5.0
@@ -390,7 +397,7 @@ class _Channels:
                 if self._hints_leader_change(exc):
                     self.leader_lost()
                 details = exc.details() or ""
-                if self.reauthenticate is None or not any(s in details for s in _STALE_TOKEN):
+                if self.reauthenticate is None or not _refuses_token(details):
                     raise
                 token = await self.reauthenticate(_token_of(metadata))
                 fresh = tuple((n, v) for n, v in metadata or () if n != "token")
@@ -731,7 +738,7 @@ class EtcdConnection:
         stale token is refused at creation (a restarted member has forgotten every token),
         and reopening it with the same token would be refused forever. False too when the
         authentication fails (etcd away): the watch then retries as after any failure."""
-        if self._auth is None or not any(s in grpc_detail(exc)[1] for s in _STALE_TOKEN):
+        if self._auth is None or not _refuses_token(grpc_detail(exc)[1]):
             return False
         try:
             await self.reauthenticate(self._token)
@@ -752,7 +759,7 @@ class EtcdConnection:
                         return
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
-                if attempt or self._auth is None or not any(s in details for s in _STALE_TOKEN):
+                if attempt or self._auth is None or not _refuses_token(details):
                     raise
                 await self.reauthenticate(self._token)
             finally:
